@@ -1,0 +1,130 @@
+"""TASK2VEC distances (paper sec. 3.3), vectorised.
+
+d_sym(a, b) = cosine distance between a/(a+b) and b/(a+b), element-wise. With
+r = a/(a+b) the second vector is 1 - r, so only r is formed. Entries where both
+embeddings are zero count as r = 1/2 (both tasks are equally uninformed there),
+which keeps every distance finite even for raw Fisher vectors without a prior.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .embedding import Embedding
+from .errors import IncompatibleEmbeddingsError, TaskIndexError
+
+ALPHA = 0.15
+_CHUNK_BYTES = 64 << 20  # bound the temporaries of the one-to-many forms
+
+
+def check_compatible(embeddings: Sequence[Embedding]) -> None:
+    """Refuse to compare embeddings from different probes, methods or layouts."""
+    first = embeddings[0]
+    for other in embeddings[1:]:
+        if other.space != first.space:
+            diff = {k: (first.space[k], other.space[k]) for k in first.space if first.space[k] != other.space[k]}
+            names = (first.meta.get("task"), other.meta.get("task"))
+            raise IncompatibleEmbeddingsError(
+                f"embeddings {names[0]!r} and {names[1]!r} come from different spaces "
+                f"({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in diff.items())}); "
+                "re-embed both with the same probe, weights, image size and method")
+        if other.layout != first.layout:
+            raise IncompatibleEmbeddingsError(
+                "embeddings have different layouts (filters per layer): re-embed with the same probe")
+
+
+def _matrix(x) -> tuple[np.ndarray, list[Embedding]]:
+    """Embedding, list of Embeddings, vector or matrix -> (float64 matrix, the Embeddings)."""
+    if isinstance(x, Embedding):
+        x = [x]
+    if isinstance(x, (list, tuple)) and x and all(isinstance(e, Embedding) for e in x):
+        check_compatible(list(x))
+        return np.stack([e.vector for e in x]).astype(np.float64), list(x)
+    if isinstance(x, (list, tuple)) and any(isinstance(e, Embedding) for e in x):
+        raise TaskIndexError("pass either Embeddings or arrays, not a mix of both")
+    m = np.asarray(x, dtype=np.float64)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2 or m.shape[1] == 0:
+        raise TaskIndexError(f"expected an embedding, a vector or a matrix of vectors; got shape {m.shape}")
+    if not np.all(np.isfinite(m)) or (m < 0).any():
+        raise TaskIndexError("embedding vectors must be finite and non-negative (they are Fisher diagonals)")
+    return m, []
+
+
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    ma, ea = _matrix(a)
+    mb, eb = _matrix(b)
+    if ea and eb:
+        check_compatible([ea[0], eb[0]])
+    return ma, mb
+
+
+def _pairwise_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """d_sym between a[i] and every b[j] for each i: shape (len(a), len(b))."""
+    if a.shape[1] != b.shape[1]:
+        raise IncompatibleEmbeddingsError(
+            f"embeddings have different dimensions ({a.shape[1]} vs {b.shape[1]}): they come from different probes")
+    out = np.empty((a.shape[0], b.shape[0]))
+    rows = max(1, _CHUNK_BYTES // (8 * max(1, b.shape[1])))
+    for i, q in enumerate(a):
+        for lo in range(0, b.shape[0], rows):
+            blk = b[lo:lo + rows]
+            s = q + blk
+            with np.errstate(invalid="ignore", divide="ignore"):
+                r = np.where(s > 0, q / s, 0.5)
+            r1 = 1.0 - r
+            dot = np.einsum("ij,ij->i", r, r1)
+            nr = np.sqrt(np.einsum("ij,ij->i", r, r))
+            nr1 = np.sqrt(np.einsum("ij,ij->i", r1, r1))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cos = np.where((nr > 0) & (nr1 > 0), dot / (nr * nr1), 0.0)
+            out[i, lo:lo + rows] = 1.0 - cos
+    return out
+
+
+def pairwise(a, b=None) -> np.ndarray:
+    """d_sym for every pair: shape (len(a), len(b)); b defaults to a."""
+    ma, mb = _pair(a, a if b is None else b)
+    return _pairwise_rows(ma, mb)
+
+
+def one_to_many(query, many) -> np.ndarray:
+    """d_sym from one embedding to each of many: shape (len(many),)."""
+    q, m = _pair(query, many)
+    if q.shape[0] != 1:
+        raise TaskIndexError(f"query must be a single embedding; got {q.shape[0]}")
+    return _pairwise_rows(q, m)[0]
+
+
+def d_sym(a, b) -> float:
+    """Symmetric TASK2VEC distance, in [0, 1]."""
+    return float(one_to_many(a, b)[0])
+
+
+def _prior(x, prior) -> np.ndarray:
+    if prior is not None:
+        return np.asarray(prior, dtype=np.float64)
+    first = x[0] if isinstance(x, (list, tuple)) and x else x
+    if isinstance(first, Embedding):
+        return first.prior.astype(np.float64)
+    raise TaskIndexError("the complexity of a raw vector needs its trivial embedding: pass prior=...")
+
+
+def complexity(a, prior=None) -> np.ndarray | float:
+    """c(a) = d_sym(a, t0): distance from the trivial embedding (sec. 3.3)."""
+    m, _ = _matrix(a)
+    c = _pairwise_rows(_prior(a, prior)[None, :], m)[0]
+    return float(c[0]) if isinstance(a, Embedding) or np.ndim(a) == 1 else c
+
+
+def d_asym(a, b, alpha: float = ALPHA, prior=None) -> float:
+    """d_asym(a -> b) = d_sym(a, b) - alpha c(a): how well a (the source) transfers to b."""
+    return d_sym(a, b) - alpha * complexity(a, prior)
+
+
+def asym_to_target(sources, target, alpha: float = ALPHA, prior=None) -> np.ndarray:
+    """d_asym(source_j -> target) for every source j: what expert selection ranks."""
+    return one_to_many(target, sources) - alpha * np.atleast_1d(complexity(sources, prior))

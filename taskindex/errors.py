@@ -1,0 +1,21 @@
+"""One exception family so the CLI can turn user mistakes into one line and exit 2."""
+
+
+class TaskIndexError(ValueError):
+    """Bad input from the user: the message says what is wrong and how to fix it."""
+
+
+class TaskError(TaskIndexError):
+    """A task's images or labels cannot be used."""
+
+
+class ProbeError(TaskIndexError):
+    """A probe name or weights file is unknown or does not fit."""
+
+
+class IncompatibleEmbeddingsError(TaskIndexError):
+    """Embeddings from different probes, methods or layouts were mixed."""
+
+
+class EmbeddingFileError(TaskIndexError):
+    """A file is not a readable taskindex embedding."""

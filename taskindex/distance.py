@@ -117,7 +117,8 @@ def complexity(a, prior=None) -> np.ndarray | float:
     """c(a) = d_sym(a, t0): distance from the trivial embedding (sec. 3.3)."""
     m, _ = _matrix(a)
     c = _pairwise_rows(_prior(a, prior)[None, :], m)[0]
-    return float(c[0]) if isinstance(a, Embedding) or np.ndim(a) == 1 else c
+    single = isinstance(a, Embedding) or (isinstance(a, np.ndarray) and a.ndim == 1)
+    return float(c[0]) if single else c
 
 
 def d_asym(a, b, alpha: float = ALPHA, prior=None) -> float:

@@ -31,7 +31,7 @@ from .errors import EmbeddingFileError, TaskError, TaskIndexError
 from .fisher import fisher_pass, variational_precision, weight_scale_prior, weights_per_filter
 from .head import fit_head
 from .probes import Probe, resolve_device
-from .tasks import Task
+from .tasks import Task, balanced_order
 
 FORMAT = "taskindex-embedding"
 FORMAT_VERSION = 1
@@ -164,8 +164,9 @@ def embed(
     batch_size: int = 64,
     expectation: str = "sample",
     prior_scale: float = PRIOR_SCALE,
-    epochs: int = 3,
+    epochs: int = 10,
     lr: float = 0.05,
+    beta: float = 1.0,
     device: str | torch.device | None = None,
     progress: bool | None = None,
 ) -> Embedding:
@@ -174,7 +175,8 @@ def embed(
     montecarlo: F_k = mean_n mean_{w in k} (d log p(y_n|x_n)/dw)^2, squares per
     sample, y_n drawn from the head's predictive distribution (or the exact
     expectation over labels with expectation='exact'). variational: the robust
-    estimator of the paper (sec. 3.1), `epochs` passes of SGVB at learning rate `lr`.
+    estimator of the paper (sec. 3.1): starting from the montecarlo estimate,
+    `epochs` passes of SGVB at learning rate `lr` with weight noise scale beta/N.
     Both return Fisher + t0, t0 = prior_scale / mean(w_layer^2).
     """
     if not isinstance(task, Task):
@@ -186,27 +188,30 @@ def embed(
     _check_options(method, expectation, max_samples, batch_size, seed)
     if len(task) == 0:
         raise TaskError(f"task {task.name!r} has no images")
-    present, remapped = np.unique(task.labels, return_inverse=True)
+    present, first, inverse = np.unique(task.labels, return_index=True, return_inverse=True)
+    # classes numbered by first appearance, so renaming or permuting labels changes nothing
+    canonical = np.argsort(np.argsort(first))[inverse]
     if present.size < 2:
         raise TaskError(f"task {task.name!r} has only one class ({task.classes[int(present[0])]!r}): "
                         "a classification task needs at least two classes")
     start = time.perf_counter()
     dev = resolve_device(device) if device is not None else probe.device
-    backbone = probe.backbone if dev == probe.device else copy.deepcopy(probe.backbone).to(dev)
-    if dev.type == "cpu":
-        backbone = backbone.to(memory_format=torch.channels_last) if backbone is not probe.backbone else backbone
+    backbone = probe.backbone
+    if dev != probe.device:  # never move the caller's probe: work on a copy
+        backbone = copy.deepcopy(probe.backbone).to(dev)
+        if dev.type == "cpu":
+            backbone = backbone.to(memory_format=torch.channels_last)
     was_training = backbone.training
     backbone.eval()
     try:
-        idx = task.balanced_indices(max_samples, seed)
-        labels = torch.as_tensor(remapped[idx], dtype=torch.long)
+        idx = balanced_order(canonical, max_samples, np.random.default_rng(seed))
+        labels = torch.as_tensor(canonical[idx], dtype=torch.long)
         n_classes = int(present.size)
         if torch.unique(labels).numel() < 2:
             raise TaskError(f"max_samples={max_samples} leaves a single class of task {task.name!r}: raise it")
-        bar = tqdm(total=len(idx) * (3 if method == "montecarlo" else 2 + epochs), disable=_quiet(progress),
+        bar = tqdm(total=len(idx) * (3 if method == "montecarlo" else 3 + epochs), disable=_quiet(progress),
                    desc=f"embed {task.name}", unit="img", leave=False)
-        images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)]) \
-            if len(idx) else None
+        images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
         bar.update(len(idx))
 
         def norm(batch):
@@ -224,27 +229,25 @@ def embed(
         gen = torch.Generator().manual_seed(seed)
         prior = weight_scale_prior(backbone, prior_scale)
         m = weights_per_filter(backbone)
-        if method == "montecarlo":
-            draws = None
-            if expectation == "sample":
-                with torch.no_grad():
-                    probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
-                draws = torch.multinomial(probs, 1, generator=gen).flatten()
-            batches = ((norm(images[i:i + batch_size]),
-                        None if draws is None else draws[i:i + batch_size].to(dev))
-                       for i in range(0, len(idx), batch_size))
-            total = fisher_pass(backbone, head, batches, on_batch=bar.update)
-            vector = total / (len(idx) * m) + prior
-        else:
+        draws = None
+        if expectation == "sample":
+            with torch.no_grad():
+                probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
+            draws = torch.multinomial(probs, 1, generator=gen).flatten()
+        batches = ((norm(images[i:i + batch_size]), None if draws is None else draws[i:i + batch_size].to(dev))
+                   for i in range(0, len(idx), batch_size))
+        vector = fisher_pass(backbone, head, batches, on_batch=bar.update) / (len(idx) * m) + prior
+        if method == "variational":
             order_gen = torch.Generator().manual_seed(seed + 1)
 
-            def batches():
+            def shuffled():
                 perm = torch.randperm(len(idx), generator=order_gen)
                 for i in range(0, len(idx), batch_size):
                     sel = perm[i:i + batch_size]
                     yield norm(images[sel]), labels[sel].to(dev)
 
-            vector = variational_precision(backbone, head, batches, prior, epochs, lr, seed, on_batch=bar.update)
+            vector = variational_precision(backbone, head, shuffled, prior, epochs, lr, seed, nu=beta / len(idx),
+                                           init=vector, on_batch=bar.update)
         bar.close()
     finally:
         backbone.train(was_training)
@@ -256,6 +259,7 @@ def embed(
         "prior_scale": float(prior_scale),
         "expectation": expectation if method == "montecarlo" else None,
         "epochs": epochs if method == "variational" else None,
+        "beta": beta if method == "variational" else None,
         "task": task.name,
         "source": task.source,
         "n_samples": int(len(idx)),

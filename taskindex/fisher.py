@@ -60,8 +60,9 @@ def per_sample_filter_sq(call: ConvCall, grad_out: torch.Tensor) -> torch.Tensor
     each offset is a batched GEMM (or an elementwise product for depthwise convs),
     and its squares are accumulated immediately, so memory stays at one shifted input.
     """
-    x = call.input.detach().float()
-    g = grad_out.detach().float()
+    dtype = torch.float64 if call.input.dtype == torch.float64 else torch.float32
+    x = call.input.detach().to(dtype)
+    g = grad_out.detach().to(dtype)
     n, cout, ho, wo = g.shape
     cin_g = call.weight.shape[1]
     groups = call.groups
@@ -71,7 +72,7 @@ def per_sample_filter_sq(call: ConvCall, grad_out: torch.Tensor) -> torch.Tensor
     top, bottom, left, right = call.pad
     if any(call.pad):
         x = F.pad(x, (left, right, top, bottom))
-    out = torch.zeros(n, groups, cout_g, device=g.device, dtype=torch.float32)
+    out = torch.zeros(n, groups, cout_g, device=g.device, dtype=dtype)
     if cin_g == 1:  # depthwise: filter o reads input channel o // cout_g only
         gg = g.view(n, groups, cout_g, ho, wo) if g.is_contiguous() else g.reshape(n, groups, cout_g, ho, wo)
     else:
@@ -182,19 +183,20 @@ def fisher_pass(
 
 
 class VariationalTap:
-    """Local reparametrisation: each filter's weights get Gaussian noise of variance exp(-log_precision)."""
+    """Local reparametrisation: each filter's weights get Gaussian noise of variance nu / precision."""
 
-    def __init__(self, backbone: nn.Module, log_precision: torch.Tensor, generator: torch.Generator):
+    def __init__(self, backbone: nn.Module, log_precision: torch.Tensor, nu: float, generator: torch.Generator):
         self.weights = conv_weights(backbone)
         sizes = [w.shape[0] for w in self.weights]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self.log_precision = log_precision
+        self.log_nu = math.log(nu)
         self.generator = generator
 
     def _handle(self, layer: int, call: ConvCall, mean: torch.Tensor) -> torch.Tensor:
         x = call.input
         lo, hi = self.offsets[layer], self.offsets[layer + 1]
-        var_w = torch.exp(-self.log_precision[lo:hi]).view(-1, 1, 1, 1).expand_as(call.weight)
+        var_w = torch.exp(self.log_nu - self.log_precision[lo:hi]).view(-1, 1, 1, 1).expand_as(call.weight)
         var = F.conv2d(x * x, var_w.to(x.dtype), None, call.stride, call.padding, call.dilation, call.groups)
         eps = torch.randn(mean.shape, generator=self.generator, device=mean.device, dtype=mean.dtype)
         return mean + var.clamp_min(1e-30).sqrt() * eps
@@ -211,28 +213,35 @@ def variational_precision(
     epochs: int,
     lr: float,
     seed: int,
+    nu: float,
+    init: np.ndarray | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """The robust estimator of sec. 3.1 / supp. 6, one precision per filter.
 
-    Minimises E_{w ~ N(w_hat, Lambda^-1)}[CE] + sum_k m_k/2 (t0_k/Lambda_k - 1 + log(Lambda_k/t0_k)),
-    whose second-order optimum is Lambda_k = mean_{w in k} F_w + t0_k: the Fisher
-    plus the prior, and exactly the prior when the loss is flat (a trivial task).
+    With nu = beta / N (beta = 1: the ELBO) and P = nu * Lambda, minimises
+    E_{w ~ N(w_hat, nu/P)}[mean CE] + nu * sum_k m_k/2 (t0_k/P_k - 1 + log(P_k/t0_k)),
+    whose second-order optimum is P_k = mean_{w in k} F_w + t0_k: the Fisher plus
+    the prior, in Fisher units, and exactly the prior when the loss is flat.
+    `init` is the starting precision (default: the prior). Start near the answer:
+    at a weak prior the weight noise is so large that the loss saturates and the
+    gradient vanishes, so SGVB started there never leaves it.
     """
     device = next(iter(conv_weights(backbone))).device
     t0 = torch.as_tensor(prior, dtype=torch.float32, device=device)
     m = torch.as_tensor(weights_per_filter(backbone), dtype=torch.float32, device=device)
-    log_prec = torch.log(t0).clone().requires_grad_(True)
+    start = t0 if init is None else torch.as_tensor(init, dtype=torch.float32, device=device)
+    log_prec = torch.log(start).clone().requires_grad_(True)
     opt = torch.optim.Adam([log_prec], lr=lr)
     gen = torch.Generator(device=device).manual_seed(seed)
-    vt = VariationalTap(backbone, log_prec, gen)
+    vt = VariationalTap(backbone, log_prec, nu, gen)
     for _ in range(epochs):
         for x, y in batches():
             with vt.tap():
                 logits = head(backbone(x))
             ce = F.cross_entropy(logits.float(), y)
             ratio = torch.exp(torch.log(t0) - log_prec)  # t0 / Lambda
-            kl = 0.5 * (m * (ratio - 1.0 - torch.log(ratio))).sum()
+            kl = 0.5 * nu * (m * (ratio - 1.0 - torch.log(ratio))).sum()
             opt.zero_grad(set_to_none=True)
             (ce + kl).backward()
             opt.step()

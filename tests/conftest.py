@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny CNN probe (fast) and small real-image tasks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from taskindex import Probe, samples
+
+
+class TinyCNN(nn.Module):
+    """Strided, depthwise and pointwise convs with BatchNorm: the shapes of a real probe, in miniature."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.pw = nn.Conv2d(8, 16, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.relu(self.pw(torch.relu(self.dw(x))))
+        return x.mean((2, 3))
+
+
+def make_tiny_cnn(seed: int = 0) -> TinyCNN:
+    torch.manual_seed(seed)
+    net = TinyCNN()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+@pytest.fixture
+def tiny_probe() -> Probe:
+    return Probe.from_module(make_tiny_cnn(), 16, name="tiny", image_size=16)
+
+
+@pytest.fixture(scope="session")
+def digits_round():
+    return samples.load("digits-round", max_per_class=30, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_straight():
+    return samples.load("digits-straight", max_per_class=30, seed=0)

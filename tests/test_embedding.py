@@ -1,0 +1,153 @@
+"""embed(): the pipeline's guarantees (determinism, invariances, a frozen probe) and the file format."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import taskindex as ti
+from taskindex import Embedding, Task, embed, load_probe, samples
+from taskindex.errors import EmbeddingFileError, IncompatibleEmbeddingsError, TaskError, TaskIndexError
+
+
+def test_same_seed_gives_the_same_vector_bit_for_bit(tiny_probe, digits_round):
+    a = embed(digits_round, tiny_probe, progress=False)
+    b = embed(digits_round, tiny_probe, progress=False)
+    assert a.vector.tobytes() == b.vector.tobytes()
+    c = embed(digits_round, tiny_probe, seed=1, progress=False)
+    assert c.vector.tobytes() != a.vector.tobytes()
+
+
+def test_embedding_is_invariant_to_permuting_the_labels(tiny_probe, digits_round):
+    perm = np.array([2, 0, 3, 1])  # class i is renamed perm[i]
+    relabelled = Task.from_arrays(
+        np.stack([digits_round.load([i], 8)[0].permute(1, 2, 0).numpy() for i in range(len(digits_round))]),
+        perm[digits_round.labels], name="relabelled")
+    original = Task.from_arrays(
+        np.stack([digits_round.load([i], 8)[0].permute(1, 2, 0).numpy() for i in range(len(digits_round))]),
+        digits_round.labels, name="original")
+    a = embed(original, tiny_probe, progress=False)
+    b = embed(relabelled, tiny_probe, progress=False)
+    assert np.array_equal(a.vector, b.vector)
+    for method in ("montecarlo", "variational"):
+        assert np.array_equal(embed(original, tiny_probe, method=method, epochs=2, progress=False).vector,
+                              embed(relabelled, tiny_probe, method=method, epochs=2, progress=False).vector)
+
+
+def test_probe_is_unchanged_by_embedding(tiny_probe, digits_round):
+    before = {k: v.clone() for k, v in tiny_probe.backbone.state_dict().items()}
+    flags = [p.requires_grad for p in tiny_probe.backbone.parameters()]
+    for method in ("montecarlo", "variational"):
+        embed(digits_round, tiny_probe, method=method, epochs=1, progress=False)
+    after = tiny_probe.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not tiny_probe.backbone.training
+    assert [p.requires_grad for p in tiny_probe.backbone.parameters()] == flags
+    assert all(p.grad is None for p in tiny_probe.backbone.parameters())
+
+
+def test_probe_from_module_does_not_touch_the_callers_model(digits_round):
+    from conftest import make_tiny_cnn
+
+    net = make_tiny_cnn().train()
+    probe = ti.Probe.from_module(net, 16, name="tiny", image_size=16)
+    embed(digits_round, probe, progress=False)
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_vector_layout_and_metadata(tiny_probe, digits_round):
+    e = embed(digits_round, tiny_probe, max_samples=40, progress=False)
+    assert e.dim == 8 + 8 + 16 == sum(c for _, c in e.layout)
+    assert e.layout == [("stem", 8), ("dw", 8), ("pw", 16)]
+    assert e.vector.dtype == np.float32 and (e.vector >= e.prior).all() and (e.prior > 0).all()
+    assert e.meta["n_samples"] == 40 and e.meta["n_classes"] == 4
+    assert e.meta["probe"] == "tiny" and e.meta["fingerprint"] == tiny_probe.fingerprint
+    assert e.meta["method"] == "montecarlo" and e.meta["seed"] == 0 and e.meta["seconds"] > 0
+
+
+@pytest.mark.parametrize("name,dim", [("efficientnet_lite0", 21008), ("resnet34", 8512)])
+def test_dimension_is_the_number_of_conv_filters(name, dim):
+    probe = load_probe(name, weights=None, image_size=32)
+    assert probe.dim == dim
+    if name == "efficientnet_lite0":
+        t = samples.load("digits-even-odd", max_per_class=4)
+        assert embed(t, probe, max_samples=8, progress=False).dim == dim
+
+
+def test_save_and_load_round_trip(tmp_path, tiny_probe, digits_round):
+    e = embed(digits_round, tiny_probe, progress=False)
+    path = tmp_path / "a.emb"
+    e.save(path)
+    back = Embedding.load(path)
+    assert np.array_equal(back.vector, e.vector) and np.array_equal(back.prior, e.prior)
+    assert back.layout == e.layout and back.meta == e.meta
+    with zipfile.ZipFile(path) as z:  # documented, pickle-free members
+        assert sorted(z.namelist()) == ["embedding.json", "prior.npy", "vector.npy"]
+
+
+def test_loading_files_that_are_not_embeddings(tmp_path):
+    junk = tmp_path / "junk.emb"
+    junk.write_bytes(b"\x00not a zip")
+    with pytest.raises(EmbeddingFileError, match="not a taskindex embedding"):
+        Embedding.load(junk)
+    with pytest.raises(EmbeddingFileError, match="does not exist"):
+        Embedding.load(tmp_path / "missing.emb")
+
+
+def test_one_class_task_is_refused(tiny_probe):
+    t = Task.from_arrays(np.zeros((5, 8, 8), np.uint8), np.full(5, 3), name="mono")
+    with pytest.raises(TaskError, match="only one class"):
+        embed(t, tiny_probe, progress=False)
+
+
+def test_bad_options_are_refused(tiny_probe, digits_round):
+    with pytest.raises(TaskIndexError, match="unknown method 'fisher'"):
+        embed(digits_round, tiny_probe, method="fisher")
+    with pytest.raises(TaskIndexError, match="max_samples"):
+        embed(digits_round, tiny_probe, max_samples=1)
+    with pytest.raises(TaskIndexError, match="taskindex.Task"):
+        embed("not a task", tiny_probe)
+
+
+def test_different_probes_are_not_comparable(tiny_probe, digits_round):
+    from conftest import make_tiny_cnn
+
+    other = ti.Probe.from_module(make_tiny_cnn(seed=1), 16, name="tiny", image_size=16)
+    a = embed(digits_round, tiny_probe, max_samples=20, progress=False)
+    b = embed(digits_round, other, max_samples=20, progress=False)
+    with pytest.raises(IncompatibleEmbeddingsError, match="fingerprint"):
+        ti.d_sym(a, b)
+    c = embed(digits_round, tiny_probe, max_samples=20, method="variational", epochs=1, progress=False)
+    with pytest.raises(IncompatibleEmbeddingsError, match="method"):
+        ti.pairwise([a, c])
+
+
+def test_exact_expectation_agrees_with_sampled_labels_on_average(tiny_probe, digits_round):
+    exact = embed(digits_round, tiny_probe, expectation="exact", progress=False).fisher
+    sampled = np.mean([embed(digits_round, tiny_probe, seed=s, progress=False).fisher for s in range(6)], 0)
+    # same head only for the same seed, so compare per layer totals loosely and the ranking closely
+    from scipy.stats import spearmanr
+
+    assert spearmanr(exact, sampled).statistic > 0.8
+
+
+@pytest.mark.slow
+def test_pretrained_probe_on_real_images_groups_tasks_by_their_classes():
+    """End to end: EfficientNet-Lite0 (ImageNet) on Fashion-MNIST and MNIST, at 48 px."""
+    probe = load_probe("efficientnet_lite0", image_size=48)
+    footwear = samples.load("fashion-footwear", max_per_class=160, seed=0)
+    rank = np.zeros(len(footwear), int)  # position of each image within its class
+    for c in range(footwear.n_classes):
+        members = np.flatnonzero(footwear.labels == c)
+        rank[members] = np.arange(len(members))
+    footwear_a = footwear.subset(np.flatnonzero(rank % 2 == 0), name="footwear-a")
+    footwear_b = footwear.subset(np.flatnonzero(rank % 2 == 1), name="footwear-b")  # disjoint images
+    others = [samples.load(n, max_per_class=80, seed=0) for n in ("fashion-tops", "mnist-round")]
+    embs = [embed(t, probe, progress=False) for t in [footwear_a, footwear_b, *others]]
+    d = ti.pairwise(embs)
+    assert d[0, 1] < min(d[0, 2], d[0, 3], d[1, 2], d[1, 3])
+    assert all(e.dim == 21008 for e in embs)

@@ -81,7 +81,7 @@ def _pairwise_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             nr1 = np.sqrt(np.einsum("ij,ij->i", r1, r1))
             with np.errstate(invalid="ignore", divide="ignore"):
                 cos = np.where((nr > 0) & (nr1 > 0), dot / (nr * nr1), 0.0)
-            out[i, lo:lo + rows] = 1.0 - cos
+            out[i, lo:lo + rows] = np.clip(1.0 - cos, 0.0, 1.0)
     return out
 
 

@@ -1,0 +1,96 @@
+"""Distances against a direct transcription of the paper's formulas (sec. 3.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import taskindex as ti
+from taskindex import Embedding, distance
+from taskindex.errors import IncompatibleEmbeddingsError, TaskIndexError
+
+
+def paper_d_sym(a, b):
+    """d_cos(a / (a + b), b / (a + b)), written out once with explicit loops over nothing clever."""
+    u, v = a / (a + b), b / (a + b)
+    return 1.0 - float(u @ v) / (np.linalg.norm(u) * np.linalg.norm(v))
+
+
+def emb(vec, prior=None, **meta):
+    vec = np.asarray(vec, dtype=np.float32)
+    prior = np.full_like(vec, 1e-3) if prior is None else prior
+    base = {"probe": "p", "fingerprint": "f", "image_size": 32, "method": "montecarlo", "prior_scale": 1e-8}
+    base.update(meta)
+    return Embedding(vec, prior, [("conv", vec.size)], base)
+
+
+RNG = np.random.default_rng(0)
+A = RNG.gamma(0.5, 1.0, (7, 50)) + 1e-3
+
+
+def test_d_sym_matches_the_formula_and_is_symmetric():
+    for i in range(7):
+        for j in range(7):
+            assert distance.d_sym(A[i], A[j]) == pytest.approx(paper_d_sym(A[i], A[j]), abs=1e-12)
+    assert np.allclose(distance.pairwise(A), distance.pairwise(A).T)
+    assert np.allclose(np.diag(distance.pairwise(A)), 0.0, atol=1e-12)
+
+
+def test_d_sym_depends_only_on_the_log_ratio():
+    assert distance.d_sym(A[0], A[1]) == pytest.approx(distance.d_sym(7 * A[0], 7 * A[1]), abs=1e-12)
+    assert distance.d_sym(A[0], A[1]) != pytest.approx(distance.d_sym(7 * A[0], A[1]), abs=1e-3)
+
+
+def test_vectorised_forms_agree_with_the_scalar_form():
+    p = distance.pairwise(A[:3], A)
+    for i in range(3):
+        assert np.allclose(p[i], [paper_d_sym(A[i], b) for b in A], atol=1e-12)
+        assert np.allclose(distance.one_to_many(A[i], A), p[i], atol=1e-12)
+
+
+def test_finite_for_zero_filters_and_the_trivial_embedding():
+    a = A[0].copy()
+    b = A[1].copy()
+    a[:10] = 0.0
+    b[:10] = 0.0  # both zero: those filters count as equally uninformed
+    d = distance.d_sym(a, b)
+    assert np.isfinite(d)
+    assert d == pytest.approx(paper_d_sym(np.r_[np.ones(10), a[10:]], np.r_[np.ones(10), b[10:]]), abs=1e-12)
+    zero = np.zeros(50)
+    assert distance.d_sym(zero, zero) == pytest.approx(0.0, abs=1e-12)
+    assert distance.d_sym(A[0], zero) == pytest.approx(1.0)
+    e = emb(A[0])
+    t0 = emb(e.prior)
+    assert distance.complexity(t0) == pytest.approx(0.0, abs=1e-12)
+    assert 0 < distance.complexity(e) <= 1
+
+
+def test_complexity_and_asymmetric_distance():
+    prior = np.full(50, 1e-3, dtype=np.float32)
+    ea, eb = emb(A[0], prior), emb(A[1], prior)
+    ca = paper_d_sym(A[0].astype(np.float32).astype(np.float64), prior.astype(np.float64))
+    assert distance.complexity(ea) == pytest.approx(ca, abs=1e-7)
+    assert distance.d_asym(ea, eb) == pytest.approx(distance.d_sym(ea, eb) - 0.15 * ca, abs=1e-7)
+    assert distance.d_asym(ea, eb, alpha=0.5) == pytest.approx(distance.d_sym(ea, eb) - 0.5 * ca, abs=1e-7)
+    many = [emb(x, prior) for x in A]
+    got = distance.asym_to_target(many, eb)
+    assert np.allclose(got, [distance.d_asym(m, eb) for m in many], atol=1e-9)
+    assert np.allclose(distance.complexity(many), [distance.complexity(m) for m in many])
+
+
+def test_mixing_spaces_is_an_error():
+    with pytest.raises(IncompatibleEmbeddingsError, match="image_size: 32 vs 64"):
+        ti.d_sym(emb(A[0]), emb(A[1], image_size=64))
+    with pytest.raises(IncompatibleEmbeddingsError, match="method"):
+        distance.pairwise([emb(A[0]), emb(A[1], method="variational")])
+    with pytest.raises(IncompatibleEmbeddingsError, match="dimensions"):
+        distance.d_sym(A[0], A[1][:20])
+
+
+def test_bad_vectors_are_refused():
+    with pytest.raises(TaskIndexError, match="non-negative"):
+        distance.d_sym(-A[0], A[1])
+    with pytest.raises(TaskIndexError, match="finite"):
+        distance.d_sym(np.full(50, np.nan), A[1])
+    with pytest.raises(TaskIndexError, match="prior"):
+        distance.complexity(A[0])

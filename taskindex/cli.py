@@ -121,7 +121,7 @@ def embed(data, output, probe, weights, method, expectation, image_size, max_sam
     task = load_task(data, image_column, label_column)
     p = load_probe(probe, weights=None if weights == "random" else weights, image_size=image_size, device=device)
     emb = embed_task(task, p, method=method, expectation=expectation, max_samples=max_samples, seed=seed,
-                     progress=not as_json)
+                     progress=False if as_json else None)
     emb.save(output)
     from .distance import complexity
 

@@ -209,46 +209,45 @@ def embed(
         n_classes = int(present.size)
         if torch.unique(labels).numel() < 2:
             raise TaskError(f"max_samples={max_samples} leaves a single class of task {task.name!r}: raise it")
-        bar = tqdm(total=len(idx) * (3 if method == "montecarlo" else 3 + epochs), disable=_quiet(progress),
-                   desc=f"embed {task.name}", unit="img", leave=False)
-        images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
-        bar.update(len(idx))
+        with tqdm(total=len(idx) * (3 if method == "montecarlo" else 3 + epochs), disable=_quiet(progress),
+                  desc=f"embed {task.name}", unit="img", leave=False) as bar:
+            images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
+            bar.update(len(idx))
 
-        def norm(batch):
-            return probe.normalize(batch, dev)
+            def norm(batch):
+                return probe.normalize(batch, dev)
 
-        feats = []
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            for i in range(0, len(idx), batch_size):
-                feats.append(backbone(norm(images[i:i + batch_size])).float().cpu())
-                bar.update(min(batch_size, len(idx) - i))
-        features = torch.cat(feats)
-        if not torch.isfinite(features).all():
-            raise TaskError(f"the probe produced non-finite features on task {task.name!r}: check the images")
-        head = fit_head(features, labels, n_classes, seed=seed).to(dev)
-        gen = torch.Generator().manual_seed(seed)
-        prior = weight_scale_prior(backbone, prior_scale)
-        m = weights_per_filter(backbone)
-        draws = None
-        if expectation == "sample":
-            with torch.no_grad():
-                probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
-            draws = torch.multinomial(probs, 1, generator=gen).flatten()
-        batches = ((norm(images[i:i + batch_size]), None if draws is None else draws[i:i + batch_size].to(dev))
-                   for i in range(0, len(idx), batch_size))
-        vector = fisher_pass(backbone, head, batches, on_batch=bar.update) / (len(idx) * m) + prior
-        if method == "variational":
-            order_gen = torch.Generator().manual_seed(seed + 1)
-
-            def shuffled():
-                perm = torch.randperm(len(idx), generator=order_gen)
+            feats = []
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 for i in range(0, len(idx), batch_size):
-                    sel = perm[i:i + batch_size]
-                    yield norm(images[sel]), labels[sel].to(dev)
+                    feats.append(backbone(norm(images[i:i + batch_size])).float().cpu())
+                    bar.update(min(batch_size, len(idx) - i))
+            features = torch.cat(feats)
+            if not torch.isfinite(features).all():
+                raise TaskError(f"the probe produced non-finite features on task {task.name!r}: check the images")
+            head = fit_head(features, labels, n_classes, seed=seed).to(dev)
+            gen = torch.Generator().manual_seed(seed)
+            prior = weight_scale_prior(backbone, prior_scale)
+            m = weights_per_filter(backbone)
+            draws = None
+            if expectation == "sample":
+                with torch.no_grad():
+                    probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
+                draws = torch.multinomial(probs, 1, generator=gen).flatten()
+            batches = ((norm(images[i:i + batch_size]), None if draws is None else draws[i:i + batch_size].to(dev))
+                       for i in range(0, len(idx), batch_size))
+            vector = fisher_pass(backbone, head, batches, on_batch=bar.update) / (len(idx) * m) + prior
+            if method == "variational":
+                order_gen = torch.Generator().manual_seed(seed + 1)
 
-            vector = variational_precision(backbone, head, shuffled, prior, epochs, lr, seed, nu=beta / len(idx),
-                                           init=vector, on_batch=bar.update)
-        bar.close()
+                def shuffled():
+                    perm = torch.randperm(len(idx), generator=order_gen)
+                    for i in range(0, len(idx), batch_size):
+                        sel = perm[i:i + batch_size]
+                        yield norm(images[sel]), labels[sel].to(dev)
+
+                vector = variational_precision(backbone, head, shuffled, prior, epochs, lr, seed, nu=beta / len(idx),
+                                               init=vector, on_batch=bar.update)
     finally:
         backbone.train(was_training)
     if not np.all(np.isfinite(vector)):

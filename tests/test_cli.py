@@ -1,0 +1,102 @@
+"""The CLI mirrors the API: results as text or --json, user errors as one line and exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from click.testing import CliRunner
+from PIL import Image
+
+from taskindex import Embedding
+from taskindex.cli import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls, shift in (("dark", 0), ("light", 120)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(6):
+            pixels = (rng.integers(0, 100, (12, 12, 3)) + shift).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
+    return tmp_path / "data"
+
+
+def embed_args(data, out, *extra):
+    return ["embed", str(data), "-o", str(out), "--probe", "resnet18", "--weights", "random",
+            "--image-size", "16", "--max-samples", "12", *extra]
+
+
+def assert_user_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_embed_then_distance_as_text_and_json(runner, image_folder, tmp_path):
+    a, b = tmp_path / "a.emb", tmp_path / "b.emb"
+    r = runner.invoke(cli, embed_args(image_folder, a, "--json"))
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["dim"] == 4800 and info["n_samples"] == 12 and info["weights"] == "random"
+    r = runner.invoke(cli, embed_args(image_folder, b, "--seed", "1"))
+    assert r.exit_code == 0 and "4800 filters" in r.output
+    r = runner.invoke(cli, ["distance", str(a), str(b), "--json"])
+    out = json.loads(r.output)
+    from taskindex import d_asym, d_sym
+
+    ea, eb = Embedding.load(a), Embedding.load(b)
+    assert out["distance"] == pytest.approx(d_sym(ea, eb))
+    r = runner.invoke(cli, ["distance", str(a), str(b), "--metric", "asym"])
+    assert float(r.output) == pytest.approx(d_asym(ea, eb), abs=1e-6)
+
+
+def test_listing_probes_and_samples(runner):
+    r = runner.invoke(cli, ["probes", "--json"])
+    assert {p["name"] for p in json.loads(r.output)} >= {"efficientnet_lite0", "resnet34"}
+    r = runner.invoke(cli, ["samples", "--dataset", "digits"])
+    assert r.exit_code == 0 and "digits-round" in r.output and "fashion" not in r.output
+
+
+def test_bad_inputs_exit_2_with_one_line(runner, image_folder, tmp_path):
+    out = tmp_path / "x.emb"
+    assert_user_error(runner.invoke(cli, embed_args(tmp_path / "nowhere", out)), "does not exist")
+    r = runner.invoke(cli, ["embed", str(image_folder), "-o", str(out), "--probe", "resnet43"])
+    assert_user_error(r, "unknown probe 'resnet43'")
+    (tmp_path / "mono" / "only").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mono" / "only" / "a.png")
+    assert_user_error(runner.invoke(cli, embed_args(tmp_path / "mono", out)), "only one class")
+    (image_folder / "dark" / "broken.png").write_bytes(b"this is not a png")
+    assert_user_error(runner.invoke(cli, embed_args(image_folder, out)), "broken.png")
+    empty = tmp_path / "empty" / "cls"
+    empty.mkdir(parents=True)
+    assert_user_error(runner.invoke(cli, embed_args(tmp_path / "empty", out)), "no images")
+    weights = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    r = runner.invoke(cli, ["embed", str(image_folder), "-o", str(out), "--probe", "resnet34",
+                            "--weights", str(weights)])
+    assert_user_error(r, "does not fit probe 'resnet34'")
+    assert not out.exists()  # nothing half-written
+
+
+def test_distance_refuses_non_embeddings_and_mixed_probes(runner, image_folder, tmp_path):
+    junk = tmp_path / "junk.emb"
+    junk.write_text("hello")
+    a = tmp_path / "a.emb"
+    runner.invoke(cli, embed_args(image_folder, a))
+    assert_user_error(runner.invoke(cli, ["distance", str(a), str(junk)]), "not a taskindex embedding")
+    b = tmp_path / "b.emb"
+    r = runner.invoke(cli, ["embed", str(image_folder), "-o", str(b), "--probe", "resnet18", "--weights", "random",
+                            "--image-size", "24", "--max-samples", "12"])
+    assert r.exit_code == 0, r.output
+    assert_user_error(runner.invoke(cli, ["distance", str(a), str(b)]), "different spaces")

@@ -19,3 +19,15 @@ class IncompatibleEmbeddingsError(TaskIndexError):
 
 class EmbeddingFileError(TaskIndexError):
     """A file is not a readable taskindex embedding."""
+
+
+class IndexUsageError(TaskIndexError):
+    """The directory is not an index, or cannot be used as asked (read-only, wrong space, bad name)."""
+
+
+class IndexCorruptError(TaskIndexError):
+    """A file of the committed version is missing, truncated or altered."""
+
+
+class IndexLockedError(TaskIndexError):
+    """Another process is writing to the index."""

@@ -1,0 +1,72 @@
+"""`where` filters on metadata columns: equality, membership and comparisons.
+
+Python: {"dataset": "mnist", "group": ["subset", "all"], "n_samples": (">=", 100)}.
+CLI:    --where dataset=mnist --where "group in subset,all" --where "n_samples>=100".
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import numpy as np
+import pandas as pd
+
+from .errors import TaskIndexError
+
+OPS = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+       ">": operator.gt, ">=": operator.ge}
+_CLAUSE = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(==|!=|<=|>=|=|<|>|\s+in\s+)\s*(.*?)\s*$")
+
+
+def parse_value(text: str):
+    """CLI values: integers, then floats, then true/false, else the string itself."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_clause(text: str) -> tuple[str, object]:
+    """'key=value', 'key>=3', 'key in a,b' -> (key, condition) in the Python form."""
+    m = _CLAUSE.match(text)
+    if not m or not m.group(3):
+        raise TaskIndexError(f"cannot parse --where {text!r}: use key=value, key!=value, key>=number "
+                             "or 'key in a,b,c'")
+    key, op, value = m.group(1), m.group(2).strip(), m.group(3)
+    if op == "in":
+        return key, [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+    if op in ("=", "=="):
+        return key, parse_value(value)
+    return key, (op, parse_value(value))
+
+
+def mask(frame: pd.DataFrame, where: dict | None) -> np.ndarray:
+    """Boolean mask of the rows of `frame` that satisfy every condition."""
+    keep = np.ones(len(frame), dtype=bool)
+    if not where:
+        return keep
+    if not isinstance(where, dict):
+        raise TaskIndexError(f"where must be a dict of column -> condition; got {type(where).__name__}")
+    for key, cond in where.items():
+        if key not in frame.columns:
+            cols = ", ".join(sorted(c for c in frame.columns if c != "embedding_meta"))
+            raise TaskIndexError(f"unknown metadata column {key!r} in where: the columns are {cols}")
+        col = frame[key]
+        if isinstance(cond, (list, set, frozenset)):
+            keep &= col.isin(list(cond)).to_numpy()
+        elif isinstance(cond, tuple):
+            if len(cond) != 2 or cond[0] not in OPS:
+                raise TaskIndexError(f"bad condition {cond!r} for {key!r}: use (op, value) with op one of "
+                                     f"{', '.join(OPS)}")
+            op, value = cond
+            try:
+                keep &= OPS[op](col, value).fillna(False).to_numpy(dtype=bool)
+            except TypeError:
+                raise TaskIndexError(f"cannot compare column {key!r} ({col.dtype}) with {value!r}: "
+                                     "compare numbers with numbers") from None
+        else:
+            keep &= (col == cond).fillna(False).to_numpy(dtype=bool)
+    return keep

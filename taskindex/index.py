@@ -1,0 +1,525 @@
+"""TaskIndex: a directory of task and model embeddings with atomic commits and fast search.
+
+Rows live in append-only segments (raw vectors, projected vectors, Parquet
+metadata); a commit adds a segment and/or deletion marks, so adding k rows writes
+O(k) bytes. Queries go through FAISS candidates over the projected rows and are
+re-ranked with the exact distance on the memory-mapped raw vectors.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import distance, filters, search
+from .embedding import PRIOR_SCALE, SPACE_KEYS, Embedding, embed
+from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
+from .fisher import weight_scale_prior
+from .probes import Probe, load_probe
+from .storage import HASH_ON_OPEN_BYTES, Store, all_refs, sha256_file
+from .tasks import Task
+
+KINDS = ("task", "model")
+RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
+            "embedding_meta")
+
+
+@dataclass
+class Hit:
+    """One query result."""
+
+    name: str
+    kind: str
+    distance: float
+    complexity: float
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "distance": self.distance, "complexity": self.complexity,
+                "metadata": self.metadata}
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _clean(value):
+    """Parquet/pandas scalars -> plain JSON-able Python values (NaN -> None)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
+
+
+class TaskIndex:
+    """A vector database of TASK2VEC embeddings. Open with TaskIndex.open, make with TaskIndex.create."""
+
+    def __init__(self, store: Store, readonly: bool):
+        self._store = store
+        self.readonly = readonly
+        self._load(store.read_manifest())
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        probe: Probe | str = "efficientnet_lite0",
+        method: str = "montecarlo",
+        *,
+        weights: str | None = "imagenet",
+        image_size: int | None = None,
+        prior_scale: float = PRIOR_SCALE,
+    ) -> "TaskIndex":
+        """A new, empty index for embeddings of one probe and method."""
+        root = Path(path)
+        if root.exists() and (not root.is_dir() or any(root.iterdir())):
+            raise IndexUsageError(f"{str(root)!r} already exists and is not empty: choose a new path "
+                                  "or open it with TaskIndex.open")
+        if method not in ("montecarlo", "variational"):
+            raise TaskIndexError(f"unknown method {method!r}: use montecarlo or variational")
+        if isinstance(probe, str):
+            probe = load_probe(probe, weights=weights, image_size=image_size, device="cpu")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise IndexUsageError(f"cannot create {str(root)!r}: {exc.strerror}") from None
+        store = Store(root)
+        store.acquire()
+        try:
+            prior = weight_scale_prior(probe.backbone, prior_scale).astype(np.float32)
+            manifest = {
+                "version": 1,
+                "space": {**probe.identity, "method": method, "prior_scale": float(prior_scale)},
+                "dim": probe.dim,
+                "layout": probe.layout,
+                "prior": store.new_file(".npy", _npy_bytes(prior)),
+                "projection": None,
+                "projection_rows": 0,
+                "segments": [],
+                "deleted": [],
+                "next_id": 0,
+                "row_count": 0,
+                "model2vec": None,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+            store.commit(manifest)
+        except BaseException:
+            store.release()
+            raise
+        index = cls(store, readonly=False)
+        return index
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, readonly: bool = False) -> "TaskIndex":
+        store = Store(path)
+        if not readonly:
+            store.read_manifest()  # a clear error for a missing or non-index directory comes first
+            store.acquire()
+        try:
+            return cls(store, readonly)
+        except BaseException:
+            store.release()
+            raise
+
+    def close(self) -> None:
+        self._store.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __repr__(self) -> str:
+        return (f"TaskIndex({str(self._store.root)!r}, rows={len(self)}, probe={self.space['probe']!r}, "
+                f"method={self.space['method']!r}, version={self.version})")
+
+    # --- loading -------------------------------------------------------------------------------
+
+    def _load(self, manifest: dict) -> None:
+        """Read a committed version from disk, checking its files."""
+        store = self._store
+        vector_bytes = sum(s["vectors"]["size"] for s in manifest["segments"])
+        for ref in all_refs(manifest):
+            is_vectors = ref["name"].endswith(".f32") and not ref["name"].endswith(".proj.f32")
+            store.check(ref, full=not is_vectors or vector_bytes <= HASH_ON_OPEN_BYTES)
+        self.manifest = manifest
+        self.space = manifest["space"]
+        self.dim = manifest["dim"]
+        self.layout = [tuple(x) for x in manifest["layout"]]
+        self.prior = store.load_npy(manifest["prior"])
+        self._projection = store.load_npy(manifest["projection"]) if manifest.get("projection") else None
+        self._vectors, self._projs = [], []
+        self._rows = pd.DataFrame({"id": pd.Series(dtype="int64"), "name": pd.Series(dtype="object"),
+                                   "kind": pd.Series(dtype="object"), "complexity": pd.Series(dtype="float64")})
+        self._seg = self._pos = np.zeros(0, np.int64)
+        self._candidates = None
+        self._append(manifest["segments"], set(manifest["deleted"]))
+
+    def _append(self, segments: list[dict], deleted: set[int]) -> None:
+        """Bring the in-memory state up to date with new segments and deletions: O(new rows)."""
+        store = self._store
+        frames = []
+        for seg in segments:
+            self._vectors.append(store.memmap(seg["vectors"], self.dim))
+            self._projs.append(store.memmap(seg["proj"], search.PROJ_DIM) if seg.get("proj") else None)
+            frame = pq.read_table(store.path(seg["rows"])).to_pandas(types_mapper=pd.ArrowDtype)
+            frame["_seg"] = len(self._vectors) - 1
+            frame["_pos"] = np.arange(len(frame))
+            frames.append(frame)
+        old = [self._rows.assign(_seg=self._seg, _pos=self._pos)] if len(self._rows) else []
+        rows = pd.concat([*old, *frames], ignore_index=True) if old or frames else self._rows.assign(
+            _seg=self._seg, _pos=self._pos)
+        gone = rows["id"].isin(deleted).to_numpy()
+        rows = rows[~gone].reset_index(drop=True)
+        self._seg = rows.pop("_seg").to_numpy(np.int64)
+        self._pos = rows.pop("_pos").to_numpy(np.int64)
+        self._rows = rows
+        self._by_name = dict(zip(rows["name"], range(len(rows))))
+        self._by_id = dict(zip(rows["id"].to_numpy().tolist(), range(len(rows))))
+        if self._projection is None or len(rows) < search.EXACT_ROWS:
+            self._candidates = None
+        elif self._candidates is None:
+            self._candidates = search.Candidates(self._proj_rows(np.arange(len(rows))), rows["id"].to_numpy())
+        else:
+            self._candidates.remove(deleted)
+            new = np.flatnonzero(self._seg >= len(self._vectors) - len(segments))
+            self._candidates.add(self._proj_rows(new), rows["id"].to_numpy()[new])
+
+    def _proj_rows(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), search.PROJ_DIM), np.float32)
+        for i, r in enumerate(rows):
+            out[i] = self._projs[self._seg[r]][self._pos[r]]
+        return out
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def names(self, kind: str | None = None) -> list[str]:
+        if kind is None:
+            return self._rows["name"].tolist()
+        return self._rows.loc[self._rows["kind"] == kind, "name"].tolist()
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def _row(self, name: str) -> int:
+        if name not in self._by_name:
+            import difflib
+
+            close = difflib.get_close_matches(str(name), list(self._by_name), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise IndexUsageError(f"no row named {name!r} in the index{hint}: see `taskindex ls`")
+        return self._by_name[name]
+
+    def _vector(self, row: int) -> np.ndarray:
+        return np.asarray(self._vectors[self._seg[row]][self._pos[row]])
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.dim), np.float32)
+        for i, r in enumerate(rows):
+            out[i] = self._vectors[self._seg[r]][self._pos[r]]
+        return out
+
+    def metadata(self, row: int) -> dict:
+        rec = self._rows.iloc[row].to_dict()
+        rec.pop("embedding_meta", None)
+        return {k: _clean(v) for k, v in rec.items() if _clean(v) is not None}
+
+    def get(self, name: str) -> tuple[Embedding, dict]:
+        """The stored embedding (bit-identical to what was added) and its metadata."""
+        row = self._row(name)
+        meta = json.loads(self._rows.at[row, "embedding_meta"])
+        return Embedding(self._vector(row), self.prior, self.layout, meta), self.metadata(row)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """Live rows and their metadata (no vectors); one row per name."""
+        return self._rows.drop(columns=["embedding_meta"]).copy()
+
+    def parquet_files(self) -> list[str]:
+        """Segment files for DuckDB/polars; rows whose id is in manifest['deleted'] are removed rows."""
+        return [str(self._store.path(s["rows"])) for s in self.manifest["segments"]]
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def _check_embedding(self, emb: Embedding) -> None:
+        if not isinstance(emb, Embedding):
+            raise TaskIndexError(f"expected a taskindex.Embedding; got {type(emb).__name__}")
+        diff = [f"{k}: {emb.space[k]!r} vs index {self.space.get(k)!r}" for k in SPACE_KEYS
+                if emb.space[k] != self.space.get(k)]
+        if diff:
+            raise IncompatibleEmbeddingsError(
+                f"embedding {emb.meta.get('task')!r} does not belong in this index ({'; '.join(diff)}): "
+                "embed it with the index's probe, image size and method")
+        if emb.dim != self.dim or emb.layout != self.layout:
+            raise IncompatibleEmbeddingsError(
+                f"embedding has {emb.dim} filters, the index {self.dim}: embed it with the index's probe")
+        if not np.allclose(emb.prior, self.prior, rtol=1e-5):
+            raise IncompatibleEmbeddingsError("embedding's prior differs from the index's: re-embed it")
+
+    def add(self, name: str, embedding: Embedding, kind: str = "task", metadata: dict | None = None) -> None:
+        """Add one row; an existing name is an error (use upsert to replace)."""
+        self.add_many([(name, embedding, kind, metadata)])
+
+    def upsert(self, name: str, embedding: Embedding, kind: str = "task", metadata: dict | None = None) -> None:
+        """Add or replace a row, atomically."""
+        self.add_many([(name, embedding, kind, metadata)], replace=True)
+
+    def add_many(self, items: Iterable, replace: bool = False) -> None:
+        """Add many rows in one commit: (name, embedding[, kind[, metadata]]) tuples."""
+        self._writable()
+        batch = []
+        seen = set()
+        for item in items:
+            name, emb, kind, meta = (tuple(item) + ("task", None))[:4]
+            meta = meta or {}
+            if not isinstance(name, str) or not name.strip() or len(name) > 512:
+                raise TaskIndexError(f"row names must be non-empty strings of at most 512 characters; got {name!r}")
+            if name in seen or (name in self._by_name and not replace):
+                raise IndexUsageError(f"a row named {name!r} already exists: use upsert to replace it "
+                                      "or choose another name")
+            if kind not in KINDS:
+                raise TaskIndexError(f"unknown kind {kind!r}: use 'task' or 'model'")
+            if not isinstance(meta, dict):
+                raise TaskIndexError(f"metadata must be a dict; got {type(meta).__name__}")
+            for k, v in meta.items():
+                if not isinstance(k, str) or k in RESERVED:
+                    raise TaskIndexError(f"metadata key {k!r} is reserved or not a string: rename it")
+                if not (v is None or isinstance(v, (str, int, float, bool))):
+                    raise TaskIndexError(f"metadata value for {k!r} must be a string, number or boolean; got "
+                                         f"{type(v).__name__}")
+            self._check_embedding(emb)
+            seen.add(name)
+            batch.append((name, emb, kind, meta))
+        if not batch:
+            return
+        ids = np.arange(self.manifest["next_id"], self.manifest["next_id"] + len(batch), dtype=np.int64)
+        vectors = np.stack([e.vector for _, e, _, _ in batch]).astype("<f4")
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        records = []
+        for i, (name, emb, kind, meta) in zip(ids, batch):
+            rec = {"id": int(i), "name": name, "kind": kind, "complexity": float(distance.complexity(emb)),
+                   "created": created, "task": emb.meta.get("task"), "source": emb.meta.get("source"),
+                   "n_samples": emb.meta.get("n_samples"), "n_classes": emb.meta.get("n_classes"),
+                   "method": emb.meta.get("method"), "embedding_meta": json.dumps(emb.meta, sort_keys=True)}
+            rec.update(meta)
+            records.append(rec)
+        table = pa.Table.from_pandas(pd.DataFrame(records), preserve_index=False)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        store = self._store
+        manifest = json.loads(json.dumps(self.manifest))
+        segment = {"vectors": store.new_file(".f32", vectors.tobytes()),
+                   "rows": store.new_file(".parquet", sink.getvalue().to_pybytes()), "proj": None}
+        if self._projection is not None:
+            segment["proj"] = store.new_file(".proj.f32", search.project(vectors, self._projection).tobytes())
+        manifest["segments"].append(segment)
+        replaced = [int(self._rows.at[self._by_name[n], "id"]) for n, *_ in batch if n in self._by_name]
+        manifest["deleted"] = sorted(set(manifest["deleted"]) | set(replaced))
+        manifest["next_id"] = int(ids[-1]) + 1
+        manifest["row_count"] = len(self) + len(batch) - len(replaced)
+        self._commit(manifest)
+
+    def remove(self, name: str) -> None:
+        """Remove a row (its id is never reused)."""
+        self._writable()
+        row = self._row(name)
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest["deleted"] = sorted(set(manifest["deleted"]) | {int(self._rows.at[row, "id"])})
+        manifest["row_count"] = len(self) - 1
+        self._commit(manifest)
+
+    def compact(self) -> int:
+        """Fold all segments into one, forget deleted rows, retrain the projection, drop old files."""
+        self._writable()
+        store = self._store
+        manifest = json.loads(json.dumps(self.manifest))
+        rows = np.arange(len(self))
+        manifest["segments"] = []
+        manifest["deleted"] = []
+        manifest["projection"] = None
+        manifest["projection_rows"] = 0
+        if len(rows):
+            vectors = self._gather(rows).astype("<f4")
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pandas(self._rows, preserve_index=False), sink)
+            manifest["segments"] = [{"vectors": store.new_file(".f32", vectors.tobytes()),
+                                     "rows": store.new_file(".parquet", sink.getvalue().to_pybytes()),
+                                     "proj": None}]
+        self._commit(manifest, retrain=True)
+        removed = 0
+        for p in store.unreferenced(self.manifest):
+            p.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise IndexUsageError("the index is open read-only: open it with readonly=False to change it")
+
+    def _commit(self, manifest: dict, retrain: bool = False) -> None:
+        live = manifest["row_count"]
+        trained = manifest.get("projection_rows", 0)
+        if live >= search.EXACT_ROWS and (retrain or manifest.get("projection") is None
+                                          or (trained < search.PCA_SAMPLE and live >= 2 * trained)):
+            self._train_projection(manifest)
+        manifest["version"] = self.version + 1
+        self._store.commit(manifest)
+        if manifest.get("projection") != self.manifest.get("projection") or len(manifest["segments"]) < len(
+                self.manifest["segments"]):
+            self._load(manifest)
+            return
+        new_segments = manifest["segments"][len(self.manifest["segments"]):]
+        newly_deleted = set(manifest["deleted"]) - set(self.manifest["deleted"])
+        self.manifest = manifest
+        self._append(new_segments, newly_deleted)
+
+    def _train_projection(self, manifest: dict) -> None:
+        """(Re)fit the PCA on up to PCA_SAMPLE live rows and re-project every segment.
+
+        Runs when the index doubles while small, so its cost stays O(1) per added row.
+        """
+        store = self._store
+        deleted = set(manifest["deleted"])
+        segs = [(s, store.memmap(s["vectors"], self.dim),
+                 pq.read_table(store.path(s["rows"]), columns=["id"]).column("id").to_numpy())
+                for s in manifest["segments"]]
+        live = [(i, j) for i, (_, _, ids) in enumerate(segs) for j in np.flatnonzero(~np.isin(ids, list(deleted)))]
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(live), size=min(len(live), search.PCA_SAMPLE), replace=False)
+        sample = np.stack([segs[live[p][0]][1][live[p][1]] for p in sorted(pick)])
+        projection = search.train_projection(sample)
+        manifest["projection"] = store.new_file(".npy", _npy_bytes(projection))
+        manifest["projection_rows"] = len(live)
+        for seg, vecs, _ in segs:
+            proj = np.concatenate([search.project(vecs[i:i + 4096], projection)
+                                   for i in range(0, len(vecs), 4096)]) if len(vecs) else np.zeros((0, 1))
+            seg["proj"] = store.new_file(".proj.f32", proj.astype("<f4").tobytes())
+
+    # --- search --------------------------------------------------------------------------------
+
+    def _as_embedding(self, query, probe: Probe | None) -> tuple[Embedding, int | None]:
+        if isinstance(query, Embedding):
+            self._check_embedding(query)
+            return query, None
+        if isinstance(query, str):
+            row = self._row(query)
+            return self.get(query)[0], int(self._rows.at[row, "id"])
+        if isinstance(query, Task):
+            return embed(query, probe or self.probe(), method=self.space["method"],
+                         prior_scale=self.space["prior_scale"], progress=False), None
+        raise TaskIndexError(f"query must be an Embedding, a Task or a row name; got {type(query).__name__}")
+
+    def probe(self) -> Probe:
+        """Rebuild the index's probe to embed new tasks (registered probes only)."""
+        s = self.space
+        weights = None if s["weights"] == "random" else s["weights"]
+        try:
+            probe = load_probe(s["probe"], weights=weights, image_size=s["image_size"])
+        except TaskIndexError as exc:
+            raise IndexUsageError(f"cannot rebuild this index's probe ({exc}); pass probe=... to query") from None
+        if probe.fingerprint != s["fingerprint"]:
+            raise IncompatibleEmbeddingsError(
+                f"the probe {s['probe']!r} here has weights {probe.fingerprint}, the index was built with "
+                f"{s['fingerprint']}: pass the original probe with probe=...")
+        return probe
+
+    def query(
+        self,
+        query,
+        k: int = 10,
+        metric: str = "sym",
+        kind: str | None = None,
+        where: dict | None = None,
+        exact: bool = False,
+        alpha: float = distance.ALPHA,
+        probe: Probe | None = None,
+    ) -> list[Hit]:
+        """The k nearest rows. metric 'asym' ranks by d_asym(row -> query) (expert selection)."""
+        if metric not in ("sym", "asym"):
+            raise TaskIndexError(f"unknown metric {metric!r}: use 'sym' or 'asym'")
+        if kind not in (None, *KINDS):
+            raise TaskIndexError(f"unknown kind {kind!r}: use 'task', 'model' or None")
+        if not isinstance(k, int) or k < 1:
+            raise TaskIndexError(f"k must be a positive integer; got {k!r}")
+        emb, self_id = self._as_embedding(query, probe)
+        keep = filters.mask(self._rows, where)
+        if kind is not None:
+            keep &= (self._rows["kind"] == kind).to_numpy()
+        if self_id is not None:
+            keep &= (self._rows["id"] != self_id).to_numpy()
+        allowed = np.flatnonzero(keep)
+        if exact or self._candidates is None:
+            rows = allowed
+        else:
+            want = k * search.OVERFETCH * (2 if metric == "asym" else 1)
+            ids = self._rows["id"].to_numpy()
+            found = self._candidates.search(search.project(emb.vector[None, :], self._projection)[0], want,
+                                            None if keep.all() else ids[allowed])
+            rows = np.array([self._by_id[i] for i in found.tolist()], dtype=np.int64)
+        if len(rows) == 0:
+            return []
+        dists = np.concatenate([distance.one_to_many(emb.vector, self._gather(rows[i:i + 2048]))
+                                for i in range(0, len(rows), 2048)])
+        cx = self._rows["complexity"].to_numpy()[rows]
+        score = dists - alpha * cx if metric == "asym" else dists
+        top = np.argsort(score, kind="stable")[:k]
+        return [Hit(self._rows.at[int(rows[t]), "name"], self._rows.at[int(rows[t]), "kind"], float(score[t]),
+                    float(cx[t]), self.metadata(int(rows[t]))) for t in top]
+
+    # --- checking ------------------------------------------------------------------------------
+
+    def verify(self) -> list[str]:
+        """Hash every file of the committed version; returns the problems found (empty: all good)."""
+        return verify(self._store.root)
+
+    def info(self) -> dict:
+        counts = self._rows["kind"].value_counts().to_dict() if len(self) else {}
+        return {"path": str(self._store.root), "version": self.version, "rows": len(self),
+                "tasks": int(counts.get("task", 0)), "models": int(counts.get("model", 0)), "dim": self.dim,
+                **self.space, "segments": len(self.manifest["segments"]),
+                "deleted_rows": len(self.manifest["deleted"]),
+                "candidates": self._candidates.kind if self._candidates is not None else "exact",
+                "created": self.manifest["created"]}
+
+
+def verify(path: str | os.PathLike) -> list[str]:
+    """Check CURRENT, the manifest and every data file (size and sha256) without loading the index."""
+    store = Store(path)
+    try:
+        manifest = store.read_manifest()
+    except TaskIndexError as exc:
+        return [str(exc)]
+    problems = []
+    for ref in all_refs(manifest):
+        p = store.path(ref)
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != ref["size"]:
+            problems.append(f"{p}: {p.stat().st_size} bytes, expected {ref['size']} (truncated or altered)")
+        elif sha256_file(p) != ref["sha256"]:
+            problems.append(f"{p}: checksum mismatch (altered)")
+    return problems

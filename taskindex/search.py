@@ -1,0 +1,105 @@
+"""Candidate search: a FAISS structure whose ranking agrees with d_sym, then exact re-rank.
+
+d_sym depends only on the log-ratio log F_a - log F_b. For nearby tasks it is
+about half the variance over filters of that log-ratio, i.e. a squared L2
+distance between per-row centred log F vectors. Those live in ~21k dimensions,
+so they are projected by PCA (trained on the index's own rows) to PROJ_DIM
+floats, 1 KiB a row, and searched with FAISS: exact flat search below
+IVF_ROWS rows, an inverted file above. The top candidates are re-ranked with the
+exact distance on the raw, memory-mapped vectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PROJ_DIM = 256
+EXACT_ROWS = 512        # below this every row is a candidate: brute force is the plan
+PCA_SAMPLE = 4096       # rows used to train the projection
+IVF_ROWS = 200_000      # flat search below, IVF above
+OVERFETCH = 10          # candidates re-ranked per result wanted
+
+
+def centred_log(vectors: np.ndarray) -> np.ndarray:
+    z = np.log(np.asarray(vectors, dtype=np.float32))
+    z -= z.mean(axis=1, keepdims=True)
+    return z
+
+
+def train_projection(vectors: np.ndarray, dim: int = PROJ_DIM) -> np.ndarray:
+    """PCA of centred log F: returns (dim + 1, d) float32, the mean row then the components."""
+    z = centred_log(vectors).astype(np.float64)
+    mean = z.mean(axis=0)
+    z -= mean
+    gram = z @ z.T  # n x n: cheap because the sample has far fewer rows than filters
+    vals, vecs = np.linalg.eigh(gram)
+    order = np.argsort(vals)[::-1]
+    keep = [i for i in order[:dim] if vals[i] > 1e-9 * max(vals.max(), 1e-300)]
+    comps = (vecs[:, keep].T @ z) / np.sqrt(vals[keep])[:, None]
+    out = np.zeros((dim + 1, z.shape[1]), np.float32)
+    out[0] = mean
+    out[1:1 + len(keep)] = comps
+    return out
+
+
+def project(vectors: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray((centred_log(vectors) - projection[0]) @ projection[1:].T, dtype=np.float32)
+
+
+def use_gpu() -> bool:
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class Candidates:
+    """FAISS over projected rows, with the row ids of the index (stable through deletes)."""
+
+    def __init__(self, proj: np.ndarray, ids: np.ndarray, seed: int = 0):
+        import faiss
+
+        n, dim = proj.shape
+        self.kind = "flat" if n < IVF_ROWS else "ivf"
+        if self.kind == "flat":
+            base = faiss.IndexFlatL2(dim)
+            self.index = faiss.IndexIDMap2(base)
+        else:
+            nlist = int(4 * np.sqrt(n))
+            quantizer = faiss.IndexFlatL2(dim)
+            base = faiss.IndexIVFFlat(quantizer, dim, nlist)
+            rng = np.random.default_rng(seed)
+            sample = proj[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+            base.train(np.ascontiguousarray(sample))
+            base.nprobe = max(1, nlist // 16)
+            self.index = base
+        self._quantizer = base if self.kind == "flat" else quantizer  # keep SWIG owners alive
+        self._base = base
+        self.add(proj, ids)
+
+    def add(self, proj: np.ndarray, ids: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(proj, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids) -> None:
+        import faiss
+
+        if len(ids):
+            self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(list(ids), dtype=np.int64)))
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        import faiss
+
+        params = None
+        if allowed is not None:
+            sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+            params = (faiss.SearchParametersIVF(sel=sel, nprobe=self._base.nprobe) if self.kind == "ivf"
+                      else faiss.SearchParameters(sel=sel))
+        k = min(k, self.index.ntotal)
+        if k <= 0:
+            return np.zeros(0, np.int64)
+        _, found = self.index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
+        return found[0][found[0] >= 0]
+
+    def memory_bytes(self) -> int:
+        per_row = self._base.d * 4 + 8
+        return int(self.index.ntotal * per_row)

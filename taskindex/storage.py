@@ -1,0 +1,221 @@
+"""The on-disk format of an index: immutable files, versioned manifests, atomic commits.
+
+    <index>/CURRENT                  "manifest-00000007.json <sha256>": the committed version
+    <index>/manifest-00000007.json   format, space, layout, segments, deleted ids, file checksums
+    <index>/data/<uuid>.f32          raw float32 vectors of one segment (rows x dim), memory-mapped
+    <index>/data/<uuid>.proj.f32     the segment's rows in the candidate space (rows x proj_dim)
+    <index>/data/<uuid>.parquet      the segment's metadata rows (pandas, polars, DuckDB read it)
+    <index>/data/<uuid>.npy          prior, projection (no pickle: numpy with allow_pickle=False)
+    <index>/LOCK                     flock'ed by the one writer; the kernel releases it when it dies
+
+A commit writes only new files (fsync'ed), then a new manifest, then replaces
+CURRENT (write to a temporary file, fsync, rename, fsync the directory). A crash
+at any instant leaves CURRENT naming a complete, checked version; files of an
+unfinished commit are never referenced and are removed by the next compact().
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IndexCorruptError, IndexLockedError, IndexUsageError
+
+FORMAT = "taskindex-index"
+FORMAT_VERSION = 1
+# Vector files are hashed on open only while their total stays under this; `verify` always hashes.
+HASH_ON_OPEN_BYTES = 256 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class FileRef:
+    """A data file as the manifest records it."""
+
+    name: str
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+class Store:
+    """One index directory: reads committed versions, writes new ones."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.data = self.root / "data"
+        self._lock_fd: int | None = None
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.root / "CURRENT").is_file()
+
+    def read_manifest(self) -> dict:
+        current = self.root / "CURRENT"
+        if not self.root.is_dir():
+            raise IndexUsageError(f"{str(self.root)!r} does not exist: create an index with `taskindex create "
+                              f"{self.root}` or TaskIndex.create(...)")
+        if not current.is_file():
+            raise IndexUsageError(f"{str(self.root)!r} is not a taskindex index (no CURRENT file): create one with "
+                              f"`taskindex create {self.root}`")
+        parts = current.read_text().split()
+        if len(parts) != 2:
+            raise IndexCorruptError(f"{current} is damaged: run `taskindex verify {self.root}`")
+        name, digest = parts
+        path = self.root / name
+        if not path.is_file():
+            raise IndexCorruptError(f"manifest {name} named by CURRENT is missing in {self.root}")
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise IndexCorruptError(f"manifest {name} of {self.root} fails its checksum: the file was altered")
+        manifest = json.loads(raw)
+        if manifest.get("format") != FORMAT:
+            raise IndexUsageError(f"{self.root} is not a taskindex index (format {manifest.get('format')!r})")
+        if manifest.get("format_version", 0) > FORMAT_VERSION:
+            raise IndexUsageError(f"{self.root} was written by a newer taskindex (format "
+                              f"{manifest['format_version']}): upgrade taskindex")
+        return manifest
+
+    def path(self, ref: dict) -> Path:
+        return self.data / ref["name"]
+
+    def check(self, ref: dict, full: bool) -> None:
+        """Size always; checksum when `full`. Raises IndexCorruptError naming the file."""
+        p = self.path(ref)
+        if not p.is_file():
+            raise IndexCorruptError(f"{p} is missing: the index is damaged (restore it from a backup)")
+        size = p.stat().st_size
+        if size != ref["size"]:
+            raise IndexCorruptError(f"{p} has {size} bytes, the manifest says {ref['size']}: "
+                                    "the file was truncated or altered")
+        if full and sha256_file(p) != ref["sha256"]:
+            raise IndexCorruptError(f"{p} fails its checksum: the file was altered (bit flip or overwrite)")
+
+    def load_npy(self, ref: dict) -> np.ndarray:
+        self.check(ref, full=True)
+        return np.load(self.path(ref), allow_pickle=False)
+
+    def memmap(self, ref: dict, cols: int) -> np.ndarray:
+        rows = ref["size"] // (4 * cols)
+        if rows == 0:
+            return np.zeros((0, cols), np.float32)
+        return np.memmap(self.path(ref), dtype="<f4", mode="r", shape=(rows, cols))
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def new_file(self, suffix: str, data: bytes) -> dict:
+        """Write an immutable data file (fsync'ed) and return its manifest entry."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        name = f"{uuid.uuid4().hex}{suffix}"
+        path = self.data / name
+        with open(path, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return FileRef(name, len(data), hashlib.sha256(data).hexdigest()).to_json()
+
+    def commit(self, manifest: dict) -> None:
+        """Make `manifest` the current version: after this returns it survives any crash."""
+        self._require_lock()
+        _fsync_dir(self.data) if self.data.is_dir() else None
+        manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
+        raw = json.dumps(manifest, sort_keys=True).encode()
+        name = f"manifest-{manifest['version']:08d}.json"
+        write_atomic(self.root / name, raw)
+        write_atomic(self.root / "CURRENT", f"{name} {hashlib.sha256(raw).hexdigest()}\n".encode())
+
+    def acquire(self) -> None:
+        """Take the writer lock or fail at once, naming the holder."""
+        if self._lock_fd is not None:
+            return
+        lock = self.root / "LOCK"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise IndexUsageError(f"{self.root} is read-only here ({exc.strerror}): open it with readonly=True "
+                                  "(`taskindex query` only reads)") from None
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise IndexLockedError(f"{self.root} is being written by another process (pid {holder}): "
+                                   "wait for it to finish; readers are never blocked") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _require_lock(self) -> None:
+        if self._lock_fd is None:
+            raise IndexUsageError("the index is open read-only: reopen it with readonly=False to change it")
+
+    def unreferenced(self, manifest: dict) -> list[Path]:
+        """Data files and manifests that the current version does not use (left by old or crashed commits)."""
+        used = set(referenced_files(manifest))
+        current = f"manifest-{manifest['version']:08d}.json"
+        out = [p for p in self.data.glob("*") if p.name not in used] if self.data.is_dir() else []
+        out += [p for p in self.root.glob("manifest-*.json") if p.name != current]
+        out += list(self.root.glob(".*.tmp"))
+        return out
+
+
+def referenced_files(manifest: dict) -> list[str]:
+    names = [manifest["prior"]["name"]]
+    if manifest.get("projection"):
+        names.append(manifest["projection"]["name"])
+    for seg in manifest["segments"]:
+        names += [seg[k]["name"] for k in ("vectors", "proj", "rows") if seg.get(k)]
+    return names
+
+
+def all_refs(manifest: dict) -> list[dict]:
+    refs = [manifest["prior"]]
+    if manifest.get("projection"):
+        refs.append(manifest["projection"])
+    for seg in manifest["segments"]:
+        refs += [seg[k] for k in ("vectors", "proj", "rows") if seg.get(k)]
+    return refs

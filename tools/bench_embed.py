@@ -1,0 +1,657 @@
+#!/usr/bin/env python
+"""Benchmark of the TASK2VEC embedding: speed, sample efficiency and stability.
+
+All parts use the shipped pretrained probe (EfficientNet-Lite0, offline weights)
+and real images from `taskindex.samples`, in one run:
+
+1. Throughput of the per-sample montecarlo Fisher pass (`fisher_pass`) against
+   (a) the floor: one plain batched forward+backward that forms the conv weight
+   gradients, (a') the same backward with activation gradients only (what
+   `fisher_pass` itself runs before its per-sample work), (b) a naive per-sample
+   autograd loop, (c) the reference "montecarlo" estimator that squares the
+   gradient of the batch-mean loss. Also a per-conv-kind breakdown of where the
+   per-sample work goes, and ours/floor across image sizes.
+2. Samples to reach Spearman 0.99 with a converged reference (exact expectation
+   over labels on a large pool), per-sample vs batch-squared estimator.
+3. Stability of d_sym: two disjoint halves of a task vs different tasks, as a
+   function of samples and image size, with and without the prior floor, and
+   the fraction of filters whose Fisher is exactly zero.
+
+Usage:
+    .venv/bin/python tools/bench_embed.py                 # ~10 minutes on 2 CPU cores
+    .venv/bin/python tools/bench_embed.py --quick         # ~2 minutes
+    .venv/bin/python tools/bench_embed.py --markdown out/perf.md --device cuda
+
+Plain-text tables go to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+import taskindex
+from taskindex import fisher as tfisher
+from taskindex import samples
+from taskindex.distance import d_sym
+from taskindex.fisher import conv_weights, fisher_pass, weights_per_filter
+from taskindex.head import fit_head
+
+PROBE = "efficientnet_lite0"
+FEATURE_DIM = 1280
+
+
+# --------------------------------------------------------------------------- output
+
+
+def log(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, *row) -> None:
+        self.rows.append([_fmt(v) for v in row])
+
+    def text(self) -> str:
+        cells = [self.headers] + self.rows
+        widths = [max(len(str(r[i])) for r in cells) for i in range(len(self.headers))]
+        line = "  ".join("-" * w for w in widths)
+        out = [self.title, "=" * len(self.title)]
+        out.append("  ".join(str(h).ljust(w) for h, w in zip(self.headers, widths)))
+        out.append(line)
+        for r in self.rows:
+            out.append("  ".join(str(c).rjust(w) if _numeric(c) else str(c).ljust(w) for c, w in zip(r, widths)))
+        out += [f"  * {n}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+    def markdown(self) -> str:
+        out = [f"**{self.title}**", ""]
+        out.append("| " + " | ".join(self.headers) + " |")
+        first = self.rows[0] if self.rows else [""] * len(self.headers)
+        out.append("|" + "|".join("---:" if _numeric(c) else "---" for c in first) + "|")
+        for r in self.rows:
+            out.append("| " + " | ".join(str(c) for c in r) + " |")
+        if self.notes:
+            out.append("")
+            out += [f"* {n}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+
+def _numeric(c) -> bool:
+    s = str(c).lstrip("<>=~ ").rstrip("x%s ")
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _fmt(v):
+    if isinstance(v, (float, np.floating)):
+        if not math.isfinite(v):
+            return str(v)
+        a = abs(v)
+        if a == 0:
+            return "0"
+        if a >= 100:
+            return f"{v:.0f}"
+        if a >= 10:
+            return f"{v:.1f}"
+        if a >= 0.01:
+            return f"{v:.3f}"
+        return f"{v:.2e}"
+    return v
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
+    """Warm up once, then `repeats` timed calls; returns (median seconds, all)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+class Stopwatch:
+    """Accumulates wall time between resume() and pause() (synchronising the device)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.total, self.t0 = device, 0.0, None
+
+    def resume(self) -> None:
+        sync(self.device)
+        self.t0 = time.perf_counter()
+
+    def pause(self) -> float:
+        sync(self.device)
+        self.total += time.perf_counter() - self.t0
+        return self.total
+
+
+def load_pool(name: str, n: int, size: int, seed: int):
+    """n class-balanced images (uint8, size x size) of a sample task and their labels."""
+    spec = samples.spec(name)
+    per_class = math.ceil(n / len(spec.groups)) + 1
+    task = samples.load(name, max_per_class=per_class, seed=seed)
+    idx = task.balanced_indices(n, seed)
+    if len(idx) < n:
+        raise SystemExit(f"sample task {name!r} has only {len(idx)} images; asked for {n}")
+    return task.load(idx, size), torch.as_tensor(task.labels[idx], dtype=torch.long), len(spec.groups)
+
+
+def trainable_copy(backbone: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """A deep copy whose conv weights (the Fisher's parameters, and only those) require grad."""
+    net = copy.deepcopy(backbone).eval()
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    ws = conv_weights(net)
+    for w in ws:
+        w.requires_grad_(True)
+    return net, ws
+
+
+def setup(probe, images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch: int, seed: int):
+    """Normalised batches, a head fitted on the probe's features and labels drawn from it."""
+    dev = probe.device
+    xs = [probe.normalize(images[i:i + batch]) for i in range(0, len(images), batch)]
+    with torch.no_grad():
+        feats = torch.cat([probe.backbone(x).float().cpu() for x in xs])
+    head = fit_head(feats, labels, n_classes, seed=seed).to(dev)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        probs = torch.softmax(head(feats.to(dev)).float(), 1).cpu()
+    draws = torch.multinomial(probs, 1, generator=gen).flatten().to(dev)
+    ys = [draws[i:i + batch] for i in range(0, len(images), batch)]
+    return xs, ys, head
+
+
+def per_filter(sq_by_layer: list[torch.Tensor]) -> np.ndarray:
+    return torch.cat([s.detach().double().cpu().flatten() for s in sq_by_layer]).numpy()
+
+
+def conv_kind(call) -> str:
+    kh, kw = call.weight.shape[-2:]
+    s = call.stride[0]
+    if call.weight.shape[1] == 1 and call.groups > 1:
+        return f"depthwise {kh}x{kw} s{s}"
+    if kh == 1 and kw == 1:
+        return f"pointwise 1x1 s{s}"
+    return f"dense {kh}x{kw} s{s} (groups {call.groups})"
+
+
+# --------------------------------------------------------------------------- estimators
+
+
+def run_ours(backbone, head, xs, ys):
+    return fisher_pass(backbone, head, zip(xs, ys))
+
+
+def run_floor(net, head, xs, ys):
+    """One batched forward+backward to the conv weights: loss = sum_n -log p(y_n|x_n)."""
+    for x, y in zip(xs, ys):
+        lp = torch.log_softmax(head(net(x)).float(), 1)
+        (-lp.gather(1, y[:, None]).sum()).backward()
+    for w in conv_weights(net):
+        w.grad = None
+
+
+def run_activation_only(backbone, head, xs, ys):
+    """Forward + backward of the frozen backbone to the input: the base that fisher_pass builds on."""
+    for x, y in zip(xs, ys):
+        x = x.detach().requires_grad_(True)
+        lp = torch.log_softmax(head(backbone(x)).float(), 1)
+        (-lp.gather(1, y[:, None]).sum()).backward()
+
+
+def run_naive(net, ws, head, xs, ys, n: int):
+    """Per image: forward, autograd.grad of log p(y|x) w.r.t. every conv weight, square, sum per filter."""
+    acc = [torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) for w in ws]
+    x_all, y_all = torch.cat(xs)[:n], torch.cat(ys)[:n]
+    for i in range(n):
+        lp = torch.log_softmax(head(net(x_all[i:i + 1])).float(), 1)[0, y_all[i]]
+        grads = torch.autograd.grad(lp, ws)
+        for a, g in zip(acc, grads):
+            a += g.double().square().flatten(1).sum(1)
+    return acc
+
+
+def run_batch_squared(net, ws, head, xs, ys=None, snapshot=None):
+    """The reference repository's montecarlo estimator: square the gradient of the batch-MEAN loss.
+
+    Per batch: labels drawn from the model's predictive distribution (or the given ys),
+    loss = cross-entropy averaged over the batch, grad**2 accumulated; divided by the
+    number of batches at the end. snapshot(n_images, per-filter estimate) sees the
+    running estimate after every batch.
+    """
+    acc = [torch.zeros_like(w) for w in ws]
+    seen = 0
+    for b, x in enumerate(xs):
+        logits = head(net(x)).float()
+        if ys is None:
+            y = torch.multinomial(torch.softmax(logits.detach(), 1), 1).flatten()
+        else:
+            y = ys[b]
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, ws)
+        for a, g in zip(acc, grads):
+            a += g.square()
+        seen += x.shape[0]
+        if snapshot is not None:
+            snapshot(seen, per_filter([a.flatten(1).sum(1) for a in acc]) / (b + 1))
+    return [a / len(xs) for a in acc]
+
+
+# --------------------------------------------------------------------------- part 1
+
+
+def part_throughput(args, device) -> list[Table]:
+    tables = []
+    S, N, B = args.image_size, args.samples, args.batch_size
+    log(f"[1] throughput: {PROBE} at {S}px, {N} images of {args.task}, batch {B}")
+    probe = taskindex.load_probe(PROBE, image_size=S, device=device)
+    images, labels, n_classes = load_pool(args.task, N, S, args.seed)
+    xs, ys, head = setup(probe, images, labels, n_classes, B, args.seed)
+    bb = probe.backbone
+    net, ws = trainable_copy(bb, device)
+    n_naive = min(args.naive_samples, N)
+    R = args.repeats
+
+    res = {}
+    log("    ours (fisher_pass, per-sample squares)")
+    res["ours"] = timed(lambda: run_ours(bb, head, xs, ys), device, R)[0]
+    log("    (a) floor: batched forward+backward to the conv weights")
+    res["floor"] = timed(lambda: run_floor(net, head, xs, ys), device, R)[0]
+    log("    (a') forward+backward, activation gradients only")
+    res["act"] = timed(lambda: run_activation_only(bb, head, xs, ys), device, R)[0]
+    log(f"    (b) naive per-sample autograd loop on {n_naive} images")
+    res["naive"] = timed(lambda: run_naive(net, ws, head, xs, ys, n_naive), device, max(1, R - 1))[0]
+    log("    (c) batch-squared (reference repository's montecarlo)")
+    res["batchsq"] = timed(lambda: run_batch_squared(net, ws, head, xs), device, R)[0]
+
+    ips = {k: (n_naive if k == "naive" else N) / t for k, t in res.items()}
+    ours = ips["ours"]
+    t = Table(f"1. Fisher throughput: {PROBE} {S}px, {N} images (naive: {n_naive}), batch {B}, {device.type}",
+              ["estimator", "images/s", "ms/image", "time vs ours"])
+    names = [("ours", "ours: fisher_pass, per-sample squares"),
+             ("floor", "(a) floor: batched fwd+bwd, conv weight grads"),
+             ("act", "(a') batched fwd+bwd, activation grads only"),
+             ("naive", "(b) naive per-sample autograd.grad loop"),
+             ("batchsq", "(c) batch-squared (reference montecarlo)")]
+    for k, label in names:
+        t.add(label, ips[k], 1000 / ips[k], f"{ours / ips[k]:.2f}x")
+    r_floor = ips["floor"] / ours
+    r_naive = ours / ips["naive"]
+    t.notes.append(f"ours / floor time = {r_floor:.2f}x (target <= 2x: {'met' if r_floor <= 2 else 'NOT met'})")
+    t.notes.append(f"naive / ours time = {r_naive:.1f}x speed-up (target >= 10x: {'met' if r_naive >= 10 else 'NOT met'})")
+    t.notes.append(f"ours / batch-squared time = {ips['batchsq'] / ours:.2f}x; median of {R} timed runs after one warm-up")
+    tables.append(t)
+
+    # where the per-sample work goes, by conv kind
+    if args.profile:
+        tables.append(profile_kinds(bb, head, xs, ys, device, res))
+
+    # ours/floor as a function of image size
+    sizes = [s for s in args.sweep_sizes if s != S]
+    if sizes:
+        t2 = Table(f"1b. ours / floor across image sizes ({args.sweep_samples} images, batch {B}, {device.type})",
+                   ["image size", "ours img/s", "floor img/s", "act-only img/s", "ours/floor", "ours/act-only"])
+        rows = {S: (N / res["ours"], N / res["floor"], N / res["act"])}
+        for s in sizes:
+            log(f"    size sweep: {s}px")
+            p = taskindex.load_probe(PROBE, image_size=s, device=device)
+            im, lb, nc = load_pool(args.task, args.sweep_samples, s, args.seed)
+            xs2, ys2, head2 = setup(p, im, lb, nc, B, args.seed)
+            net2, _ = trainable_copy(p.backbone, device)
+            n2 = len(im)
+            r = max(1, min(R, 2))
+            rows[s] = (n2 / timed(lambda: run_ours(p.backbone, head2, xs2, ys2), device, r)[0],
+                       n2 / timed(lambda: run_floor(net2, head2, xs2, ys2), device, r)[0],
+                       n2 / timed(lambda: run_activation_only(p.backbone, head2, xs2, ys2), device, r)[0])
+        for s in sorted(rows):
+            o, f, a = rows[s]
+            t2.add(s, o, f, a, f"{f / o:.2f}x", f"{a / o:.2f}x")
+        tables.append(t2)
+    return tables
+
+
+def profile_kinds(bb, head, xs, ys, device, res) -> Table:
+    """Time spent in the per-sample square-norm step of fisher_pass, by conv kind (wraps it)."""
+    log("    profile: per-sample work by conv kind")
+    orig = getattr(tfisher, "per_sample_filter_sq", None)
+    t = Table("1a. Where fisher_pass's per-sample work goes (one pass, by conv kind)",
+              ["conv kind", "layers", "filters", "kernel offsets", "seconds", "% of ours"])
+    if orig is None:
+        t.notes.append("taskindex.fisher.per_sample_filter_sq not found: breakdown skipped")
+        return t
+    stats: dict[str, list] = {}
+    seen_layers: dict[str, set] = {}
+
+    def wrapped(call, grad_out):
+        sync(device)
+        t0 = time.perf_counter()
+        out = orig(call, grad_out)
+        sync(device)
+        k = conv_kind(call)
+        st = stats.setdefault(k, [0, 0, 0, 0.0])
+        key = id(call.weight)
+        if key not in seen_layers.setdefault(k, set()):
+            seen_layers[k].add(key)
+            st[0] += 1
+            st[1] += call.weight.shape[0]
+            st[2] += call.weight.shape[-2] * call.weight.shape[-1]
+        st[3] += time.perf_counter() - t0
+        return out
+
+    tfisher.per_sample_filter_sq = wrapped
+    try:
+        sync(device)
+        t0 = time.perf_counter()
+        run_ours(bb, head, xs, ys)
+        sync(device)
+        total = time.perf_counter() - t0
+    finally:
+        tfisher.per_sample_filter_sq = orig
+    inside = sum(v[3] for v in stats.values())
+    for k, (layers, filters, offs, sec) in sorted(stats.items(), key=lambda kv: -kv[1][3]):
+        t.add(k, layers, filters, offs, sec, f"{100 * sec / total:.1f}%")
+    t.add("all per-sample work", sum(v[0] for v in stats.values()), sum(v[1] for v in stats.values()),
+          sum(v[2] for v in stats.values()), inside, f"{100 * inside / total:.1f}%")
+    t.add("rest (forward + activation backward)", "", "", "", total - inside, f"{100 * (total - inside) / total:.1f}%")
+    n = sum(x.shape[0] for x in xs)
+    t.notes.append(f"profiled pass: {total:.2f}s for {n} images ({n / total:.1f} img/s; timed median was "
+                   f"{n / res['ours']:.1f} img/s). floor - act-only = {res['floor'] - res['act']:.2f}s is what "
+                   f"plain autograd spends on the batched weight gradients; ours spends "
+                   f"{res['ours'] - res['act']:.2f}s over act-only")
+    t.notes.append("'kernel offsets' = sum of kh*kw over the layers: the per-offset loop runs that many small "
+                   "GEMMs/products per batch")
+    return t
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+def part_convergence(args, device) -> list[Table]:
+    S, P, B = args.conv_image_size, args.pool, args.conv_batch
+    ns = sorted({n for n in args.conv_ns if n <= P} | {P})
+    log(f"[2] samples to Spearman {args.target}: {args.conv_task}, pool {P} at {S}px, batch {B}")
+    probe = taskindex.load_probe(PROBE, image_size=S, device=device)
+    images, labels, n_classes = load_pool(args.conv_task, P, S, args.seed)
+    xs, ys, head = setup(probe, images, labels, n_classes, B, args.seed)
+    bb = probe.backbone
+    m = weights_per_filter(bb)
+
+    log(f"    reference: exact expectation over {n_classes} labels on {P} images")
+    sync(device)
+    t0 = time.perf_counter()
+    ref = fisher_pass(bb, head, ((x, None) for x in xs)) / (P * m)
+    sync(device)
+    t_ref = time.perf_counter() - t0
+    mask = ref > 0
+
+    def rho(est):
+        return float(spearmanr(est[mask], ref[mask])[0])
+
+    # ours: running per-sample estimate after every batch, via the sink
+    log("    ours: per-sample sampled-label estimate, running")
+    sizes = [w.shape[0] for w in conv_weights(bb)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    running = np.zeros(int(offsets[-1]))
+    ours_at: dict[int, tuple[float, float]] = {}
+    seen = [0]
+    clock = Stopwatch(device)
+
+    def sink(layer, sq):
+        running[offsets[layer]:offsets[layer + 1]] += sq.detach().double().sum(0).cpu().numpy()
+
+    def on_batch(nb):
+        seen[0] += nb
+        if seen[0] in ns:
+            el = clock.pause()  # the Spearman is not part of the estimator's wall time
+            ours_at[seen[0]] = (rho(running / (seen[0] * m)), el)
+            clock.resume()
+
+    # warm up, then the timed running pass
+    fisher_pass(bb, head, zip(xs[:1], ys[:1]))
+    clock.resume()
+    total = fisher_pass(bb, head, zip(xs, ys), sink=sink, on_batch=on_batch)
+    if not np.allclose(total, running, rtol=1e-6, atol=0):
+        log("    WARNING: the sink's running sum differs from fisher_pass's total")
+
+    log("    batch-squared: running estimate")
+    net, ws = trainable_copy(bb, device)
+    bsq_at: dict[int, tuple[float, float]] = {}
+    bclock = Stopwatch(device)
+
+    def snap(n, est):
+        if n in ns:
+            el = bclock.pause()
+            bsq_at[n] = (rho(est / m), el)
+            bclock.resume()
+
+    run_batch_squared(net, ws, head, xs[:1], ys[:1])
+    bclock.resume()
+    run_batch_squared(net, ws, head, xs, ys, snapshot=snap)
+
+    t = Table(f"2. Spearman rho with the converged reference ({args.conv_task}, {S}px, batch {B}, "
+              f"{int(mask.sum())}/{mask.size} filters with reference > 0)",
+              ["n images", "ours rho", "ours s", "batch-squared rho", "batch-squared s"])
+    for n in ns:
+        o, b = ours_at.get(n, (float("nan"), float("nan"))), bsq_at.get(n, (float("nan"), float("nan")))
+        t.add(n, f"{o[0]:.4f}", o[1], f"{b[0]:.4f}", b[1])
+
+    def first(at):
+        for n in ns:
+            if at.get(n, (-1,))[0] >= args.target:
+                return n, at[n][1]
+        return None, None
+
+    no, to = first(ours_at)
+    nb, tb = first(bsq_at)
+    t.notes.append(f"reference: exact expectation over labels on all {P} images, {t_ref:.1f}s; both estimators use "
+                   f"the same images and the same labels drawn once from the head's predictive distribution; "
+                   "times are cumulative wall time of the estimator alone")
+    s_o = f"n = {no} ({to:.2f}s)" if no else f"> {P}"
+    s_b = f"n = {nb} ({tb:.2f}s)" if nb else f"> {P}"
+    t.notes.append(f"smallest n with rho >= {args.target}: ours {s_o}; batch-squared {s_b}")
+    if no and nb:
+        t.notes.append(f"batch-squared / ours: {nb / no:.1f}x the samples, {tb / to:.1f}x the wall time "
+                       f"(target: ours >= 5x better)")
+    elif no:
+        t.notes.append(f"batch-squared / ours: > {P / no:.1f}x the samples, > {bsq_at[P][1] / to:.1f}x the wall time "
+                       f"(batch-squared never reached it; target: ours >= 5x better)")
+    else:
+        t.notes.append("ours did not reach the target within the pool: raise --pool")
+    return [t]
+
+
+# --------------------------------------------------------------------------- part 3
+
+
+def halves(task):
+    """Two disjoint halves: alternate images within each class."""
+    a, b = [], []
+    for c in np.unique(task.labels):
+        members = np.flatnonzero(task.labels == c)
+        a.append(members[0::2])
+        b.append(members[1::2])
+    return (task.subset(np.sort(np.concatenate(a)), name=f"{task.name}/A"),
+            task.subset(np.sort(np.concatenate(b)), name=f"{task.name}/B"))
+
+
+def part_stability(args, device) -> list[Table]:
+    names, ns, sizes = args.tasks, sorted(args.stab_ns), sorted(args.stab_sizes)
+    log(f"[3] d_sym stability: {len(names)} tasks, n in {ns}, sizes {sizes}")
+    split = {}
+    for name in names:
+        per_class = math.ceil(2 * max(ns) / len(samples.spec(name).groups)) + 1
+        split[name] = halves(samples.load(name, max_per_class=per_class, seed=args.seed))
+    t = Table("3. d_sym stability: same task (disjoint halves) vs different tasks",
+              ["size", "n", "within", "between", "between/within", "within (no prior)", "between (no prior)",
+               "ratio (no prior)", "zero-Fisher filters", "s/embedding"])
+    for S in sizes:
+        probe = taskindex.load_probe(PROBE, image_size=S, device=device)
+        for n in ns:
+            log(f"    {S}px, n={n}")
+            t0 = time.perf_counter()
+            emb = {(name, h): taskindex.embed(split[name][h], probe, max_samples=n, seed=args.seed,
+                                              progress=False, device=device)
+                   for name in names for h in (0, 1)}
+            per_emb = (time.perf_counter() - t0) / len(emb)
+            raw = {k: e.fisher.astype(np.float64) + 1e-30 for k, e in emb.items()}
+            within, within0, between, between0 = [], [], [], []
+            for i, a in enumerate(names):
+                within.append(d_sym(emb[a, 0], emb[a, 1]))
+                within0.append(d_sym(raw[a, 0], raw[a, 1]))
+                for b in names[i + 1:]:
+                    for ha in (0, 1):
+                        for hb in (0, 1):
+                            between.append(d_sym(emb[a, ha], emb[b, hb]))
+                            between0.append(d_sym(raw[a, ha], raw[b, hb]))
+            zero = float(np.mean([(e.fisher == 0).mean() for e in emb.values()]))
+            w, bt, w0, b0 = map(float, map(np.mean, (within, between, within0, between0)))
+            t.add(S, n, w, bt, f"{bt / w:.2f}x", w0, b0, f"{b0 / w0:.2f}x" if w0 > 0 else "inf",
+                  f"{100 * zero:.2f}%", per_emb)
+    t.notes.append(f"tasks: {', '.join(names)}; halves = alternate images within each class; "
+                   "within = mean d_sym(A, B) of the same task, between = mean over the 4 half pairs of every "
+                   "pair of different tasks; higher between/within is better")
+    t.notes.append("no prior: d_sym on embedding.fisher + 1e-30 (the prior floor removed); zero-Fisher filters: "
+                   "mean over the embeddings of (embedding.fisher == 0).mean()")
+    return [t]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    s = (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} with {torch.get_num_threads()} threads, "
+         f"device {device}")
+    if device.type == "cuda":
+        s += f" ({torch.cuda.get_device_name(device)})"
+    return s + f", Python {platform.python_version()}, taskindex {taskindex.__version__}"
+
+
+def ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    p.add_argument("--quick", action="store_true", help="smaller settings: about 2 minutes on 2 CPU cores")
+    p.add_argument("--parts", type=ints, default=[1, 2, 3], help="which parts to run, e.g. 1,3")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--markdown", metavar="FILE", help="also write the results as a Markdown section")
+    g = p.add_argument_group("1. throughput")
+    g.add_argument("--task", default="fashion-footwear", help="sample task for parts 1 (default fashion-footwear)")
+    g.add_argument("--image-size", type=int, help="image size (default 64)")
+    g.add_argument("--samples", type=int, help="images timed (default 128)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--naive-samples", type=int, help="images for the naive per-sample loop (default 16)")
+    g.add_argument("--repeats", type=int, help="timed runs after the warm-up; the median is reported (default 3)")
+    g.add_argument("--sweep-sizes", type=ints, help="other image sizes for ours/floor (default 32,96,224)")
+    g.add_argument("--sweep-samples", type=int, help="images per size in the sweep (default 64)")
+    g.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-conv-kind breakdown")
+    g = p.add_argument_group("2. samples to Spearman 0.99")
+    g.add_argument("--conv-task", default="fashion-footwear")
+    g.add_argument("--conv-image-size", type=int, help="image size (default 32)")
+    g.add_argument("--pool", type=int, help="reference pool = largest n (default 1024)")
+    g.add_argument("--conv-ns", type=ints, help="sample counts (default 32,64,128,256,512,1024)")
+    g.add_argument("--conv-batch", type=int, default=32)
+    g.add_argument("--target", type=float, default=0.99)
+    g = p.add_argument_group("3. d_sym stability")
+    g.add_argument("--tasks", type=lambda s: [v for v in s.split(",") if v],
+                   help="default fashion-footwear,fashion-tops,mnist-round,fashion-trouser-vs-rest")
+    g.add_argument("--stab-ns", type=ints, help="samples per half (default 64,128,256)")
+    g.add_argument("--stab-sizes", type=ints, help="image sizes (default 32,64,96)")
+    a = p.parse_args(argv)
+    q = a.quick
+    defaults = dict(
+        image_size=64, samples=64 if q else 128, naive_samples=8 if q else 16, repeats=1 if q else 3,
+        sweep_sizes=[] if q else [32, 96, 224], sweep_samples=64,
+        conv_image_size=32, pool=256 if q else 1024, conv_ns=[32, 64, 128, 256, 512, 1024],
+        tasks=["fashion-footwear", "fashion-tops", "mnist-round"] if q
+        else ["fashion-footwear", "fashion-tops", "mnist-round", "fashion-trouser-vs-rest"],
+        stab_ns=[64, 128] if q else [64, 128, 256], stab_sizes=[32, 64] if q else [32, 64, 96],
+    )
+    for k, v in defaults.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but CUDA is not available")
+    torch.manual_seed(args.seed)
+    command = "python " + " ".join(shlex.quote(v) for v in ([sys.argv[0]] + (sys.argv[1:] if argv is None else argv)))
+    mach = machine(device)
+    log(f"bench_embed: {mach}")
+    t_all = time.perf_counter()
+    tables: list[Table] = []
+    parts = {1: part_throughput, 2: part_convergence, 3: part_stability}
+    for k in args.parts:
+        t0 = time.perf_counter()
+        new = parts[k](args, device)
+        log(f"    part {k}: {time.perf_counter() - t0:.1f}s")
+        for t in new:
+            print(t.text(), flush=True)
+        tables += new
+    wall = time.perf_counter() - t_all
+    print(f"command: {command}\nmachine: {mach}\ntotal wall time: {wall:.1f}s")
+    if args.markdown:
+        md = ["### Embedding benchmark (`tools/bench_embed.py`)", "",
+              f"Command: `{command}`  ", f"Machine: {mach}  ", f"Total wall time: {wall:.0f} s", ""]
+        md += [t.markdown() for t in tables]
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "w") as f:
+            f.write("\n".join(md))
+        log(f"wrote {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -115,7 +115,7 @@ def cli():
 def embed(data, output, probe, weights, method, expectation, image_size, max_samples, device, seed,
           image_column, label_column, as_json):
     """Embed the task in DATA (folder, .parquet, .csv or sample:NAME) into a .emb file."""
-    from .embedding import embed as embed_task
+    from .task2vec import embed as embed_task
     from .probes import load_probe
 
     task = load_task(data, image_column, label_column)
@@ -177,6 +177,228 @@ def samples(dataset, as_json):
     for r in rows:
         r["classes"] = ", ".join(r["classes"])
     _emit(rows, as_json, lambda r: _table(r, ["name", "dataset", "group", "classes"]))
+
+
+# --- the index ---------------------------------------------------------------------------------
+
+
+def default_index_path() -> str:
+    """The shipped index (index_data/), or $TASKINDEX_INDEX."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.environ.get("TASKINDEX_INDEX", os.path.join(here, "index_data"))
+
+
+def _parse_meta(pairs: tuple[str, ...]) -> dict:
+    from .errors import TaskIndexError
+    from .filters import parse_value
+
+    meta = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise TaskIndexError(f"cannot parse --meta {pair!r}: use key=value, e.g. --meta dataset=cifar10")
+        meta[key.strip()] = parse_value(value.strip())
+    return meta
+
+
+def _parse_where(clauses: tuple[str, ...]) -> dict | None:
+    from .filters import parse_clause
+
+    return dict(parse_clause(c) for c in clauses) or None
+
+
+def _hit_rows(hits) -> list[dict]:
+    rows = []
+    for h in hits:
+        m = h.metadata
+        rows.append({"name": h.name, "kind": h.kind, "distance": h.distance, "complexity": h.complexity,
+                     "source": m.get("dataset", m.get("source")), "classes": m.get("n_classes"),
+                     "samples": m.get("n_samples")})
+    return rows
+
+
+@cli.command()
+@click.argument("index", type=click.Path())
+@click.option("--probe", default="efficientnet_lite0", show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="'imagenet', 'random' or a state_dict file.")
+@click.option("--image-size", type=click.IntRange(min=8), default=None)
+@click.option("--method", type=click.Choice(["montecarlo", "variational"]), default="montecarlo", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def create(index, probe, weights, image_size, method, as_json):
+    """Create an empty index at INDEX for one probe and method."""
+    from .index import TaskIndex
+
+    with TaskIndex.create(index, probe=probe, weights=None if weights == "random" else weights,
+                          image_size=image_size, method=method) as idx:
+        info = idx.info()
+    _emit(info, as_json, lambda r: click.echo(f"created {r['path']}: {r['probe']} @ {r['image_size']} px, "
+                                              f"{r['method']}, {r['dim']} filters"))
+
+
+@cli.command()
+@click.argument("index", type=click.Path())
+@click.argument("name")
+@click.argument("data", required=False)
+@click.option("--embedding", "embedding_file", type=click.Path(), help="Add a saved .emb file instead of DATA.")
+@click.option("--kind", type=click.Choice(["task", "model"]), default="task", show_default=True)
+@click.option("--meta", multiple=True, help="key=value metadata (repeatable).")
+@click.option("--replace", is_flag=True, help="Replace a row of the same name (upsert).")
+@click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def add(index, name, data, embedding_file, kind, meta, replace, max_samples, as_json):
+    """Add NAME to INDEX: embed DATA with the index's probe, or take --embedding FILE."""
+    from .embedding import Embedding
+    from .task2vec import embed as embed_task
+    from .errors import TaskIndexError
+    from .index import TaskIndex
+
+    if (data is None) == (embedding_file is None):
+        raise TaskIndexError("pass exactly one of DATA (folder, .parquet, .csv, sample:NAME) or --embedding FILE")
+    metadata = _parse_meta(meta)
+    with TaskIndex.open(index) as idx:
+        if embedding_file:
+            emb = Embedding.load(embedding_file)
+        else:
+            emb = embed_task(load_task(data, "image", "label"), idx.probe(), method=idx.space["method"],
+                             prior_scale=idx.space["prior_scale"], max_samples=max_samples,
+                             progress=False if as_json else None)
+        (idx.upsert if replace else idx.add)(name, emb, kind=kind, metadata=metadata)
+        result = {"name": name, "kind": kind, "rows": len(idx), "version": idx.version}
+    _emit(result, as_json, lambda r: click.echo(f"added {r['name']} ({r['kind']}): {r['rows']} rows, "
+                                                f"version {r['version']}"))
+
+
+@cli.command()
+@click.argument("args", nargs=-1)
+@click.option("--embedding", "embedding_file", type=click.Path(), help="Query with a saved .emb file.")
+@click.option("--name", "row_name", help="Query with a row already in the index.")
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--metric", type=click.Choice(["sym", "asym"]), default="sym", show_default=True)
+@click.option("--kind", type=click.Choice(["task", "model"]), default=None)
+@click.option("--where", multiple=True, help="Filter: key=value, key!=value, key>=3, 'key in a,b' (repeatable).")
+@click.option("--exact", is_flag=True, help="Brute-force exact distances over every row.")
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def query(args, embedding_file, row_name, k, metric, kind, where, exact, as_json):
+    """Nearest rows: query [INDEX] (DATA | --embedding FILE | --name NAME).
+
+    Without INDEX the shipped default index is used.
+    """
+    import time
+
+    from .embedding import Embedding
+    from .errors import TaskIndexError
+    from .index import TaskIndex
+
+    given = sum(x is not None for x in (embedding_file, row_name))
+    if len(args) > 2 or (len(args) == 2 and given) or (not args and not given):
+        raise TaskIndexError("usage: taskindex query [INDEX] (DATA | --embedding FILE | --name NAME)")
+    if len(args) == 2 or (len(args) == 1 and given):
+        index, rest = args[0], args[1:]
+    else:
+        index, rest = default_index_path(), args
+    if given > 1:
+        raise TaskIndexError("pass only one of DATA, --embedding or --name")
+    where_dict = _parse_where(where)
+    with TaskIndex.open(index, readonly=True) as idx:
+        start = time.perf_counter()
+        q = row_name if row_name else Embedding.load(embedding_file) if embedding_file else load_task(
+            rest[0], "image", "label")
+        hits = idx.query(q, k=k, metric=metric, kind=kind, where=where_dict, exact=exact)
+        seconds = time.perf_counter() - start
+    if as_json:
+        click.echo(json.dumps({"index": index, "metric": metric, "seconds": seconds,
+                               "hits": [h.to_dict() for h in hits]}, indent=2, default=str))
+    else:
+        _table(_hit_rows(hits), ["name", "kind", "distance", "complexity", "source", "classes", "samples"])
+        click.echo(f"({len(hits)} rows, {metric}, {seconds * 1000:.1f} ms)")
+
+
+@cli.command(name="ls")
+@click.argument("index", required=False)
+@click.option("--kind", type=click.Choice(["task", "model"]), default=None)
+@click.option("--where", multiple=True, help="Filter rows like query --where.")
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def ls_cmd(index, kind, where, as_json):
+    """List the rows of INDEX (default: the shipped index)."""
+    from .filters import mask
+    from .index import TaskIndex
+
+    with TaskIndex.open(index or default_index_path(), readonly=True) as idx:
+        frame = idx.to_pandas()
+    keep = mask(frame, _parse_where(where))
+    if kind:
+        keep &= (frame["kind"] == kind).to_numpy()
+    frame = frame[keep]
+    records = json.loads(frame.to_json(orient="records"))
+    _emit(records, as_json, lambda r: _table(
+        [{"name": x["name"], "kind": x["kind"], "complexity": x["complexity"], "classes": x.get("n_classes"),
+          "samples": x.get("n_samples"), "source": x.get("dataset", x.get("source"))} for x in r],
+        ["name", "kind", "complexity", "classes", "samples", "source"]))
+
+
+@cli.command()
+@click.argument("index", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def info(index, as_json):
+    """Probe, method, size and storage of INDEX (default: the shipped index)."""
+    from .index import TaskIndex
+
+    with TaskIndex.open(index or default_index_path(), readonly=True) as idx:
+        data = idx.info()
+    _emit(data, as_json, lambda r: [click.echo(f"{k:14s} {v}") for k, v in r.items()])
+
+
+@cli.command()
+@click.argument("index")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def rm(index, names, as_json):
+    """Remove rows NAMES from INDEX."""
+    from .index import TaskIndex
+
+    with TaskIndex.open(index) as idx:
+        for name in names:
+            idx.remove(name)
+        result = {"removed": list(names), "rows": len(idx), "version": idx.version}
+    _emit(result, as_json, lambda r: click.echo(f"removed {len(r['removed'])}: {r['rows']} rows, "
+                                                f"version {r['version']}"))
+
+
+@cli.command()
+@click.argument("index", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def verify(index, as_json):
+    """Check every file of INDEX against its manifest (sizes and sha256). Exit 1 if damaged."""
+    from .index import verify as verify_index
+
+    path = index or default_index_path()
+    problems = verify_index(path)
+    _emit({"index": path, "ok": not problems, "problems": problems}, as_json,
+          lambda r: click.echo("ok" if r["ok"] else "\n".join(r["problems"])))
+    if problems:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("index")
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def compact(index, as_json):
+    """Fold INDEX's history into one segment and delete files no version needs."""
+    from .index import TaskIndex
+
+    with TaskIndex.open(index) as idx:
+        removed = idx.compact()
+        result = {"rows": len(idx), "version": idx.version, "files_removed": removed}
+    _emit(result, as_json, lambda r: click.echo(f"compacted: {r['rows']} rows, version {r['version']}, "
+                                                f"{r['files_removed']} old files removed"))
 
 
 def main():

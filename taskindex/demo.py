@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from . import distance, samples
-from .embedding import embed
+from .task2vec import embed
 from .probes import load_probe
 
 DEMO_TASKS = ("fashion-footwear", "fashion-tops", "mnist-round")

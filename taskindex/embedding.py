@@ -1,8 +1,4 @@
-"""TASK2VEC: embed a task with a probe, and the embedding's file format.
-
-Pipeline: load a class-balanced subset once (uint8, probe resolution) -> probe
-features once -> fit the linear head on cached features -> per-filter Fisher
-(montecarlo) or precision (variational) -> Embedding.
+"""The Embedding: a task's TASK2VEC vector with its provenance, and its file format.
 
 File format (`.emb`): a ZIP archive (stored, not compressed) holding
 `embedding.json` ({"format": "taskindex-embedding", "version": 1, "layout",
@@ -13,30 +9,19 @@ leaves a half-written embedding.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from . import __version__
-from .errors import EmbeddingFileError, TaskError, TaskIndexError
-from .fisher import fisher_pass, variational_precision, weight_scale_prior, weights_per_filter
-from .head import fit_head
-from .probes import Probe, resolve_device
-from .tasks import Task, balanced_order
+from .errors import EmbeddingFileError
 
 FORMAT = "taskindex-embedding"
 FORMAT_VERSION = 1
-METHODS = ("montecarlo", "variational")
-EXPECTATIONS = ("sample", "exact")
 # t0 = PRIOR_SCALE / mean(w_layer^2): about 1e-3 of a typical filter's Fisher on the
 # shipped probe (tools/bench_embed.py), so it floors dead filters without hiding live ones.
 PRIOR_SCALE = 1e-8
@@ -138,140 +123,3 @@ class Embedding:
         if not (np.all(np.isfinite(vec)) and np.all(np.isfinite(prior))) or (vec <= 0).any() or (prior <= 0).any():
             raise EmbeddingFileError(f"{path!r} holds non-finite or non-positive values: the file is damaged")
         return cls(vec, prior, [tuple(x) for x in header["layout"]], header.get("meta", {}))
-
-
-def _check_options(method, expectation, max_samples, batch_size, seed):
-    if method not in METHODS:
-        raise TaskIndexError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if expectation not in EXPECTATIONS:
-        raise TaskIndexError(f"unknown expectation {expectation!r}: use 'sample' (a label drawn per image) "
-                             "or 'exact' (sum over labels)")
-    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 2):
-        raise TaskIndexError(f"max_samples must be an integer >= 2 or None; got {max_samples!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise TaskIndexError(f"batch_size must be a positive integer; got {batch_size!r}")
-    if not isinstance(seed, int):
-        raise TaskIndexError(f"seed must be an integer; got {seed!r}")
-
-
-def embed(
-    task: Task,
-    probe: Probe,
-    method: str = "montecarlo",
-    *,
-    max_samples: int | None = 1000,
-    seed: int = 0,
-    batch_size: int = 64,
-    expectation: str = "sample",
-    prior_scale: float = PRIOR_SCALE,
-    epochs: int = 10,
-    lr: float = 0.05,
-    beta: float = 1.0,
-    device: str | torch.device | None = None,
-    progress: bool | None = None,
-) -> Embedding:
-    """Embed `task` with `probe`.
-
-    montecarlo: F_k = mean_n mean_{w in k} (d log p(y_n|x_n)/dw)^2, squares per
-    sample, y_n drawn from the head's predictive distribution (or the exact
-    expectation over labels with expectation='exact'). variational: the robust
-    estimator of the paper (sec. 3.1): starting from the montecarlo estimate,
-    `epochs` passes of SGVB at learning rate `lr` with weight noise scale beta/N.
-    Both return Fisher + t0, t0 = prior_scale / mean(w_layer^2).
-    """
-    if not isinstance(task, Task):
-        raise TaskIndexError(f"task must be a taskindex.Task; got {type(task).__name__} "
-                             "(build one with Task.from_folder / from_arrays / from_dataset)")
-    if not isinstance(probe, Probe):
-        raise TaskIndexError(f"probe must be a taskindex.Probe; got {type(probe).__name__} "
-                             "(use taskindex.load_probe(name))")
-    _check_options(method, expectation, max_samples, batch_size, seed)
-    if len(task) == 0:
-        raise TaskError(f"task {task.name!r} has no images")
-    present, first, inverse = np.unique(task.labels, return_index=True, return_inverse=True)
-    # classes numbered by first appearance, so renaming or permuting labels changes nothing
-    canonical = np.argsort(np.argsort(first))[inverse]
-    if present.size < 2:
-        raise TaskError(f"task {task.name!r} has only one class ({task.classes[int(present[0])]!r}): "
-                        "a classification task needs at least two classes")
-    start = time.perf_counter()
-    dev = resolve_device(device) if device is not None else probe.device
-    backbone = probe.backbone
-    if dev != probe.device:  # never move the caller's probe: work on a copy
-        backbone = copy.deepcopy(probe.backbone).to(dev)
-        if dev.type == "cpu":
-            backbone = backbone.to(memory_format=torch.channels_last)
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        idx = balanced_order(canonical, max_samples, np.random.default_rng(seed))
-        labels = torch.as_tensor(canonical[idx], dtype=torch.long)
-        n_classes = int(present.size)
-        if torch.unique(labels).numel() < 2:
-            raise TaskError(f"max_samples={max_samples} leaves a single class of task {task.name!r}: raise it")
-        with tqdm(total=len(idx) * (3 if method == "montecarlo" else 3 + epochs), disable=_quiet(progress),
-                  desc=f"embed {task.name}", unit="img", leave=False) as bar:
-            images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
-            bar.update(len(idx))
-
-            def norm(batch):
-                return probe.normalize(batch, dev)
-
-            feats = []
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                for i in range(0, len(idx), batch_size):
-                    feats.append(backbone(norm(images[i:i + batch_size])).float().cpu())
-                    bar.update(min(batch_size, len(idx) - i))
-            features = torch.cat(feats)
-            if not torch.isfinite(features).all():
-                raise TaskError(f"the probe produced non-finite features on task {task.name!r}: check the images")
-            head = fit_head(features, labels, n_classes, seed=seed).to(dev)
-            gen = torch.Generator().manual_seed(seed)
-            prior = weight_scale_prior(backbone, prior_scale)
-            m = weights_per_filter(backbone)
-            draws = None
-            if expectation == "sample":
-                with torch.no_grad():
-                    probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
-                draws = torch.multinomial(probs, 1, generator=gen).flatten()
-            batches = ((norm(images[i:i + batch_size]), None if draws is None else draws[i:i + batch_size].to(dev))
-                       for i in range(0, len(idx), batch_size))
-            vector = fisher_pass(backbone, head, batches, on_batch=bar.update) / (len(idx) * m) + prior
-            if method == "variational":
-                order_gen = torch.Generator().manual_seed(seed + 1)
-
-                def shuffled():
-                    perm = torch.randperm(len(idx), generator=order_gen)
-                    for i in range(0, len(idx), batch_size):
-                        sel = perm[i:i + batch_size]
-                        yield norm(images[sel]), labels[sel].to(dev)
-
-                vector = variational_precision(backbone, head, shuffled, prior, epochs, lr, seed, nu=beta / len(idx),
-                                               init=vector, on_batch=bar.update)
-    finally:
-        backbone.train(was_training)
-    if not np.all(np.isfinite(vector)):
-        raise TaskError(f"the Fisher of task {task.name!r} is not finite: check the images for extreme values")
-    meta = dict(probe.identity)
-    meta.update({
-        "method": method,
-        "prior_scale": float(prior_scale),
-        "expectation": expectation if method == "montecarlo" else None,
-        "epochs": epochs if method == "variational" else None,
-        "beta": beta if method == "variational" else None,
-        "task": task.name,
-        "source": task.source,
-        "n_samples": int(len(idx)),
-        "n_classes": n_classes,
-        "seed": seed,
-        "device": str(dev),
-        "seconds": round(time.perf_counter() - start, 3),
-        "version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
-    return Embedding(vector, prior, probe.layout, meta)
-
-
-def _quiet(progress: bool | None) -> bool | None:
-    return None if progress is None else not progress
-

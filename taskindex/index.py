@@ -22,12 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import distance, filters, search
-from .embedding import PRIOR_SCALE, SPACE_KEYS, Embedding, embed
+from .embedding import PRIOR_SCALE, SPACE_KEYS, Embedding
 from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
-from .fisher import weight_scale_prior
-from .probes import Probe, load_probe
 from .storage import HASH_ON_OPEN_BYTES, Store, all_refs, sha256_file
-from .tasks import Task
 
 KINDS = ("task", "model")
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
@@ -80,14 +77,17 @@ class TaskIndex:
     def create(
         cls,
         path: str | os.PathLike,
-        probe: Probe | str = "efficientnet_lite0",
+        probe="efficientnet_lite0",
         method: str = "montecarlo",
         *,
         weights: str | None = "imagenet",
         image_size: int | None = None,
         prior_scale: float = PRIOR_SCALE,
     ) -> "TaskIndex":
-        """A new, empty index for embeddings of one probe and method."""
+        """A new, empty index for embeddings of one probe (a Probe or a registered name) and method."""
+        from .fisher import weight_scale_prior
+        from .probes import load_probe
+
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise IndexUsageError(f"{str(root)!r} already exists and is not empty: choose a new path "
@@ -257,7 +257,7 @@ class TaskIndex:
 
     def to_pandas(self) -> pd.DataFrame:
         """Live rows and their metadata (no vectors); one row per name."""
-        return self._rows.drop(columns=["embedding_meta"]).copy()
+        return self._rows.drop(columns=["embedding_meta"], errors="ignore").copy()
 
     def parquet_files(self) -> list[str]:
         """Segment files for DuckDB/polars; rows whose id is in manifest['deleted'] are removed rows."""
@@ -421,7 +421,9 @@ class TaskIndex:
 
     # --- search --------------------------------------------------------------------------------
 
-    def _as_embedding(self, query, probe: Probe | None) -> tuple[Embedding, int | None]:
+    def _as_embedding(self, query, probe) -> tuple[Embedding, int | None]:
+        from .tasks import Task
+
         if isinstance(query, Embedding):
             self._check_embedding(query)
             return query, None
@@ -429,12 +431,16 @@ class TaskIndex:
             row = self._row(query)
             return self.get(query)[0], int(self._rows.at[row, "id"])
         if isinstance(query, Task):
+            from .task2vec import embed
+
             return embed(query, probe or self.probe(), method=self.space["method"],
                          prior_scale=self.space["prior_scale"], progress=False), None
         raise TaskIndexError(f"query must be an Embedding, a Task or a row name; got {type(query).__name__}")
 
-    def probe(self) -> Probe:
+    def probe(self):
         """Rebuild the index's probe to embed new tasks (registered probes only)."""
+        from .probes import load_probe
+
         s = self.space
         weights = None if s["weights"] == "random" else s["weights"]
         try:
@@ -456,7 +462,7 @@ class TaskIndex:
         where: dict | None = None,
         exact: bool = False,
         alpha: float = distance.ALPHA,
-        probe: Probe | None = None,
+        probe=None,
     ) -> list[Hit]:
         """The k nearest rows. metric 'asym' ranks by d_asym(row -> query) (expert selection)."""
         if metric not in ("sym", "asym"):

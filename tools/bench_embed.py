@@ -47,10 +47,14 @@ import taskindex
 from taskindex import fisher as tfisher
 from taskindex import samples
 from taskindex.distance import d_sym
-from taskindex.fisher import conv_weights, fisher_pass, weights_per_filter
+from taskindex.fisher import conv_weights, fisher_pass, weight_scale_prior, weights_per_filter
 from taskindex.head import fit_head
 
 PROBE = "efficientnet_lite0"
+try:
+    from taskindex.embedding import PRIOR_SCALE
+except ImportError:  # moved
+    PRIOR_SCALE = 1e-8
 FEATURE_DIM = 1280
 
 
@@ -184,7 +188,7 @@ def trainable_copy(backbone: torch.nn.Module, device: torch.device) -> tuple[tor
 
 
 def setup(probe, images: torch.Tensor, labels: torch.Tensor, n_classes: int, batch: int, seed: int):
-    """Normalised batches, a head fitted on the probe's features and labels drawn from it."""
+    """Normalised batches, a head fitted on the probe's features, labels drawn from it, its probabilities."""
     dev = probe.device
     xs = [probe.normalize(images[i:i + batch]) for i in range(0, len(images), batch)]
     with torch.no_grad():
@@ -195,7 +199,7 @@ def setup(probe, images: torch.Tensor, labels: torch.Tensor, n_classes: int, bat
         probs = torch.softmax(head(feats.to(dev)).float(), 1).cpu()
     draws = torch.multinomial(probs, 1, generator=gen).flatten().to(dev)
     ys = [draws[i:i + batch] for i in range(0, len(images), batch)]
-    return xs, ys, head
+    return xs, ys, head, probs
 
 
 def per_filter(sq_by_layer: list[torch.Tensor]) -> np.ndarray:
@@ -283,7 +287,7 @@ def part_throughput(args, device) -> list[Table]:
     log(f"[1] throughput: {PROBE} at {S}px, {N} images of {args.task}, batch {B}")
     probe = taskindex.load_probe(PROBE, image_size=S, device=device)
     images, labels, n_classes = load_pool(args.task, N, S, args.seed)
-    xs, ys, head = setup(probe, images, labels, n_classes, B, args.seed)
+    xs, ys, head, probs = setup(probe, images, labels, n_classes, B, args.seed)
     bb = probe.backbone
     net, ws = trainable_copy(bb, device)
     n_naive = min(args.naive_samples, N)
@@ -316,66 +320,77 @@ def part_throughput(args, device) -> list[Table]:
     r_naive = ours / ips["naive"]
     t.notes.append(f"ours / floor time = {r_floor:.2f}x (target <= 2x: {'met' if r_floor <= 2 else 'NOT met'})")
     t.notes.append(f"naive / ours time = {r_naive:.1f}x speed-up (target >= 10x: {'met' if r_naive >= 10 else 'NOT met'})")
+    t.notes.append(f"naive / floor time = {ips['floor'] / ips['naive']:.1f}x: the most any per-sample method can gain "
+                   "over the naive loop while it costs at least one batched backward")
     t.notes.append(f"ours / batch-squared time = {ips['batchsq'] / ours:.2f}x; median of {R} timed runs after one warm-up")
     tables.append(t)
 
     # where the per-sample work goes, by conv kind
+    main_stats = (res["ours"], {})
     if args.profile:
-        tables.append(profile_kinds(bb, head, xs, ys, device, res))
+        table, main_stats = profile_kinds(bb, head, xs, ys, device, res)
+        tables.append(table)
 
     # ours/floor as a function of image size
     sizes = [s for s in args.sweep_sizes if s != S]
     if sizes:
         t2 = Table(f"1b. ours / floor across image sizes ({args.sweep_samples} images, batch {B}, {device.type})",
-                   ["image size", "ours img/s", "floor img/s", "act-only img/s", "ours/floor", "ours/act-only"])
-        rows = {S: (N / res["ours"], N / res["floor"], N / res["act"])}
+                   ["image size", "ours img/s", "floor img/s", "act-only img/s", "ours/floor", "ours/act-only",
+                    "per-sample share", "costliest kind (share of ours)"])
+        rows = {S: (N / res["ours"], N / res["floor"], N / res["act"], main_stats)}
         for s in sizes:
             log(f"    size sweep: {s}px")
             p = taskindex.load_probe(PROBE, image_size=s, device=device)
             im, lb, nc = load_pool(args.task, args.sweep_samples, s, args.seed)
-            xs2, ys2, head2 = setup(p, im, lb, nc, B, args.seed)
+            xs2, ys2, head2, _ = setup(p, im, lb, nc, B, args.seed)
             net2, _ = trainable_copy(p.backbone, device)
             n2 = len(im)
-            r = max(1, min(R, 2))
-            rows[s] = (n2 / timed(lambda: run_ours(p.backbone, head2, xs2, ys2), device, r)[0],
-                       n2 / timed(lambda: run_floor(net2, head2, xs2, ys2), device, r)[0],
-                       n2 / timed(lambda: run_activation_only(p.backbone, head2, xs2, ys2), device, r)[0])
+            run_ours(p.backbone, head2, xs2, ys2)  # warm-up
+            tot, st = profiled_pass(p.backbone, head2, xs2, ys2, device)
+            rows[s] = (n2 / tot,
+                       n2 / timed(lambda: run_floor(net2, head2, xs2, ys2), device, 1)[0],
+                       n2 / timed(lambda: run_activation_only(p.backbone, head2, xs2, ys2), device, 1)[0],
+                       (tot, st))
         for s in sorted(rows):
-            o, f, a = rows[s]
-            t2.add(s, o, f, a, f"{f / o:.2f}x", f"{a / o:.2f}x")
+            o, f, a, (tot, st) = rows[s]
+            share = top = ""
+            if st:
+                share = f"{100 * sum(v[3] for v in st.values()) / tot:.0f}%"
+                k, v = max(st.items(), key=lambda kv: kv[1][3])
+                top = f"{k} ({100 * v[3] / tot:.0f}%)"
+            t2.add(s, o, f, a, f"{f / o:.2f}x", f"{a / o:.2f}x", share, top)
+        t2.notes.append("ours is one warm-up plus one profiled pass per size (the main size: the timed median and the "
+                        "profiled pass of table 1a); floor and act-only one warm-up plus one timed run")
         tables.append(t2)
     return tables
 
 
-def profile_kinds(bb, head, xs, ys, device, res) -> Table:
-    """Time spent in the per-sample square-norm step of fisher_pass, by conv kind (wraps it)."""
-    log("    profile: per-sample work by conv kind")
+def profiled_pass(bb, head, xs, ys, device) -> tuple[float, dict[str, list]]:
+    """One fisher_pass with its per-sample square-norm step timed per conv kind (wraps the function).
+
+    Returns (total seconds, {kind: [layers, filters, kernel offsets, seconds]}); the dict is empty
+    when taskindex.fisher no longer has per_sample_filter_sq.
+    """
     orig = getattr(tfisher, "per_sample_filter_sq", None)
-    t = Table("1a. Where fisher_pass's per-sample work goes (one pass, by conv kind)",
-              ["conv kind", "layers", "filters", "kernel offsets", "seconds", "% of ours"])
-    if orig is None:
-        t.notes.append("taskindex.fisher.per_sample_filter_sq not found: breakdown skipped")
-        return t
     stats: dict[str, list] = {}
-    seen_layers: dict[str, set] = {}
+    seen_layers: set = set()
 
     def wrapped(call, grad_out):
         sync(device)
         t0 = time.perf_counter()
         out = orig(call, grad_out)
         sync(device)
-        k = conv_kind(call)
-        st = stats.setdefault(k, [0, 0, 0, 0.0])
-        key = id(call.weight)
-        if key not in seen_layers.setdefault(k, set()):
-            seen_layers[k].add(key)
+        st = stats.setdefault(conv_kind(call), [0, 0, 0, 0.0])
+        if id(call.weight) not in seen_layers:
+            seen_layers.add(id(call.weight))
             st[0] += 1
             st[1] += call.weight.shape[0]
             st[2] += call.weight.shape[-2] * call.weight.shape[-1]
         st[3] += time.perf_counter() - t0
         return out
 
-    tfisher.per_sample_filter_sq = wrapped
+    if orig is not None:
+        tfisher.per_sample_filter_sq = wrapped
     try:
         sync(device)
         t0 = time.perf_counter()
@@ -383,7 +398,20 @@ def profile_kinds(bb, head, xs, ys, device, res) -> Table:
         sync(device)
         total = time.perf_counter() - t0
     finally:
-        tfisher.per_sample_filter_sq = orig
+        if orig is not None:
+            tfisher.per_sample_filter_sq = orig
+    return total, stats
+
+
+def profile_kinds(bb, head, xs, ys, device, res) -> tuple[Table, tuple[float, dict]]:
+    """Time spent in the per-sample square-norm step of fisher_pass, by conv kind."""
+    log("    profile: per-sample work by conv kind")
+    t = Table("1a. Where fisher_pass's time goes (one pass, per-sample work by conv kind)",
+              ["conv kind", "layers", "filters", "kernel offsets", "seconds", "% of ours"])
+    total, stats = profiled_pass(bb, head, xs, ys, device)
+    if not stats:
+        t.notes.append("taskindex.fisher.per_sample_filter_sq not found: breakdown skipped")
+        return t, (total, stats)
     inside = sum(v[3] for v in stats.values())
     for k, (layers, filters, offs, sec) in sorted(stats.items(), key=lambda kv: -kv[1][3]):
         t.add(k, layers, filters, offs, sec, f"{100 * sec / total:.1f}%")
@@ -391,13 +419,13 @@ def profile_kinds(bb, head, xs, ys, device, res) -> Table:
           sum(v[2] for v in stats.values()), inside, f"{100 * inside / total:.1f}%")
     t.add("rest (forward + activation backward)", "", "", "", total - inside, f"{100 * (total - inside) / total:.1f}%")
     n = sum(x.shape[0] for x in xs)
-    t.notes.append(f"profiled pass: {total:.2f}s for {n} images ({n / total:.1f} img/s; timed median was "
-                   f"{n / res['ours']:.1f} img/s). floor - act-only = {res['floor'] - res['act']:.2f}s is what "
-                   f"plain autograd spends on the batched weight gradients; ours spends "
+    t.notes.append(f"profiled pass: {total:.2f}s for {n} images ({n / total:.1f} img/s; timed median "
+                   f"{n / res['ours']:.1f} img/s). Batched weight gradients cost plain autograd "
+                   f"floor - act-only = {res['floor'] - res['act']:.2f}s; ours costs "
                    f"{res['ours'] - res['act']:.2f}s over act-only")
-    t.notes.append("'kernel offsets' = sum of kh*kw over the layers: the per-offset loop runs that many small "
-                   "GEMMs/products per batch")
-    return t
+    t.notes.append("'kernel offsets' = sum of kh*kw over the layers: per batch, the per-offset loop runs that many "
+                   "batched GEMMs (dense/pointwise) or products (depthwise)")
+    return t, (total, stats)
 
 
 # --------------------------------------------------------------------------- part 2
@@ -409,25 +437,45 @@ def part_convergence(args, device) -> list[Table]:
     log(f"[2] samples to Spearman {args.target}: {args.conv_task}, pool {P} at {S}px, batch {B}")
     probe = taskindex.load_probe(PROBE, image_size=S, device=device)
     images, labels, n_classes = load_pool(args.conv_task, P, S, args.seed)
-    xs, ys, head = setup(probe, images, labels, n_classes, B, args.seed)
+    xs, ys, head, probs = setup(probe, images, labels, n_classes, B, args.seed)
     bb = probe.backbone
     m = weights_per_filter(bb)
 
+    sizes = [w.shape[0] for w in conv_weights(bb)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+
+    # the reference pass also leaves running exact-expectation estimates on its first n images
     log(f"    reference: exact expectation over {n_classes} labels on {P} images")
-    sync(device)
-    t0 = time.perf_counter()
-    ref = fisher_pass(bb, head, ((x, None) for x in xs)) / (P * m)
-    sync(device)
-    t_ref = time.perf_counter() - t0
+    run_exact = np.zeros(int(offsets[-1]))
+    exact_snaps: dict[int, tuple[np.ndarray, float]] = {}
+    seen_exact = [0]
+    eclock = Stopwatch(device)
+
+    def sink_exact(layer, sq):
+        run_exact[offsets[layer]:offsets[layer + 1]] += sq.detach().double().sum(0).cpu().numpy()
+
+    def on_batch_exact(nb):
+        seen_exact[0] += nb
+        if seen_exact[0] in ns:
+            el = eclock.pause()
+            exact_snaps[seen_exact[0]] = (run_exact / (seen_exact[0] * m), el)
+            eclock.resume()
+
+    fisher_pass(bb, head, ((x, None) for x in xs[:1]))  # warm-up
+    eclock.resume()
+    ref = fisher_pass(bb, head, ((x, None) for x in xs), sink=sink_exact, on_batch=on_batch_exact) / (P * m)
+    t_ref = eclock.pause()
     mask = ref > 0
+    t0_prior = weight_scale_prior(bb, PRIOR_SCALE)
+    live = ref > t0_prior  # filters the embedding resolves above its prior floor
 
     def rho(est):
-        return float(spearmanr(est[mask], ref[mask])[0])
+        return (float(spearmanr(est[mask], ref[mask])[0]), float(spearmanr(est[live], ref[live])[0]))
+
+    exact_at = {n: (*rho(est), el) for n, (est, el) in exact_snaps.items()}
 
     # ours: running per-sample estimate after every batch, via the sink
     log("    ours: per-sample sampled-label estimate, running")
-    sizes = [w.shape[0] for w in conv_weights(bb)]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
     running = np.zeros(int(offsets[-1]))
     ours_at: dict[int, tuple[float, float]] = {}
     seen = [0]
@@ -440,7 +488,7 @@ def part_convergence(args, device) -> list[Table]:
         seen[0] += nb
         if seen[0] in ns:
             el = clock.pause()  # the Spearman is not part of the estimator's wall time
-            ours_at[seen[0]] = (rho(running / (seen[0] * m)), el)
+            ours_at[seen[0]] = (*rho(running / (seen[0] * m)), el)
             clock.resume()
 
     # warm up, then the timed running pass
@@ -458,42 +506,53 @@ def part_convergence(args, device) -> list[Table]:
     def snap(n, est):
         if n in ns:
             el = bclock.pause()
-            bsq_at[n] = (rho(est / m), el)
+            bsq_at[n] = (*rho(est / m), el)
             bclock.resume()
 
     run_batch_squared(net, ws, head, xs[:1], ys[:1])
     bclock.resume()
     run_batch_squared(net, ws, head, xs, ys, snapshot=snap)
 
-    t = Table(f"2. Spearman rho with the converged reference ({args.conv_task}, {S}px, batch {B}, "
-              f"{int(mask.sum())}/{mask.size} filters with reference > 0)",
-              ["n images", "ours rho", "ours s", "batch-squared rho", "batch-squared s"])
+    nan = (float("nan"),) * 3
+    t = Table(f"2. Spearman rho with the converged reference ({args.conv_task}, {S}px, batch {B})",
+              ["n images", "ours rho", "batch-sq rho", "ours rho (live)", "batch-sq rho (live)",
+               "ours s", "batch-sq s", "exact-expectation rho", "exact s"])
     for n in ns:
-        o, b = ours_at.get(n, (float("nan"), float("nan"))), bsq_at.get(n, (float("nan"), float("nan")))
-        t.add(n, f"{o[0]:.4f}", o[1], f"{b[0]:.4f}", b[1])
+        o, b, e = ours_at.get(n, nan), bsq_at.get(n, nan), exact_at.get(n, nan)
+        t.add(n, f"{o[0]:.4f}", f"{b[0]:.4f}", f"{o[1]:.4f}", f"{b[1]:.4f}", o[2], b[2], f"{e[0]:.4f}", e[2])
 
-    def first(at):
+    def first(at, col):
         for n in ns:
-            if at.get(n, (-1,))[0] >= args.target:
-                return n, at[n][1]
+            if n in at and at[n][col] >= args.target:
+                return n, at[n][2]
         return None, None
 
-    no, to = first(ours_at)
-    nb, tb = first(bsq_at)
-    t.notes.append(f"reference: exact expectation over labels on all {P} images, {t_ref:.1f}s; both estimators use "
+    t.notes.append(f"rho: over the {int(mask.sum())}/{mask.size} filters with reference > 0; rho (live): over the "
+                   f"{int(live.sum())} filters whose reference exceeds the prior floor t0 "
+                   f"(PRIOR_SCALE {PRIOR_SCALE:g} / mean w^2), i.e. those the embedding resolves")
+    t.notes.append(f"reference: exact expectation over labels on all {P} images ({t_ref:.1f}s); both estimators use "
                    f"the same images and the same labels drawn once from the head's predictive distribution; "
-                   "times are cumulative wall time of the estimator alone")
-    s_o = f"n = {no} ({to:.2f}s)" if no else f"> {P}"
-    s_b = f"n = {nb} ({tb:.2f}s)" if nb else f"> {P}"
-    t.notes.append(f"smallest n with rho >= {args.target}: ours {s_o}; batch-squared {s_b}")
-    if no and nb:
-        t.notes.append(f"batch-squared / ours: {nb / no:.1f}x the samples, {tb / to:.1f}x the wall time "
-                       f"(target: ours >= 5x better)")
-    elif no:
-        t.notes.append(f"batch-squared / ours: > {P / no:.1f}x the samples, > {bsq_at[P][1] / to:.1f}x the wall time "
-                       f"(batch-squared never reached it; target: ours >= 5x better)")
-    else:
-        t.notes.append("ours did not reach the target within the pool: raise --pool")
+                   "s = cumulative wall time of the estimator alone (Spearman excluded)")
+    t.notes.append(f"head confidence on the pool: mean max p = {probs.max(1).values.mean():.3f}; labels drawn "
+                   f"differ from the head's argmax for {100 * (probs.argmax(1) != torch.cat(ys).cpu()).float().mean():.1f}% "
+                   "of the images (the rare draws that carry most of a confident head's Fisher)")
+    t.notes.append(f"exact-expectation rho: ours with expectation='exact' (sum over the {n_classes} labels, "
+                   f"{n_classes} backward passes per batch) on the first n images, read off the reference pass; "
+                   "it is nested in the reference, so it reaches 1 at n = pool by construction: it isolates the "
+                   "image-sampling part of the error from the label-sampling part")
+    for col, what in ((0, "rho"), (1, "rho (live)")):
+        no, to = first(ours_at, col)
+        nb, tb = first(bsq_at, col)
+        s_o = f"n = {no} ({to:.2f}s)" if no else f"> {P}"
+        s_b = f"n = {nb} ({tb:.2f}s)" if nb else f"> {P}"
+        line = f"smallest n with {what} >= {args.target}: ours {s_o}, batch-squared {s_b}"
+        if no and nb:
+            line += f"; batch-squared / ours = {nb / no:.1f}x the samples, {tb / to:.1f}x the wall time"
+        elif no:
+            line += f"; batch-squared / ours > {P / no:.1f}x the samples"
+        elif nb:
+            line += f"; ours / batch-squared > {P / nb:.1f}x the samples (ours WORSE)"
+        t.notes.append(line + " (target: ours >= 5x better)")
     return [t]
 
 

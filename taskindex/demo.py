@@ -1,37 +1,43 @@
-"""`make demo`: embed bundled sample tasks with the pretrained probe and compare them."""
+"""`make demo`: query the shipped index by a known task and by a freshly embedded one."""
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
-
-from . import distance, samples
+from . import samples
+from .cli import default_index_path
+from .index import TaskIndex
 from .task2vec import embed
-from .probes import load_probe
-
-DEMO_TASKS = ("fashion-footwear", "fashion-tops", "mnist-round")
 
 
-def main(image_size: int = 64, per_class: int = 100) -> None:
-    probe = load_probe("efficientnet_lite0", image_size=image_size)
-    print(f"probe: {probe}")
-    embs = []
-    for name in DEMO_TASKS:
-        task = samples.load(name, max_per_class=per_class)
+def show(title: str, hits, seconds: float) -> None:
+    print(f"\n{title}  ({seconds * 1000:.1f} ms)")
+    print(f"  {'name':28s} {'d_sym':>7s} {'complexity':>10s}  dataset")
+    for h in hits:
+        print(f"  {h.name:28s} {h.distance:7.4f} {h.complexity:10.4f}  {h.metadata.get('dataset', '')}")
+
+
+def main() -> None:
+    with TaskIndex.open(default_index_path(), readonly=True) as index:
+        info = index.info()
+        print(f"index {info['path']}: {info['rows']} tasks, {info['probe']} @ {info['image_size']} px, "
+              f"{info['method']}")
         start = time.perf_counter()
-        embs.append(embed(task, probe))
-        print(f"  embedded {name:18s} {len(task):4d} images, {task.n_classes} classes "
-              f"in {time.perf_counter() - start:5.1f} s")
-    d = distance.pairwise(embs)
-    width = max(len(n) for n in DEMO_TASKS)
-    print("\nd_sym (symmetric TASK2VEC distance)")
-    print(" " * width + "".join(f"  {n:>{width}}" for n in DEMO_TASKS))
-    for name, row in zip(DEMO_TASKS, d):
-        print(f"{name:>{width}}" + "".join(f"  {v:>{width}.4f}" for v in row))
-    print("\ncomplexity (distance from the trivial embedding)")
-    for name, c in zip(DEMO_TASKS, np.atleast_1d(distance.complexity(embs))):
-        print(f"  {name:18s} {c:.4f}")
+        hits = index.query("fashion-footwear", k=5)
+        show("nearest to the indexed task 'fashion-footwear'", hits, time.perf_counter() - start)
+
+        task = samples.load("fashion-sandal-vs-rest", max_per_class=60, seed=7)  # images the index has not seen
+        probe = index.probe()
+        start = time.perf_counter()
+        emb = embed(task, probe, prior_scale=index.space["prior_scale"])
+        embedded = time.perf_counter() - start
+        start = time.perf_counter()
+        hits = index.query(emb, k=5)
+        show(f"nearest to a new sample of 'fashion-sandal-vs-rest' (embedded in {embedded:.1f} s)", hits,
+             time.perf_counter() - start)
+        start = time.perf_counter()
+        hits = index.query(emb, k=5, where={"dataset": "mnist"})
+        show("the same, only MNIST tasks (where dataset=mnist)", hits, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def parse_value(text: str):
 def parse_clause(text: str) -> tuple[str, object]:
     """'key=value', 'key>=3', 'key in a,b' -> (key, condition) in the Python form."""
     m = _CLAUSE.match(text)
-    if not m or not m.group(3):
+    if not m or not m.group(3) or m.group(3)[0] in "<>=!":
         raise TaskIndexError(f"cannot parse --where {text!r}: use key=value, key!=value, key>=number "
                              "or 'key in a,b,c'")
     key, op, value = m.group(1), m.group(2).strip(), m.group(3)

@@ -12,9 +12,10 @@ from .task2vec import embed
 
 def show(title: str, hits, seconds: float) -> None:
     print(f"\n{title}  ({seconds * 1000:.1f} ms)")
-    print(f"  {'name':28s} {'d_sym':>7s} {'complexity':>10s}  dataset")
+    width = max([4] + [len(h.name) for h in hits])
+    print(f"  {'name':{width}s} {'d_sym':>7s} {'complexity':>10s}  dataset")
     for h in hits:
-        print(f"  {h.name:28s} {h.distance:7.4f} {h.complexity:10.4f}  {h.metadata.get('dataset', '')}")
+        print(f"  {h.name:{width}s} {h.distance:7.4f} {h.complexity:10.4f}  {h.metadata.get('dataset', '')}")
 
 
 def main() -> None:

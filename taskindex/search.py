@@ -46,12 +46,6 @@ def project(vectors: np.ndarray, projection: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((centred_log(vectors) - projection[0]) @ projection[1:].T, dtype=np.float32)
 
 
-def use_gpu() -> bool:
-    import faiss
-
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
-
-
 class Candidates:
     """FAISS over projected rows, with the row ids of the index (stable through deletes)."""
 

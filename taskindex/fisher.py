@@ -72,6 +72,9 @@ def per_sample_filter_sq(call: ConvCall, grad_out: torch.Tensor) -> torch.Tensor
     top, bottom, left, right = call.pad
     if any(call.pad):
         x = F.pad(x, (left, right, top, bottom))
+    span = cin_g * kh * kw
+    if groups == 1 and ho * wo * (span + cout) < cout * span:
+        return _ghost_sq(x, g, (kh, kw), call.stride, call.dilation)
     out = torch.zeros(n, groups, cout_g, device=g.device, dtype=dtype)
     if cin_g == 1:  # depthwise: filter o reads input channel o // cout_g only
         gg = g.view(n, groups, cout_g, ho, wo) if g.is_contiguous() else g.reshape(n, groups, cout_g, ho, wo)
@@ -88,6 +91,21 @@ def per_sample_filter_sq(call: ConvCall, grad_out: torch.Tensor) -> torch.Tensor
                 gw = torch.matmul(gm, xm)  # n,G,o,i
                 out += gw.square().sum(-1)
     return out.reshape(n, cout)
+
+
+def _ghost_sq(x: torch.Tensor, g: torch.Tensor, kernel, stride, dilation) -> torch.Tensor:
+    """Per-sample filter norms without forming the gradient, for small feature maps.
+
+    With X (weights x positions) the unfolded input and G (filters x positions) the output
+    gradient of one sample, the gradient is G X^T and the squared norm of filter o's row is
+    G_o (X^T X) G_o^T: O(P^2 (weights + filters)) instead of O(P weights filters), a large
+    saving once the feature map has fewer positions P than the layer has channels.
+    """
+    n, cout, ho, wo = g.shape
+    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)  # n, weights, P
+    gram = torch.bmm(cols.transpose(1, 2), cols)  # n, P, P
+    gm = g.reshape(n, cout, ho * wo)
+    return (torch.bmm(gm, gram) * gm).sum(-1)
 
 
 class FilterTap(TorchFunctionMode):

@@ -26,6 +26,8 @@ class GroupedNet(nn.Module):
         self.c4 = nn.Conv2d(12, 6, 1, stride=2)
         self.c5 = nn.Conv2d(6, 12, 5, padding=2, padding_mode="reflect", groups=6)
         self.c6 = nn.Conv2d(12, 10, (3, 1), stride=(2, 1), padding=(1, 0))
+        self.c7 = nn.Conv2d(10, 48, 3, padding=1)  # wide layers on a small map take the Gram-matrix path
+        self.c8 = nn.Conv2d(48, 64, 1)
 
     def forward(self, x):
         x = F.relu(self.bn(self.c1(x)))
@@ -33,7 +35,8 @@ class GroupedNet(nn.Module):
         x = torch.tanh(self.c3(x))
         x = F.relu6(self.c4(x))
         x = torch.sigmoid(self.c5(x))
-        return self.c6(x).mean((2, 3))
+        x = torch.tanh(self.c7(self.c6(x)))
+        return self.c8(x).mean((2, 3))
 
 
 def frozen(module: nn.Module) -> nn.Module:
@@ -62,14 +65,14 @@ def test_per_sample_fisher_equals_naive_loop_on_grouped_and_depthwise_convs():
     net = frozen(GroupedNet())
     net.bn.running_mean.normal_()
     net.bn.running_var.uniform_(0.5, 2.0)
-    head = frozen(nn.Linear(10, 4))
+    head = frozen(nn.Linear(64, 4))
     x = torch.randn(9, 3, 17, 15)
     y = torch.randint(0, 4, (9,))
     batches = [(x[:5], y[:5]), (x[5:], y[5:])]  # the sum must not depend on batching
     ours = fisher_pass(net, head, batches)
     ref = naive_per_sample(net, head, x, y)
     live = ref > 1e-12 * ref.max()
-    assert live.sum() > 40  # the comparison covers most filters
+    assert live.sum() > 140  # the comparison covers most filters
     rel = np.abs(ours - ref)[live] / ref[live]
     assert rel.max() < 1e-4
     assert np.all(ours[~live] < 1e-9 * ref.max())
@@ -78,7 +81,7 @@ def test_per_sample_fisher_equals_naive_loop_on_grouped_and_depthwise_convs():
 def test_per_sample_fisher_is_not_the_square_of_the_batch_gradient():
     torch.manual_seed(1)
     net = frozen(GroupedNet())
-    head = frozen(nn.Linear(10, 4))
+    head = frozen(nn.Linear(64, 4))
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))
     ours = fisher_pass(net, head, [(x, y)])
     ref = naive_per_sample(net, head, x, y)

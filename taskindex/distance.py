@@ -35,16 +35,16 @@ def check_compatible(embeddings: Sequence[Embedding]) -> None:
                 "embeddings have different layouts (filters per layer): re-embed with the same probe")
 
 
-def _matrix(x) -> tuple[np.ndarray, list[Embedding]]:
-    """Embedding, list of Embeddings, vector or matrix -> (float64 matrix, the Embeddings)."""
+def _matrix(x, dtype=np.float64) -> tuple[np.ndarray, list[Embedding]]:
+    """Embedding, list of Embeddings, vector or matrix -> (matrix of dtype, the Embeddings)."""
     if isinstance(x, Embedding):
         x = [x]
     if isinstance(x, (list, tuple)) and x and all(isinstance(e, Embedding) for e in x):
         check_compatible(list(x))
-        return np.stack([e.vector for e in x]).astype(np.float64), list(x)
+        return np.stack([e.vector for e in x]).astype(dtype), list(x)
     if isinstance(x, (list, tuple)) and any(isinstance(e, Embedding) for e in x):
         raise TaskIndexError("pass either Embeddings or arrays, not a mix of both")
-    m = np.asarray(x, dtype=np.float64)
+    m = np.asarray(x, dtype=dtype)
     if m.ndim == 1:
         m = m[None, :]
     if m.ndim != 2 or m.shape[1] == 0:
@@ -54,9 +54,9 @@ def _matrix(x) -> tuple[np.ndarray, list[Embedding]]:
     return m, []
 
 
-def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
-    ma, ea = _matrix(a)
-    mb, eb = _matrix(b)
+def _pair(a, b, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    ma, ea = _matrix(a, dtype)
+    mb, eb = _matrix(b, dtype)
     if ea and eb:
         check_compatible([ea[0], eb[0]])
     return ma, mb
@@ -68,13 +68,13 @@ def _pairwise_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise IncompatibleEmbeddingsError(
             f"embeddings have different dimensions ({a.shape[1]} vs {b.shape[1]}): they come from different probes")
     out = np.empty((a.shape[0], b.shape[0]))
-    rows = max(1, _CHUNK_BYTES // (8 * max(1, b.shape[1])))
+    rows = max(1, _CHUNK_BYTES // (b.itemsize * max(1, b.shape[1])))
     for i, q in enumerate(a):
         for lo in range(0, b.shape[0], rows):
             blk = b[lo:lo + rows]
             s = q + blk
             with np.errstate(invalid="ignore", divide="ignore"):
-                r = np.where(s > 0, q / s, 0.5)
+                r = np.where(s > 0, q / s, b.dtype.type(0.5))
             r1 = 1.0 - r
             dot = np.einsum("ij,ij->i", r, r1)
             nr = np.sqrt(np.einsum("ij,ij->i", r, r))
@@ -91,9 +91,13 @@ def pairwise(a, b=None) -> np.ndarray:
     return _pairwise_rows(ma, mb)
 
 
-def one_to_many(query, many) -> np.ndarray:
-    """d_sym from one embedding to each of many: shape (len(many),)."""
-    q, m = _pair(query, many)
+def one_to_many(query, many, dtype=np.float64) -> np.ndarray:
+    """d_sym from one embedding to each of many: shape (len(many),).
+
+    dtype=np.float32 halves the memory traffic for re-ranking (errors ~1e-6, far below
+    the gaps between neighbours); float64 is the reference.
+    """
+    q, m = _pair(query, many, dtype)
     if q.shape[0] != 1:
         raise TaskIndexError(f"query must be a single embedding; got {q.shape[0]}")
     return _pairwise_rows(q, m)[0]

@@ -422,14 +422,14 @@ class TaskIndex:
     # --- search --------------------------------------------------------------------------------
 
     def _as_embedding(self, query, probe) -> tuple[Embedding, int | None]:
-        from .tasks import Task
-
         if isinstance(query, Embedding):
             self._check_embedding(query)
             return query, None
         if isinstance(query, str):
             row = self._row(query)
             return self.get(query)[0], int(self._rows.at[row, "id"])
+        from .tasks import Task  # imports torch: only when a task must be embedded
+
         if isinstance(query, Task):
             from .task2vec import embed
 
@@ -488,11 +488,15 @@ class TaskIndex:
             rows = np.array([self._by_id[i] for i in found.tolist()], dtype=np.int64)
         if len(rows) == 0:
             return []
-        dists = np.concatenate([distance.one_to_many(emb.vector, self._gather(rows[i:i + 2048]))
+        dists = np.concatenate([distance.one_to_many(emb.vector, self._gather(rows[i:i + 2048]), np.float32)
                                 for i in range(0, len(rows), 2048)])
         cx = self._rows["complexity"].to_numpy()[rows]
         score = dists - alpha * cx if metric == "asym" else dists
         top = np.argsort(score, kind="stable")[:k]
+        # the k answers get their exact float64 distance (the float32 pass only chose them)
+        exact_d = distance.one_to_many(emb.vector, self._gather(rows[top]))
+        score[top] = exact_d - alpha * cx[top] if metric == "asym" else exact_d
+        top = top[np.argsort(score[top], kind="stable")]
         return [Hit(self._rows.at[int(rows[t]), "name"], self._rows.at[int(rows[t]), "kind"], float(score[t]),
                     float(cx[t]), self.metadata(int(rows[t]))) for t in top]
 

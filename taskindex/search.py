@@ -91,7 +91,12 @@ class Candidates:
         k = min(k, self.index.ntotal)
         if k <= 0:
             return np.zeros(0, np.int64)
-        _, found = self.index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # one query: OpenMP start-up costs more than it saves (bench_query)
+        try:
+            _, found = self.index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
+        finally:
+            faiss.omp_set_num_threads(threads)
         return found[0][found[0] >= 0]
 
     def memory_bytes(self) -> int:

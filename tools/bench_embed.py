@@ -33,7 +33,6 @@ import math
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -135,7 +134,10 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
-    """Warm up once, then `repeats` timed calls; returns (median seconds, all)."""
+    """Warm up once, then `repeats` timed calls; returns (best seconds, all).
+
+    The best run, not the median: on a shared machine other processes only ever add time.
+    """
     fn()
     times = []
     for _ in range(repeats):
@@ -144,7 +146,7 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
         fn()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+    return min(times), times
 
 
 class Stopwatch:
@@ -322,7 +324,7 @@ def part_throughput(args, device) -> list[Table]:
     t.notes.append(f"naive / ours time = {r_naive:.1f}x speed-up (target >= 10x: {'met' if r_naive >= 10 else 'NOT met'})")
     t.notes.append(f"naive / floor time = {ips['floor'] / ips['naive']:.1f}x: the most any per-sample method can gain "
                    "over the naive loop while it costs at least one batched backward")
-    t.notes.append(f"ours / batch-squared time = {ips['batchsq'] / ours:.2f}x; median of {R} timed runs after one warm-up")
+    t.notes.append(f"ours / batch-squared time = {ips['batchsq'] / ours:.2f}x; best of {R} timed runs after one warm-up")
     tables.append(t)
 
     # where the per-sample work goes, by conv kind
@@ -359,7 +361,7 @@ def part_throughput(args, device) -> list[Table]:
                 k, v = max(st.items(), key=lambda kv: kv[1][3])
                 top = f"{k} ({100 * v[3] / tot:.0f}%)"
             t2.add(s, o, f, a, f"{f / o:.2f}x", f"{a / o:.2f}x", share, top)
-        t2.notes.append("ours is one warm-up plus one profiled pass per size (the main size: the timed median and the "
+        t2.notes.append("ours is one warm-up plus one profiled pass per size (the main size: the best timed run and the "
                         "profiled pass of table 1a); floor and act-only one warm-up plus one timed run")
         tables.append(t2)
     return tables
@@ -419,7 +421,7 @@ def profile_kinds(bb, head, xs, ys, device, res) -> tuple[Table, tuple[float, di
           sum(v[2] for v in stats.values()), inside, f"{100 * inside / total:.1f}%")
     t.add("rest (forward + activation backward)", "", "", "", total - inside, f"{100 * (total - inside) / total:.1f}%")
     n = sum(x.shape[0] for x in xs)
-    t.notes.append(f"profiled pass: {total:.2f}s for {n} images ({n / total:.1f} img/s; timed median "
+    t.notes.append(f"profiled pass: {total:.2f}s for {n} images ({n / total:.1f} img/s; best timed run "
                    f"{n / res['ours']:.1f} img/s). Batched weight gradients cost plain autograd "
                    f"floor - act-only = {res['floor'] - res['act']:.2f}s; ours costs "
                    f"{res['ours'] - res['act']:.2f}s over act-only")
@@ -631,6 +633,13 @@ def machine(device: torch.device) -> str:
     return s + f", Python {platform.python_version()}, taskindex {taskindex.__version__}"
 
 
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()]
 
@@ -648,9 +657,9 @@ def parse(argv=None) -> argparse.Namespace:
     g.add_argument("--samples", type=int, help="images timed (default 128)")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--naive-samples", type=int, help="images for the naive per-sample loop (default 16)")
-    g.add_argument("--repeats", type=int, help="timed runs after the warm-up; the median is reported (default 3)")
+    g.add_argument("--repeats", type=int, help="timed runs after the warm-up; the best is reported (default 3)")
     g.add_argument("--sweep-sizes", type=ints, help="other image sizes for ours/floor (default 32,96,224)")
-    g.add_argument("--sweep-samples", type=int, help="images per size in the sweep (default 64)")
+    g.add_argument("--sweep-samples", type=int, help="images per size in the sweep (default 32)")
     g.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-conv-kind breakdown")
     g = p.add_argument_group("2. samples to Spearman 0.99")
     g.add_argument("--conv-task", default="fashion-footwear")
@@ -668,7 +677,7 @@ def parse(argv=None) -> argparse.Namespace:
     q = a.quick
     defaults = dict(
         image_size=64, samples=64 if q else 128, naive_samples=8 if q else 16, repeats=1 if q else 3,
-        sweep_sizes=[] if q else [32, 96, 224], sweep_samples=64,
+        sweep_sizes=[] if q else [32, 96, 224], sweep_samples=32,
         conv_image_size=32, pool=256 if q else 1024, conv_ns=[32, 64, 128, 256, 512, 1024],
         tasks=["fashion-footwear", "fashion-tops", "mnist-round"] if q
         else ["fashion-footwear", "fashion-tops", "mnist-round", "fashion-trouser-vs-rest"],
@@ -688,7 +697,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     command = "python " + " ".join(shlex.quote(v) for v in ([sys.argv[0]] + (sys.argv[1:] if argv is None else argv)))
     mach = machine(device)
-    log(f"bench_embed: {mach}")
+    load0 = _load()
+    log(f"bench_embed: {mach}; load average {load0:.2f}")
     t_all = time.perf_counter()
     tables: list[Table] = []
     parts = {1: part_throughput, 2: part_convergence, 3: part_stability}
@@ -700,10 +710,13 @@ def main(argv=None) -> int:
             print(t.text(), flush=True)
         tables += new
     wall = time.perf_counter() - t_all
-    print(f"command: {command}\nmachine: {mach}\ntotal wall time: {wall:.1f}s")
+    load = f"load average (1 min) {load0:.2f} at start, {_load():.2f} at end"
+    print(f"command: {command}\nmachine: {mach}\ntotal wall time: {wall:.1f}s; {load}")
+    if load0 > 0.5 * (os.cpu_count() or 1):
+        print("WARNING: other processes were using the CPUs: timings are inflated; rerun on an idle machine")
     if args.markdown:
         md = ["### Embedding benchmark (`tools/bench_embed.py`)", "",
-              f"Command: `{command}`  ", f"Machine: {mach}  ", f"Total wall time: {wall:.0f} s", ""]
+              f"Command: `{command}`  ", f"Machine: {mach}  ", f"Total wall time: {wall:.0f} s ({load})", ""]
         md += [t.markdown() for t in tables]
         os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
         with open(args.markdown, "w") as f:

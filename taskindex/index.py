@@ -483,12 +483,12 @@ class TaskIndex:
         else:
             want = k * search.OVERFETCH * (2 if metric == "asym" else 1)
             ids = self._rows["id"].to_numpy()
-            found = self._candidates.search(search.project(emb.vector[None, :], self._projection)[0], want,
-                                            None if keep.all() else ids[allowed])
+            point = search.project(emb.vector[None, :], self._projection, query=True)[0]
+            found = self._candidates.search(point, want, None if keep.all() else ids[allowed])
             rows = np.array([self._by_id[i] for i in found.tolist()], dtype=np.int64)
         if len(rows) == 0:
             return []
-        dists = np.concatenate([distance.one_to_many(emb.vector, self._gather(rows[i:i + 2048]), np.float32)
+        dists = np.concatenate([distance.rerank(emb.vector, self._gather(rows[i:i + 2048]))
                                 for i in range(0, len(rows), 2048)])
         cx = self._rows["complexity"].to_numpy()[rows]
         score = dists - alpha * cx if metric == "asym" else dists

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PROJ_DIM = 256
+PROJ_DIM = 256          # stored floats per row: PROJ_DIM - 1 PCA coordinates + the residual norm
 EXACT_ROWS = 512        # below this every row is a candidate: brute force is the plan
 PCA_SAMPLE = 4096       # rows used to train the projection
 IVF_ROWS = 200_000      # flat search below, IVF above
@@ -26,7 +26,7 @@ def centred_log(vectors: np.ndarray) -> np.ndarray:
     return z
 
 
-def train_projection(vectors: np.ndarray, dim: int = PROJ_DIM) -> np.ndarray:
+def train_projection(vectors: np.ndarray, dim: int = PROJ_DIM - 1) -> np.ndarray:
     """PCA of centred log F: returns (dim + 1, d) float32, the mean row then the components."""
     z = centred_log(vectors).astype(np.float64)
     mean = z.mean(axis=0)
@@ -42,8 +42,25 @@ def train_projection(vectors: np.ndarray, dim: int = PROJ_DIM) -> np.ndarray:
     return out
 
 
-def project(vectors: np.ndarray, projection: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray((centred_log(vectors) - projection[0]) @ projection[1:].T, dtype=np.float32)
+def project(vectors: np.ndarray, projection: np.ndarray, query: bool = False) -> np.ndarray:
+    """PCA coordinates plus one more: the norm of what the PCA does not capture.
+
+    ||z_q - z_r||^2 = ||P(z_q - z_r)||^2 + ||R z_q - R z_r||^2, and the residuals of
+    different rows are nearly orthogonal, so the second term is about
+    ||R z_q||^2 + ||R z_r||^2. Rows store ||R z_r|| and queries 0 in the last
+    coordinate: plain L2 search then adds the row's residual energy, which ranks
+    near-duplicate rows by how far they really are, where PCA alone sees only noise.
+    """
+    z = centred_log(vectors) - projection[0]
+    coords = z @ projection[1:].T
+    out = np.empty((len(z), coords.shape[1] + 1), np.float32)
+    out[:, :-1] = coords
+    if query:
+        out[:, -1] = 0.0
+    else:
+        resid = np.einsum("ij,ij->i", z, z, dtype=np.float64) - np.einsum("ij,ij->i", coords, coords, dtype=np.float64)
+        out[:, -1] = np.sqrt(np.maximum(resid, 0.0))
+    return out
 
 
 class Candidates:

@@ -7,7 +7,13 @@ nearest neighbours are well defined and d_sym spans a realistic range.
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -55,6 +61,43 @@ def writer_main(path: str, start: int, count: int) -> None:
             emb.vector[0] = float(i + 1)  # each row carries its own number: partial rows are detectable
             index.add(f"row{i}", emb, metadata={"i": i})
             print(f"row{i}", flush=True)
+
+
+def crash_trials(root: Path, trials: int, seed: int = 0, max_delay: float = 0.25, report=None) -> list[str]:
+    """Kill a writer with SIGKILL at random instants; after each kill the index must verify and open,
+    hold every commit whose add() returned, with its own vector, and at most the one in flight besides.
+    Returns the failures (empty: all trials passed)."""
+    from taskindex.index import TaskIndex, verify
+
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, PYTHONPATH=f"{here}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    rng = random.Random(seed)
+    failures: list[str] = []
+    committed: set[str] = set()
+    for trial in range(trials):
+        with TaskIndex.open(root, readonly=True) as idx:
+            first_id = idx.manifest["next_id"]
+        proc = subprocess.Popen([sys.executable, str(here / "indexkit.py"), str(root), str(first_id), "100000"],
+                                stdout=subprocess.PIPE, env=env, text=True)
+        first = proc.stdout.readline().strip()  # the writer is up and committing
+        time.sleep(rng.uniform(0.0, max_delay))
+        proc.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate()
+        done = [x for x in [first, *rest.split()] if x]
+        committed |= set(done)
+        problems = verify(root)
+        with TaskIndex.open(root, readonly=True) as idx:
+            names = set(idx.names())
+            torn = [n for n in done[-3:] if idx.get(n)[0].vector[0] != int(n[3:]) + 1]
+        missing, unreported = committed - names, names - committed
+        ok = not (problems or missing or len(unreported) > 1 or torn)
+        if not ok:
+            failures.append(f"trial {trial}: problems={problems} missing={sorted(missing)} "
+                            f"unreported={sorted(unreported)} torn={torn}")
+        if report is not None:
+            report(trial, len(done), len(names), ok)
+        committed = names
+    return failures
 
 
 if __name__ == "__main__":

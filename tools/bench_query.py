@@ -116,13 +116,24 @@ def machine_info(workdir: Path) -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": mem / 2**30, "load": os.getloadavg(),
             "free_gb": shutil.disk_usage(workdir).free / 1e9, "python": platform.python_version(),
             "numpy": np.__version__, "scipy": scipy.__version__, "faiss": faiss.__version__,
-            "faiss_threads": faiss.omp_get_max_threads(), "taskindex": taskindex.__version__}
+            "faiss_threads": faiss.omp_get_max_threads(), "taskindex": taskindex.__version__, "commit": git_commit()}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "taskindex"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (out + (" + uncommitted changes in taskindex/" if dirty else "")) if out else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def machine_line(m: dict) -> str:
     return (f"{m['cores']} CPU cores ({m['cpu']}), {m['ram_gib']:.0f} GiB RAM, {m['free_gb']:.0f} GB free in the "
             f"workdir, Python {m['python']}, numpy {m['numpy']}, scipy {m['scipy']}, faiss {m['faiss']} "
-            f"({m['faiss_threads']} threads), taskindex {m['taskindex']}")
+            f"({m['faiss_threads']} threads), taskindex {m['taskindex']} at commit {m['commit']}")
 
 
 def load_line() -> str:

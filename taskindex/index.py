@@ -196,15 +196,18 @@ class TaskIndex:
         self._pos = rows.pop("_pos").to_numpy(np.int64)
         self._rows = rows
         self._by_name = dict(zip(rows["name"], range(len(rows))))
-        self._by_id = dict(zip(rows["id"].to_numpy().tolist(), range(len(rows))))
+        # plain arrays for the query path: ids ascend with the row order (assigned in commit order)
+        self._ids = rows["id"].to_numpy(dtype=np.int64)
+        self._complexity = rows["complexity"].to_numpy(dtype=np.float64)
+        self._kinds = {k: (rows["kind"] == k).to_numpy(dtype=bool) for k in KINDS}
         if self._projection is None or len(rows) < search.EXACT_ROWS:
             self._candidates = None
         elif self._candidates is None:
-            self._candidates = search.Candidates(self._proj_rows(np.arange(len(rows))), rows["id"].to_numpy())
+            self._candidates = search.Candidates(self._proj_rows(np.arange(len(rows))), self._ids)
         else:
             self._candidates.remove(deleted)
             new = np.flatnonzero(self._seg >= len(self._vectors) - len(segments))
-            self._candidates.add(self._proj_rows(new), rows["id"].to_numpy()[new])
+            self._candidates.add(self._proj_rows(new), self._ids[new])
 
     def _proj_rows(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), search.PROJ_DIM), np.float32)
@@ -472,25 +475,24 @@ class TaskIndex:
         if not isinstance(k, int) or k < 1:
             raise TaskIndexError(f"k must be a positive integer; got {k!r}")
         emb, self_id = self._as_embedding(query, probe)
-        keep = filters.mask(self._rows, where)
+        keep = filters.mask(self._rows, where) if where else np.ones(len(self), dtype=bool)
         if kind is not None:
-            keep &= (self._rows["kind"] == kind).to_numpy()
-        if self_id is not None:
-            keep &= (self._rows["id"] != self_id).to_numpy()
-        allowed = np.flatnonzero(keep)
+            keep &= self._kinds[kind]
+        filtered = where or kind is not None
         if exact or self._candidates is None:
-            rows = allowed
+            rows = np.flatnonzero(keep)
         else:
-            want = k * search.OVERFETCH * (2 if metric == "asym" else 1)
-            ids = self._rows["id"].to_numpy()
+            want = k * search.OVERFETCH * (2 if metric == "asym" else 1) + (self_id is not None)
             point = search.project(emb.vector[None, :], self._projection, query=True)[0]
-            found = self._candidates.search(point, want, None if keep.all() else ids[allowed])
-            rows = np.array([self._by_id[i] for i in found.tolist()], dtype=np.int64)
+            found = self._candidates.search(point, want, self._ids[keep] if filtered else None)
+            rows = np.searchsorted(self._ids, found)
+        if self_id is not None:
+            rows = rows[self._ids[rows] != self_id]
         if len(rows) == 0:
             return []
         dists = np.concatenate([distance.rerank(emb.vector, self._gather(rows[i:i + 2048]))
                                 for i in range(0, len(rows), 2048)])
-        cx = self._rows["complexity"].to_numpy()[rows]
+        cx = self._complexity[rows]
         score = dists - alpha * cx if metric == "asym" else dists
         top = np.argsort(score, kind="stable")[:k]
         # the k answers get their exact float64 distance (the float32 pass only chose them)

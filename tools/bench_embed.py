@@ -572,45 +572,69 @@ def halves(task):
             task.subset(np.sort(np.concatenate(b)), name=f"{task.name}/B"))
 
 
+def _stability_row(names, emb_by_seed) -> tuple[list[float], float, float, float, float, float]:
+    """Per-task within d_sym and the means of within/between, with and without the prior floor."""
+    within_task = {a: [] for a in names}
+    within0, between, between0 = [], [], []
+    for emb in emb_by_seed:
+        raw = {k: e.fisher.astype(np.float64) + 1e-30 for k, e in emb.items()}
+        for i, a in enumerate(names):
+            within_task[a].append(d_sym(emb[a, 0], emb[a, 1]))
+            within0.append(d_sym(raw[a, 0], raw[a, 1]))
+            for b in names[i + 1:]:
+                for ha in (0, 1):
+                    for hb in (0, 1):
+                        between.append(d_sym(emb[a, ha], emb[b, hb]))
+                        between0.append(d_sym(raw[a, ha], raw[b, hb]))
+    per_task = [float(np.mean(within_task[a])) for a in names]
+    return (per_task, float(np.mean(per_task)), float(np.mean(between)), float(np.mean(within0)),
+            float(np.mean(between0)), float(np.mean([(e.fisher == 0).mean() for emb in emb_by_seed
+                                                     for e in emb.values()])))
+
+
 def part_stability(args, device) -> list[Table]:
     names, ns, sizes = args.tasks, sorted(args.stab_ns), sorted(args.stab_sizes)
-    log(f"[3] d_sym stability: {len(names)} tasks, n in {ns}, sizes {sizes}")
-    split = {}
+    seeds = [args.seed + k for k in range(args.stab_seeds)]
+    runs = [(S, "sample") for S in sizes]
+    if args.stab_exact_size:
+        runs.append((args.stab_exact_size, "exact"))
+    log(f"[3] d_sym stability: {len(names)} tasks, n in {ns}, sizes {sizes}, seeds {seeds}"
+        + (f", exact expectation at {args.stab_exact_size}px" if args.stab_exact_size else ""))
+    split = {}  # (task, seed) -> (half A, half B): each seed draws other images of the task
     for name in names:
         per_class = math.ceil(2 * max(ns) / len(samples.spec(name).groups)) + 1
-        split[name] = halves(samples.load(name, max_per_class=per_class, seed=args.seed))
+        for sd in seeds:
+            split[name, sd] = halves(samples.load(name, max_per_class=per_class, seed=sd))
     t = Table("3. d_sym stability: same task (disjoint halves) vs different tasks",
-              ["size", "n", "within", "between", "between/within", "within (no prior)", "between (no prior)",
-               "ratio (no prior)", "zero-Fisher filters", "s/embedding"])
-    for S in sizes:
-        probe = taskindex.load_probe(PROBE, image_size=S, device=device)
+              ["size", "labels", "n", "within", "between", "between/within", "within (no prior)",
+               "between (no prior)", "ratio (no prior)", "zero-Fisher filters", "s/embedding"])
+    per_task = Table("3b. within-task d_sym(half A, half B) per task", ["size", "labels", "n"] + list(names))
+    probes = {}
+    for S, expectation in runs:
+        probe = probes.setdefault(S, taskindex.load_probe(PROBE, image_size=S, device=device))
         for n in ns:
-            log(f"    {S}px, n={n}")
+            log(f"    {S}px, {expectation}, n={n}")
             t0 = time.perf_counter()
-            emb = {(name, h): taskindex.embed(split[name][h], probe, max_samples=n, seed=args.seed,
-                                              progress=False, device=device)
-                   for name in names for h in (0, 1)}
-            per_emb = (time.perf_counter() - t0) / len(emb)
-            raw = {k: e.fisher.astype(np.float64) + 1e-30 for k, e in emb.items()}
-            within, within0, between, between0 = [], [], [], []
-            for i, a in enumerate(names):
-                within.append(d_sym(emb[a, 0], emb[a, 1]))
-                within0.append(d_sym(raw[a, 0], raw[a, 1]))
-                for b in names[i + 1:]:
-                    for ha in (0, 1):
-                        for hb in (0, 1):
-                            between.append(d_sym(emb[a, ha], emb[b, hb]))
-                            between0.append(d_sym(raw[a, ha], raw[b, hb]))
-            zero = float(np.mean([(e.fisher == 0).mean() for e in emb.values()]))
-            w, bt, w0, b0 = map(float, map(np.mean, (within, between, within0, between0)))
-            t.add(S, n, w, bt, f"{bt / w:.2f}x", w0, b0, f"{b0 / w0:.2f}x" if w0 > 0 else "inf",
+            emb_by_seed = [{(name, h): taskindex.embed(split[name, sd][h], probe, max_samples=n, seed=sd,
+                                                       expectation=expectation, progress=False, device=device)
+                            for name in names for h in (0, 1)} for sd in seeds]
+            per_emb = (time.perf_counter() - t0) / (2 * len(names) * len(seeds))
+            tasks_w, w, bt, w0, b0, zero = _stability_row(names, emb_by_seed)
+            t.add(S, expectation, n, w, bt, f"{bt / w:.2f}x", w0, b0, f"{b0 / w0:.2f}x" if w0 > 0 else "inf",
                   f"{100 * zero:.2f}%", per_emb)
-    t.notes.append(f"tasks: {', '.join(names)}; halves = alternate images within each class; "
-                   "within = mean d_sym(A, B) of the same task, between = mean over the 4 half pairs of every "
-                   "pair of different tasks; higher between/within is better")
+            per_task.add(S, expectation, n, *tasks_w)
+    t.notes.append(f"tasks: {', '.join(names)}; halves = alternate images within each class; within = mean "
+                   "d_sym(A, B) of the same task, between = mean over the 4 half pairs of every pair of different "
+                   f"tasks; higher between/within is better; averaged over seeds {seeds} (each seed: other images, "
+                   "other label draws)")
+    t.notes.append("labels: 'sample' = one label drawn per image (embed's default), 'exact' = "
+                   "expectation='exact' (sum over the classes)")
     t.notes.append("no prior: d_sym on embedding.fisher + 1e-30 (the prior floor removed); zero-Fisher filters: "
-                   "mean over the embeddings of (embedding.fisher == 0).mean()")
-    return [t]
+                   "mean over the embeddings of (embedding.fisher == 0).mean(); s/embedding includes the head fit")
+    per_task.notes.append("with a confident head the sampled-label Fisher hinges on the few images whose drawn label "
+                          "is not the head's argmax: a half that draws one such label more than the other differs "
+                          "from it by a large factor in whole layers")
+    return [t, per_task]
 
 
 # --------------------------------------------------------------------------- main
@@ -631,6 +655,28 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         s += f" ({torch.cuda.get_device_name(device)})"
     return s + f", Python {platform.python_version()}, taskindex {taskindex.__version__}"
+
+
+class CpuShare:
+    """How much of the machine's CPU time other processes took while this one ran (Linux /proc/stat)."""
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                vals = [int(v) for v in f.readline().split()[1:9]]
+            busy = (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            busy = float("nan")
+        return busy, time.process_time(), time.perf_counter()
+
+    def others(self) -> float:
+        """Fraction of all CPUs' time used by other processes since construction."""
+        (b0, p0, w0), (b1, p1, w1) = self.start, self._sample()
+        return max(0.0, ((b1 - b0) - (p1 - p0)) / ((w1 - w0) * (os.cpu_count() or 1)))
 
 
 def _load() -> float:
@@ -658,14 +704,14 @@ def parse(argv=None) -> argparse.Namespace:
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--naive-samples", type=int, help="images for the naive per-sample loop (default 16)")
     g.add_argument("--repeats", type=int, help="timed runs after the warm-up; the best is reported (default 3)")
-    g.add_argument("--sweep-sizes", type=ints, help="other image sizes for ours/floor (default 32,96,224)")
+    g.add_argument("--sweep-sizes", type=ints, help="other image sizes for ours/floor (default 32,96,128,224)")
     g.add_argument("--sweep-samples", type=int, help="images per size in the sweep (default 32)")
     g.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-conv-kind breakdown")
     g = p.add_argument_group("2. samples to Spearman 0.99")
     g.add_argument("--conv-task", default="fashion-footwear")
     g.add_argument("--conv-image-size", type=int, help="image size (default 32)")
-    g.add_argument("--pool", type=int, help="reference pool = largest n (default 1024)")
-    g.add_argument("--conv-ns", type=ints, help="sample counts (default 32,64,128,256,512,1024)")
+    g.add_argument("--pool", type=int, help="reference pool = largest n (default 2048)")
+    g.add_argument("--conv-ns", type=ints, help="sample counts up to the pool (default powers of 2 from 32)")
     g.add_argument("--conv-batch", type=int, default=32)
     g.add_argument("--target", type=float, default=0.99)
     g = p.add_argument_group("3. d_sym stability")
@@ -673,15 +719,18 @@ def parse(argv=None) -> argparse.Namespace:
                    help="default fashion-footwear,fashion-tops,mnist-round,fashion-trouser-vs-rest")
     g.add_argument("--stab-ns", type=ints, help="samples per half (default 64,128,256)")
     g.add_argument("--stab-sizes", type=ints, help="image sizes (default 32,64,96)")
+    g.add_argument("--stab-seeds", type=int, help="seeds averaged over (default 2)")
+    g.add_argument("--stab-exact-size", type=int, help="also run expectation='exact' at this size (0: skip; default 64)")
     a = p.parse_args(argv)
     q = a.quick
     defaults = dict(
         image_size=64, samples=64 if q else 128, naive_samples=8 if q else 16, repeats=1 if q else 3,
-        sweep_sizes=[] if q else [32, 96, 224], sweep_samples=32,
-        conv_image_size=32, pool=256 if q else 1024, conv_ns=[32, 64, 128, 256, 512, 1024],
+        sweep_sizes=[] if q else [32, 96, 128, 224], sweep_samples=32,
+        conv_image_size=32, pool=512 if q else 2048, conv_ns=[32, 64, 128, 256, 512, 1024, 2048, 4096],
         tasks=["fashion-footwear", "fashion-tops", "mnist-round"] if q
         else ["fashion-footwear", "fashion-tops", "mnist-round", "fashion-trouser-vs-rest"],
         stab_ns=[64, 128] if q else [64, 128, 256], stab_sizes=[32, 64] if q else [32, 64, 96],
+        stab_seeds=1 if q else 2, stab_exact_size=64,
     )
     for k, v in defaults.items():
         if getattr(a, k) is None:
@@ -698,6 +747,7 @@ def main(argv=None) -> int:
     command = "python " + " ".join(shlex.quote(v) for v in ([sys.argv[0]] + (sys.argv[1:] if argv is None else argv)))
     mach = machine(device)
     load0 = _load()
+    share = CpuShare()
     log(f"bench_embed: {mach}; load average {load0:.2f}")
     t_all = time.perf_counter()
     tables: list[Table] = []
@@ -705,14 +755,16 @@ def main(argv=None) -> int:
     for k in args.parts:
         t0 = time.perf_counter()
         new = parts[k](args, device)
-        log(f"    part {k}: {time.perf_counter() - t0:.1f}s")
+        log(f"    part {k}: {time.perf_counter() - t0:.1f}s (other processes so far: {100 * share.others():.0f}% of the CPUs)")
         for t in new:
             print(t.text(), flush=True)
         tables += new
     wall = time.perf_counter() - t_all
-    load = f"load average (1 min) {load0:.2f} at start, {_load():.2f} at end"
+    others = share.others()
+    load = (f"other processes used {100 * others:.0f}% of the CPUs during the run; "
+            f"load average (1 min) {load0:.2f} at start")
     print(f"command: {command}\nmachine: {mach}\ntotal wall time: {wall:.1f}s; {load}")
-    if load0 > 0.5 * (os.cpu_count() or 1):
+    if others > 0.1:
         print("WARNING: other processes were using the CPUs: timings are inflated; rerun on an idle machine")
     if args.markdown:
         md = ["### Embedding benchmark (`tools/bench_embed.py`)", "",

@@ -195,7 +195,11 @@ class TaskIndex:
         self._seg = rows.pop("_seg").to_numpy(np.int64)
         self._pos = rows.pop("_pos").to_numpy(np.int64)
         self._rows = rows
-        self._by_name = dict(zip(rows["name"], range(len(rows))))
+        if gone.any() or not old:
+            self._by_name = dict(zip(rows["name"].tolist(), range(len(rows))))
+        else:  # rows were only appended: extend the name map instead of rebuilding it
+            start = len(self._by_name)
+            self._by_name.update(zip(rows["name"].iloc[start:].tolist(), range(start, len(rows))))
         # plain arrays for the query path: ids ascend with the row order (assigned in commit order)
         self._ids = rows["id"].to_numpy(dtype=np.int64)
         self._complexity = rows["complexity"].to_numpy(dtype=np.float64)

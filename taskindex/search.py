@@ -17,7 +17,7 @@ PROJ_DIM = 256          # stored floats per row: PROJ_DIM - 1 PCA coordinates + 
 EXACT_ROWS = 512        # below this every row is a candidate: brute force is the plan
 PCA_SAMPLE = 4096       # rows used to train the projection
 IVF_ROWS = 200_000      # flat search below, IVF above
-OVERFETCH = 10          # candidates re-ranked per result wanted
+OVERFETCH = 20          # candidates re-ranked per result wanted (10 gave recall@10 0.985 at 100k)
 
 
 def centred_log(vectors: np.ndarray) -> np.ndarray:
@@ -52,7 +52,8 @@ def project(vectors: np.ndarray, projection: np.ndarray, query: bool = False) ->
     near-duplicate rows by how far they really are, where PCA alone sees only noise.
     """
     z = centred_log(vectors) - projection[0]
-    coords = z @ projection[1:].T
+    # one query: einsum's single-threaded matrix-vector product does not stall on a busy machine
+    coords = np.einsum("kj,j->k", projection[1:], z[0])[None, :] if len(z) == 1 else z @ projection[1:].T
     out = np.empty((len(z), coords.shape[1] + 1), np.float32)
     out[:, :-1] = coords
     if query:

@@ -20,6 +20,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import uuid
 from dataclasses import dataclass
@@ -135,7 +136,11 @@ class Store:
         rows = ref["size"] // (4 * cols)
         if rows == 0:
             return np.zeros((0, cols), np.float32)
-        return np.memmap(self.path(ref), dtype="<f4", mode="r", shape=(rows, cols))
+        mm = np.memmap(self.path(ref), dtype="<f4", mode="r", shape=(rows, cols))
+        if hasattr(mm, "_mmap") and hasattr(mmap, "MADV_RANDOM"):
+            # rows are read at random: the default read-ahead pulled in megabytes per row
+            mm._mmap.madvise(mmap.MADV_RANDOM)
+        return mm
 
     # --- writing -------------------------------------------------------------------------------
 

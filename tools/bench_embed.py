@@ -348,10 +348,10 @@ def part_throughput(args, device) -> list[Table]:
             net2, _ = trainable_copy(p.backbone, device)
             n2 = len(im)
             run_ours(p.backbone, head2, xs2, ys2)  # warm-up
-            tot, st = profiled_pass(p.backbone, head2, xs2, ys2, device)
+            tot, st = min((profiled_pass(p.backbone, head2, xs2, ys2, device) for _ in range(2)), key=lambda r: r[0])
             rows[s] = (n2 / tot,
-                       n2 / timed(lambda: run_floor(net2, head2, xs2, ys2), device, 1)[0],
-                       n2 / timed(lambda: run_activation_only(p.backbone, head2, xs2, ys2), device, 1)[0],
+                       n2 / timed(lambda: run_floor(net2, head2, xs2, ys2), device, 2)[0],
+                       n2 / timed(lambda: run_activation_only(p.backbone, head2, xs2, ys2), device, 2)[0],
                        (tot, st))
         for s in sorted(rows):
             o, f, a, (tot, st) = rows[s]
@@ -361,8 +361,8 @@ def part_throughput(args, device) -> list[Table]:
                 k, v = max(st.items(), key=lambda kv: kv[1][3])
                 top = f"{k} ({100 * v[3] / tot:.0f}%)"
             t2.add(s, o, f, a, f"{f / o:.2f}x", f"{a / o:.2f}x", share, top)
-        t2.notes.append("ours is one warm-up plus one profiled pass per size (the main size: the best timed run and the "
-                        "profiled pass of table 1a); floor and act-only one warm-up plus one timed run")
+        t2.notes.append("per size: one warm-up, then the faster of 2 runs (ours: 2 profiled passes; at the main size "
+                        "the best timed run and the profiled pass of table 1a)")
         tables.append(t2)
     return tables
 
@@ -410,7 +410,7 @@ def profile_kinds(bb, head, xs, ys, device, res) -> tuple[Table, tuple[float, di
     log("    profile: per-sample work by conv kind")
     t = Table("1a. Where fisher_pass's time goes (one pass, per-sample work by conv kind)",
               ["conv kind", "layers", "filters", "kernel offsets", "seconds", "% of ours"])
-    total, stats = profiled_pass(bb, head, xs, ys, device)
+    total, stats = min((profiled_pass(bb, head, xs, ys, device) for _ in range(2)), key=lambda r: r[0])
     if not stats:
         t.notes.append("taskindex.fisher.per_sample_filter_sq not found: breakdown skipped")
         return t, (total, stats)
@@ -421,7 +421,7 @@ def profile_kinds(bb, head, xs, ys, device, res) -> tuple[Table, tuple[float, di
           sum(v[2] for v in stats.values()), inside, f"{100 * inside / total:.1f}%")
     t.add("rest (forward + activation backward)", "", "", "", total - inside, f"{100 * (total - inside) / total:.1f}%")
     n = sum(x.shape[0] for x in xs)
-    t.notes.append(f"profiled pass: {total:.2f}s for {n} images ({n / total:.1f} img/s; best timed run "
+    t.notes.append(f"profiled pass (faster of 2): {total:.2f}s for {n} images ({n / total:.1f} img/s; best timed run "
                    f"{n / res['ours']:.1f} img/s). Batched weight gradients cost plain autograd "
                    f"floor - act-only = {res['floor'] - res['act']:.2f}s; ours costs "
                    f"{res['ours'] - res['act']:.2f}s over act-only")
@@ -710,7 +710,7 @@ def parse(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("2. samples to Spearman 0.99")
     g.add_argument("--conv-task", default="fashion-footwear")
     g.add_argument("--conv-image-size", type=int, help="image size (default 32)")
-    g.add_argument("--pool", type=int, help="reference pool = largest n (default 2048)")
+    g.add_argument("--pool", type=int, help="reference pool = largest n (default 4096)")
     g.add_argument("--conv-ns", type=ints, help="sample counts up to the pool (default powers of 2 from 32)")
     g.add_argument("--conv-batch", type=int, default=32)
     g.add_argument("--target", type=float, default=0.99)
@@ -726,7 +726,7 @@ def parse(argv=None) -> argparse.Namespace:
     defaults = dict(
         image_size=64, samples=64 if q else 128, naive_samples=8 if q else 16, repeats=1 if q else 3,
         sweep_sizes=[] if q else [32, 96, 128, 224], sweep_samples=32,
-        conv_image_size=32, pool=512 if q else 2048, conv_ns=[32, 64, 128, 256, 512, 1024, 2048, 4096],
+        conv_image_size=32, pool=512 if q else 4096, conv_ns=[32, 64, 128, 256, 512, 1024, 2048, 4096],
         tasks=["fashion-footwear", "fashion-tops", "mnist-round"] if q
         else ["fashion-footwear", "fashion-tops", "mnist-round", "fashion-trouser-vs-rest"],
         stab_ns=[64, 128] if q else [64, 128, 256], stab_sizes=[32, 64] if q else [32, 64, 96],

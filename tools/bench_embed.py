@@ -12,17 +12,23 @@ and real images from `taskindex.samples`, in one run:
    gradient of the batch-mean loss. Also a per-conv-kind breakdown of where the
    per-sample work goes, and ours/floor across image sizes.
 2. Samples to reach Spearman 0.99 with a converged reference (exact expectation
-   over labels on a large pool), per-sample vs batch-squared estimator.
+   over labels on a large pool), per-sample vs batch-squared estimator, and how
+   many more images the batch-squared estimator needs for the same accuracy.
 3. Stability of d_sym: two disjoint halves of a task vs different tasks, as a
    function of samples and image size, with and without the prior floor, and
    the fraction of filters whose Fisher is exactly zero.
 
 Usage:
-    .venv/bin/python tools/bench_embed.py                 # ~10 minutes on 2 CPU cores
-    .venv/bin/python tools/bench_embed.py --quick         # ~2 minutes
+    .venv/bin/python tools/bench_embed.py                 # ~3.5 min on 2 idle CPU cores
+    .venv/bin/python tools/bench_embed.py --quick         # ~30 s
+    .venv/bin/python tools/bench_embed.py --parts 1 --image-size 224 --samples 64
     .venv/bin/python tools/bench_embed.py --markdown out/perf.md --device cuda
 
-Plain-text tables go to stdout, progress to stderr.
+Plain-text tables go to stdout, progress to stderr. The footer says how much CPU
+other processes took during the run: with two threads on two cores, a busy
+neighbour slows torch's small ops many times over (a default run took 10 minutes
+and more with 25-45% of the CPUs taken), so rerun on an idle machine before
+quoting numbers.
 """
 
 from __future__ import annotations
@@ -54,7 +60,6 @@ try:
     from taskindex.embedding import PRIOR_SCALE
 except ImportError:  # moved
     PRIOR_SCALE = 1e-8
-FEATURE_DIM = 1280
 
 
 # --------------------------------------------------------------------------- output
@@ -709,12 +714,12 @@ def ints(s: str) -> list[int]:
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    p.add_argument("--quick", action="store_true", help="smaller settings: about 2 minutes on 2 CPU cores")
+    p.add_argument("--quick", action="store_true", help="smaller settings: about 30 s on 2 idle CPU cores (2 minutes on a busy one)")
     p.add_argument("--parts", type=ints, default=[1, 2, 3], help="which parts to run, e.g. 1,3")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", metavar="FILE", help="also write the results as a Markdown section")
     g = p.add_argument_group("1. throughput")
-    g.add_argument("--task", default="fashion-footwear", help="sample task for parts 1 (default fashion-footwear)")
+    g.add_argument("--task", default="fashion-footwear", help="sample task for part 1 (default fashion-footwear)")
     g.add_argument("--image-size", type=int, help="image size (default 64)")
     g.add_argument("--samples", type=int, help="images timed (default 128)")
     g.add_argument("--batch-size", type=int, default=32)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import taskindex
+from machine import cpu_name
 from taskindex import fisher as tfisher
 from taskindex import samples
 from taskindex.distance import d_sym
@@ -662,15 +663,7 @@ def part_stability(args, device) -> list[Table]:
 
 
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     s = (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} with {torch.get_num_threads()} threads, "
          f"device {device}")
     if device.type == "cuda":

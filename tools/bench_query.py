@@ -49,6 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import taskindex  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from taskindex import distance, search  # noqa: E402
 from taskindex.embedding import Embedding  # noqa: E402
 from taskindex.index import TaskIndex  # noqa: E402
@@ -96,15 +97,7 @@ def machine_info(workdir: Path) -> dict:
     import faiss
     import scipy
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = 0
     try:
         with open("/proc/meminfo") as f:

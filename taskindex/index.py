@@ -123,8 +123,7 @@ class TaskIndex:
         except BaseException:
             store.release()
             raise
-        index = cls(store, readonly=False)
-        return index
+        return cls(store, readonly=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False) -> "TaskIndex":

@@ -158,7 +158,8 @@ class Store:
     def commit(self, manifest: dict) -> None:
         """Make `manifest` the current version: after this returns it survives any crash."""
         self._require_lock()
-        _fsync_dir(self.data) if self.data.is_dir() else None
+        if self.data.is_dir():
+            _fsync_dir(self.data)
         manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
         raw = json.dumps(manifest, sort_keys=True).encode()
         name = f"manifest-{manifest['version']:08d}.json"
@@ -208,15 +209,6 @@ class Store:
         return out
 
 
-def referenced_files(manifest: dict) -> list[str]:
-    names = [manifest["prior"]["name"]]
-    if manifest.get("projection"):
-        names.append(manifest["projection"]["name"])
-    for seg in manifest["segments"]:
-        names += [seg[k]["name"] for k in ("vectors", "proj", "rows") if seg.get(k)]
-    return names
-
-
 def all_refs(manifest: dict) -> list[dict]:
     refs = [manifest["prior"]]
     if manifest.get("projection"):
@@ -224,3 +216,7 @@ def all_refs(manifest: dict) -> list[dict]:
     for seg in manifest["segments"]:
         refs += [seg[k] for k in ("vectors", "proj", "rows") if seg.get(k)]
     return refs
+
+
+def referenced_files(manifest: dict) -> list[str]:
+    return [ref["name"] for ref in all_refs(manifest)]

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 from click.testing import CliRunner
-from PIL import Image
+from clikit import FAST_PROBE, assert_user_error, make_image_folder
 
 from taskindex import Embedding
 from taskindex.cli import cli
@@ -22,25 +21,11 @@ def runner():
 
 @pytest.fixture
 def image_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    for cls, shift in (("dark", 0), ("light", 120)):
-        (tmp_path / "data" / cls).mkdir(parents=True)
-        for i in range(6):
-            pixels = (rng.integers(0, 100, (12, 12, 3)) + shift).astype(np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / cls / f"{i}.png")
-    return tmp_path / "data"
+    return make_image_folder(tmp_path / "data")
 
 
 def embed_args(data, out, *extra):
-    return ["embed", str(data), "-o", str(out), "--probe", "resnet18", "--weights", "random",
-            "--image-size", "16", "--max-samples", "12", *extra]
-
-
-def assert_user_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.output
-    assert "Traceback" not in result.output
+    return ["embed", str(data), "-o", str(out), *FAST_PROBE, "--max-samples", "12", *extra]
 
 
 def test_embed_then_distance_as_text_and_json(runner, image_folder, tmp_path):
@@ -73,8 +58,7 @@ def test_bad_inputs_exit_2_with_one_line(runner, image_folder, tmp_path):
     assert_user_error(runner.invoke(cli, embed_args(tmp_path / "nowhere", out)), "does not exist")
     r = runner.invoke(cli, ["embed", str(image_folder), "-o", str(out), "--probe", "resnet43"])
     assert_user_error(r, "unknown probe 'resnet43'")
-    (tmp_path / "mono" / "only").mkdir(parents=True)
-    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mono" / "only" / "a.png")
+    make_image_folder(tmp_path / "mono", classes=("only",), per_class=1)
     assert_user_error(runner.invoke(cli, embed_args(tmp_path / "mono", out)), "only one class")
     (image_folder / "dark" / "broken.png").write_bytes(b"this is not a png")
     assert_user_error(runner.invoke(cli, embed_args(image_folder, out)), "broken.png")

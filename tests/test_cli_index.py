@@ -5,32 +5,19 @@ from __future__ import annotations
 import errno
 import json
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from clikit import FAST_PROBE as PROBE
+from clikit import assert_user_error as user_error
+from clikit import make_image_folder
 
 from taskindex import Embedding
 from taskindex.cli import cli
 
-PROBE = ["--probe", "resnet18", "--weights", "random", "--image-size", "16"]
-
-
-def user_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    lines = [x for x in result.output.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.output
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for cls, shift in (("a", 0), ("b", 100), ("c", 50)):
-        (root / cls).mkdir()
-        for i in range(5):
-            Image.fromarray((rng.integers(0, 120, (10, 10, 3)) + shift).astype(np.uint8)).save(root / cls / f"{i}.png")
-    return root
+    return make_image_folder(tmp_path_factory.mktemp("imgs") / "data", classes=("a", "b", "c"), per_class=5, size=10)
 
 
 @pytest.fixture(scope="module")

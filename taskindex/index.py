@@ -63,6 +63,34 @@ def _clean(value):
     return value
 
 
+_ITEM_FORM = "(name, embedding), (name, embedding, kind), (name, embedding, kind, metadata) or a dict with those keys"
+
+
+def _unpack(item) -> tuple:
+    """One add_many item -> (name, embedding, kind, metadata), the README's tuple order."""
+    if isinstance(item, dict):
+        extra = set(item) - {"name", "embedding", "kind", "metadata"}
+        if extra or "name" not in item or "embedding" not in item:
+            raise TaskIndexError(f"add_many item has keys {sorted(item)}: use {_ITEM_FORM}")
+        meta = item.get("metadata")
+        return item["name"], item["embedding"], item.get("kind", "task"), {} if meta is None else meta
+    if not isinstance(item, (tuple, list)) or not 2 <= len(item) <= 4:
+        raise TaskIndexError(f"add_many items must be {_ITEM_FORM}; got {type(item).__name__}"
+                             + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+    kind = item[2] if len(item) > 2 else "task"
+    meta = item[3] if len(item) > 3 else None
+    if isinstance(kind, dict):
+        raise TaskIndexError(f"row {item[0]!r}: the third item is the kind ('task' or 'model') and metadata "
+                             "comes fourth: (name, embedding, kind, metadata)")
+    return item[0], item[1], kind, {} if meta is None else meta
+
+
+def _value_type(value) -> str | None:
+    if value is None:
+        return None
+    return "boolean" if isinstance(value, bool) else "string" if isinstance(value, str) else "number"
+
+
 class TaskIndex:
     """A vector database of TASK2VEC embeddings. Open with TaskIndex.open, make with TaskIndex.create."""
 
@@ -265,9 +293,18 @@ class TaskIndex:
         """Live rows and their metadata (no vectors); one row per name."""
         return self._rows.drop(columns=["embedding_meta"], errors="ignore").copy()
 
-    def parquet_files(self) -> list[str]:
-        """Segment files for DuckDB/polars; rows whose id is in manifest['deleted'] are removed rows."""
-        return [str(self._store.path(s["rows"])) for s in self.manifest["segments"]]
+    def to_arrow(self) -> pa.Table:
+        """to_pandas() as one Arrow table, for DuckDB and polars: segment files still hold removed rows."""
+        return pa.Table.from_pandas(self.to_pandas(), preserve_index=False).replace_schema_metadata(None)
+
+    def _column_type(self, key: str) -> str | None:
+        """'boolean', 'number' or 'string' for a metadata column the index holds values of."""
+        dtype = self._rows[key].dtype if key in self._rows.columns else None
+        if not isinstance(dtype, pd.ArrowDtype):
+            return None
+        t = dtype.pyarrow_dtype
+        return ("boolean" if pa.types.is_boolean(t) else "number" if pa.types.is_integer(t) or pa.types.is_floating(t)
+                else "string" if pa.types.is_string(t) or pa.types.is_large_string(t) else None)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -295,13 +332,13 @@ class TaskIndex:
         self.add_many([(name, embedding, kind, metadata)], replace=True)
 
     def add_many(self, items: Iterable, replace: bool = False) -> None:
-        """Add many rows in one commit: (name, embedding[, kind[, metadata]]) tuples."""
+        """Add many rows in one commit: (name, embedding[, kind[, metadata]]) tuples, or dicts with those keys."""
         self._writable()
         batch = []
         seen = set()
+        types = {}  # metadata key -> the one type of its values, so every version reads as one table
         for item in items:
-            name, emb, kind, meta = (tuple(item) + ("task", None))[:4]
-            meta = meta or {}
+            name, emb, kind, meta = _unpack(item)
             if not isinstance(name, str) or not name.strip() or len(name) > 512:
                 raise TaskIndexError(f"row names must be non-empty strings of at most 512 characters; got {name!r}")
             if name in seen or (name in self._by_name and not replace):
@@ -317,6 +354,11 @@ class TaskIndex:
                 if not (v is None or isinstance(v, (str, int, float, bool))):
                     raise TaskIndexError(f"metadata value for {k!r} must be a string, number or boolean; got "
                                          f"{type(v).__name__}")
+                t = _value_type(v)
+                known = types.setdefault(k, self._column_type(k) or t) if t else None
+                if known != t:
+                    raise TaskIndexError(f"metadata {k!r} of row {name!r} is a {t} but other rows hold {known}s: "
+                                         "use one type per key (convert the value or choose another key)")
             self._check_embedding(emb)
             seen.add(name)
             batch.append((name, emb, kind, meta))

@@ -4,7 +4,7 @@
     <index>/manifest-00000007.json   format, space, layout, segments, deleted ids, file checksums
     <index>/data/<uuid>.f32          raw float32 vectors of one segment (rows x dim), memory-mapped
     <index>/data/<uuid>.proj.f32     the segment's rows in the candidate space (rows x proj_dim)
-    <index>/data/<uuid>.parquet      the segment's metadata rows (pandas, polars, DuckDB read it)
+    <index>/data/<uuid>.parquet      the segment's metadata rows (removed ones too: TaskIndex.to_arrow() reads live rows)
     <index>/data/<uuid>.npy          prior, projection (no pickle: numpy with allow_pickle=False)
     <index>/LOCK                     flock'ed by the one writer; the kernel releases it when it dies
 

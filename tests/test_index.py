@@ -57,6 +57,47 @@ def test_add_get_remove_upsert_round_trip(index, synth, tmp_path):
     assert list(index.to_pandas()["name"]) == ["a"]
 
 
+def test_add_many_takes_the_readme_forms_and_explains_the_others(index, synth):
+    index.add_many([("two", synth.make(0)), ("three", synth.make(1), "model"),
+                    ("four", synth.make(2), "task", {"dataset": "x"}), ["list", synth.make(3), "model", None],
+                    {"name": "dict", "embedding": synth.make(4), "kind": "model", "metadata": {"dataset": "y"}}])
+    frame = index.to_pandas().set_index("name")
+    assert frame["kind"].to_dict() == {"two": "task", "three": "model", "four": "task", "list": "model",
+                                       "dict": "model"}
+    assert frame.at["four", "dataset"] == "x" and frame.at["dict", "dataset"] == "y"
+    e = synth.make(5)
+    with pytest.raises(TaskIndexError, match="the third item is the kind .* metadata comes fourth"):
+        index.add_many([("m", e, {"dataset": "z"})])
+    with pytest.raises(TaskIndexError, match=r"add_many items must be \(name, embedding\).*got tuple of length 5"):
+        index.add_many([("m", e, "task", {}, 1)])
+    with pytest.raises(TaskIndexError, match="got Embedding"):
+        index.add_many([e])
+    with pytest.raises(TaskIndexError, match=r"keys \['emb', 'name'\]: use"):
+        index.add_many([{"name": "m", "emb": e}])
+    with pytest.raises(TaskIndexError, match="unknown kind 'tsk'"):
+        index.add_many([("m", e, "tsk")])
+    assert len(index) == 5 and index.version == 2  # refused batches commit nothing
+
+
+def test_to_arrow_holds_exactly_the_live_rows_in_one_schema(index, synth):
+    """Before compact() the segment files still hold removed and replaced rows, in differing schemas."""
+    duckdb = pytest.importorskip("duckdb")
+    index.add_many([("a", synth.make(0), "task", {"dataset": "x"}), ("b", synth.make(1), "task", {"size": 3})])
+    index.add("c", synth.make(2), metadata={"size": 2.5, "fresh": True})
+    index.upsert("a", synth.make(3), metadata={"dataset": "y"})
+    index.remove("b")
+    with pytest.raises(TaskIndexError, match="metadata 'size' of row 'd' is a string but other rows hold numbers"):
+        index.add("d", synth.make(4), metadata={"size": "big"})
+    live = index.to_arrow()
+    assert sorted(live.column("name").to_pylist()) == ["a", "c"]
+    assert {"dataset", "size", "fresh"} <= set(live.schema.names) and "embedding_meta" not in live.schema.names
+    assert str(live.schema.field("size").type) == "double" and str(live.schema.field("fresh").type) == "bool"
+    got = duckdb.sql("select name, dataset, size, fresh from live order by name").fetchall()  # the README's recipe
+    assert got == [("a", "y", None, None), ("c", None, 2.5, True)]
+    assert duckdb.sql("select count(*), count(distinct name) from live").fetchall() == [(2, 2)]
+    assert live.to_pandas()["name"].tolist() == index.to_pandas()["name"].tolist()
+
+
 def test_ids_are_stable_across_deletes_and_reopen(index, synth, tmp_path):
     index.add_many([(f"r{i}", synth.make(i % 20, name=f"r{i}")) for i in range(30)])
     ids = dict(zip(index.to_pandas()["name"], index.to_pandas()["id"]))

@@ -23,6 +23,35 @@ class UserError(click.ClickException):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
+# The library's messages say how to fix a mistake in Python (device='cpu', TaskIndex.open...);
+# on the command line the fix is a flag or a command. Each entry: (Python wording, CLI wording).
+# tests/test_cli.py checks that every Python wording still occurs in the library's source.
+CLI_WORDING = (
+    ("use device='cpu'", "use --device cpu"),
+    ("pass weights='imagenet', None (random init) or the path of a state_dict saved with torch.save",
+     "pass --weights imagenet, --weights random, or the path of a state_dict saved with torch.save"),
+    ("or pass a local weights file", "or pass a local state_dict file with --weights FILE"),
+    ("; or wrap your own network with taskindex.Probe.from_module(...)", " (`taskindex probes` lists them)"),
+    ("Pass image_column=/label_column= to pick others", "pass --image-column/--label-column to pick others"),
+    ("taskindex.samples.names() lists all", "`taskindex samples` lists all"),
+    ("or open it with TaskIndex.open", "or add rows to it with `taskindex add`"),
+    ("use upsert to replace it", "pass --replace to replace it"),
+    (" or TaskIndex.create(...)", ""),
+    ("open it with readonly=True (`taskindex query` only reads)",
+     "`taskindex query`, `ls`, `info` and `verify` only read it"),
+    ("; pass probe=... to query", ": embed the task with that probe in Python and pass --embedding FILE"),
+    ("pass the original probe with probe=...",
+     "embed the task with the original probe in Python and pass --embedding FILE"),
+)
+
+
+def cli_message(message: str) -> str:
+    """A library error message in the CLI's words (flags and commands instead of Python arguments)."""
+    for python, flags in CLI_WORDING:
+        message = message.replace(python, flags)
+    return message
+
+
 def _api_errors(fn):
     """Turn the library's user errors into one clean line and exit status 2."""
     @functools.wraps(fn)
@@ -32,7 +61,7 @@ def _api_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TaskIndexError as exc:
-            raise UserError(str(exc)) from None
+            raise UserError(cli_message(str(exc))) from None
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was written.", err=True)
             sys.exit(130)
@@ -202,19 +231,25 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict:
 
 
 def _parse_where(clauses: tuple[str, ...]) -> dict | None:
-    from .filters import parse_clause
+    from .filters import parse_where
 
-    return dict(parse_clause(c) for c in clauses) or None
+    return parse_where(clauses)
 
 
-def _hit_rows(hits) -> list[dict]:
-    rows = []
-    for h in hits:
-        m = h.metadata
-        rows.append({"name": h.name, "kind": h.kind, "distance": h.distance, "complexity": h.complexity,
-                     "source": m.get("dataset", m.get("source")), "classes": m.get("n_classes"),
-                     "samples": m.get("n_samples")})
-    return rows
+def _row_table(rows: list[dict], first: list[str]) -> None:
+    """Rows as a table: `first`, then classes and samples, then `dataset` (metadata, when any row has it)
+    and `source` (where the task's images came from): each column one meaning."""
+    columns = first + ["classes", "samples"] + (["dataset"] if any(r.get("dataset") is not None for r in rows) else [])
+    _table([{**r, "classes": r.get("n_classes"), "samples": r.get("n_samples")} for r in rows],
+           columns + ["source"])
+
+
+def _embed_for_index(idx, data: str, max_samples: int, image_column: str, label_column: str, quiet: bool):
+    """DATA embedded with the index's probe and options, so it lands in the index's space."""
+    from .task2vec import embed as embed_task
+
+    return embed_task(load_task(data, image_column, label_column), idx.probe(), max_samples=max_samples,
+                      progress=False if quiet else None, **idx.embed_options())
 
 
 @cli.command()
@@ -244,26 +279,29 @@ def create(index, probe, weights, image_size, method, as_json):
 @click.option("--kind", type=click.Choice(["task", "model"]), default="task", show_default=True)
 @click.option("--meta", multiple=True, help="key=value metadata (repeatable).")
 @click.option("--replace", is_flag=True, help="Replace a row of the same name (upsert).")
-@click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="Class-balanced cap on the images of DATA used.")
+@click.option("--image-column", default="image", show_default=True, help="Parquet/CSV column of images.")
+@click.option("--label-column", default="label", show_default=True, help="Parquet/CSV column of labels.")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def add(index, name, data, embedding_file, kind, meta, replace, max_samples, as_json):
+def add(index, name, data, embedding_file, kind, meta, replace, max_samples, image_column, label_column, as_json):
     """Add NAME to INDEX: embed DATA with the index's probe, or take --embedding FILE."""
     from .embedding import Embedding
-    from .task2vec import embed as embed_task
-    from .errors import TaskIndexError
+    from .errors import IndexUsageError, TaskIndexError
     from .index import TaskIndex
 
     if (data is None) == (embedding_file is None):
         raise TaskIndexError("pass exactly one of DATA (folder, .parquet, .csv, sample:NAME) or --embedding FILE")
     metadata = _parse_meta(meta)
     with TaskIndex.open(index) as idx:
+        if name in idx and not replace:  # before embedding, which can take minutes
+            raise IndexUsageError(f"a row named {name!r} already exists in {index}: pass --replace to replace it "
+                                  "or choose another name")
         if embedding_file:
             emb = Embedding.load(embedding_file)
         else:
-            emb = embed_task(load_task(data, "image", "label"), idx.probe(), method=idx.space["method"],
-                             prior_scale=idx.space["prior_scale"], max_samples=max_samples,
-                             progress=False if as_json else None)
+            emb = _embed_for_index(idx, data, max_samples, image_column, label_column, as_json)
         (idx.upsert if replace else idx.add)(name, emb, kind=kind, metadata=metadata)
         result = {"name": name, "kind": kind, "rows": len(idx), "version": idx.version}
     _emit(result, as_json, lambda r: click.echo(f"added {r['name']} ({r['kind']}): {r['rows']} rows, "
@@ -279,9 +317,14 @@ def add(index, name, data, embedding_file, kind, meta, replace, max_samples, as_
 @click.option("--kind", type=click.Choice(["task", "model"]), default=None)
 @click.option("--where", multiple=True, help="Filter: key=value, key!=value, key>=3, 'key in a,b' (repeatable).")
 @click.option("--exact", is_flag=True, help="Brute-force exact distances over every row.")
+@click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True,
+              help="Class-balanced cap on the images of DATA used.")
+@click.option("--image-column", default="image", show_default=True, help="Parquet/CSV column of images.")
+@click.option("--label-column", default="label", show_default=True, help="Parquet/CSV column of labels.")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def query(args, embedding_file, row_name, k, metric, kind, where, exact, as_json):
+def query(args, embedding_file, row_name, k, metric, kind, where, exact, max_samples, image_column, label_column,
+          as_json):
     """Nearest rows: query [INDEX] (DATA | --embedding FILE | --name NAME).
 
     Without INDEX the shipped default index is used.
@@ -304,15 +347,15 @@ def query(args, embedding_file, row_name, k, metric, kind, where, exact, as_json
     where_dict = _parse_where(where)
     with TaskIndex.open(index, readonly=True) as idx:
         start = time.perf_counter()
-        q = row_name if row_name else Embedding.load(embedding_file) if embedding_file else load_task(
-            rest[0], "image", "label")
+        q = row_name if row_name else Embedding.load(embedding_file) if embedding_file else _embed_for_index(
+            idx, rest[0], max_samples, image_column, label_column, quiet=True)
         hits = idx.query(q, k=k, metric=metric, kind=kind, where=where_dict, exact=exact)
         seconds = time.perf_counter() - start
     if as_json:
         click.echo(json.dumps({"index": index, "metric": metric, "seconds": seconds,
                                "hits": [h.to_dict() for h in hits]}, indent=2, default=str))
     else:
-        _table(_hit_rows(hits), ["name", "kind", "distance", "complexity", "source", "classes", "samples"])
+        _row_table([{**h.metadata, "distance": h.distance} for h in hits], ["name", "kind", "distance", "complexity"])
         click.echo(f"({len(hits)} rows, {metric}, {seconds * 1000:.1f} ms)")
 
 
@@ -334,10 +377,7 @@ def ls_cmd(index, kind, where, as_json):
         keep &= (frame["kind"] == kind).to_numpy()
     frame = frame[keep]
     records = json.loads(frame.to_json(orient="records"))
-    _emit(records, as_json, lambda r: _table(
-        [{"name": x["name"], "kind": x["kind"], "complexity": x["complexity"], "classes": x.get("n_classes"),
-          "samples": x.get("n_samples"), "source": x.get("dataset", x.get("source"))} for x in r],
-        ["name", "kind", "complexity", "classes", "samples", "source"]))
+    _emit(records, as_json, lambda r: _row_table(r, ["name", "kind", "complexity"]))
 
 
 @cli.command()

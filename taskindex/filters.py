@@ -2,6 +2,8 @@
 
 Python: {"dataset": "mnist", "group": ["subset", "all"], "n_samples": (">=", 100)}.
 CLI:    --where dataset=mnist --where "group in subset,all" --where "n_samples>=100".
+A comma after = or a comparison is an error (is 'dataset=mnist,digits' one value or a list?):
+membership is spelt 'key in a,b'. One clause per column.
 """
 
 from __future__ import annotations
@@ -38,9 +40,26 @@ def parse_clause(text: str) -> tuple[str, object]:
     key, op, value = m.group(1), m.group(2).strip(), m.group(3)
     if op == "in":
         return key, [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+    if "," in value:  # 'dataset=mnist,digits' reads as "one of them" but would match the literal string
+        if op in ("=", "=="):
+            raise TaskIndexError(f"--where {text!r} is ambiguous: to match any of several values "
+                                 f"use '{key} in {value}'")
+        raise TaskIndexError(f"--where {text!r} is ambiguous: {op} takes one value, not a list")
     if op in ("=", "=="):
         return key, parse_value(value)
     return key, (op, parse_value(value))
+
+
+def parse_where(clauses) -> dict | None:
+    """CLI --where clauses -> the Python `where` dict; one clause per column (a second would overwrite it)."""
+    where: dict = {}
+    for text in clauses:
+        key, cond = parse_clause(text)
+        if key in where:
+            raise TaskIndexError(f"--where names {key!r} twice: give one condition per column "
+                                 f"(for several values use '{key} in a,b')")
+        where[key] = cond
+    return where or None
 
 
 def mask(frame: pd.DataFrame, where: dict | None) -> np.ndarray:

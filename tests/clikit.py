@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +35,29 @@ def make_image_folder(root: Path, classes=("dark", "light"), per_class: int = 6,
             pixels = (rng.integers(0, 100, (size, size, 3)) + c * step).astype(np.uint8)
             Image.fromarray(pixels).save(root / cls / f"{i}.png")
     return root
+
+
+# Python spellings that a CLI error must not show: keyword arguments (device='cpu', probe=...,
+# readonly=True, image_column=) and API names (TaskIndex.open, taskindex.samples.names(), Probe.from_module, upsert).
+PYTHON_WORDING = re.compile(r"\b\w+=(?:'|\.\.\.|None\b|True\b|False\b)|\b[a-z]+_\w+=(?=[/\s,]|$)"
+                            r"|\bTaskIndex\.|\btaskindex\.\w|\bProbe\.|\bupsert\b")
+
+
+def assert_flag_wording(result, fragment: str) -> str:
+    """A user error (see assert_user_error) that says how to fix it in flags and commands, not Python."""
+    line = assert_user_error(result, fragment)
+    assert not PYTHON_WORDING.search(line), line
+    return line
+
+
+def parse_table(output: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """A CLI text table -> (column names, {first cell: {column: cell}}), cells cut at the dash line's spans."""
+    lines = output.splitlines()
+    spans = [m.span() for m in re.finditer(r"-+", lines[1])]
+    header = [lines[0][a:b].strip() for a, b in spans]
+    rows = {}
+    for line in lines[2:]:
+        if line.strip() and not line.startswith("("):
+            cells = [line[a:b].strip() for a, b in spans]
+            rows[cells[0]] = dict(zip(header, cells))
+    return header, rows

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner
-from clikit import FAST_PROBE, assert_user_error, make_image_folder
+from clikit import FAST_PROBE, PYTHON_WORDING, assert_flag_wording, assert_user_error, make_image_folder
 
 from taskindex import Embedding
-from taskindex.cli import cli
+from taskindex.cli import CLI_WORDING, cli, cli_message
 
 
 @pytest.fixture
@@ -84,3 +84,53 @@ def test_distance_refuses_non_embeddings_and_mixed_probes(runner, image_folder, 
                             "--image-size", "24", "--max-samples", "12"])
     assert r.exit_code == 0, r.output
     assert_user_error(runner.invoke(cli, ["distance", str(a), str(b)]), "different spaces")
+
+
+def test_every_python_wording_the_cli_rewrites_is_still_in_the_library():
+    """A reworded library message would slip past CLI_WORDING and show Python to CLI users: fail instead."""
+    from pathlib import Path
+
+    import taskindex
+
+    import re
+
+    source = "".join(p.read_text() for p in Path(taskindex.__file__).parent.glob("*.py") if p.name != "cli.py")
+    source = re.sub(r'"\s*\n\s*f?"', "", source)  # join implicitly concatenated string literals
+    missing = [python for python, _ in CLI_WORDING if python not in source]
+    assert not missing, f"library messages changed: update CLI_WORDING for {missing}"
+    for python, flags in CLI_WORDING:
+        assert PYTHON_WORDING.search(python) or "local weights" in python, python  # the check knows each
+        assert not PYTHON_WORDING.search(cli_message(f"x: {python}")), flags
+
+
+def test_embed_errors_speak_in_flags(runner, image_folder, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "x.emb"
+    line = assert_flag_wording(runner.invoke(cli, ["embed", str(image_folder), "-o", str(out), "--probe", "resnet43"]),
+                               "unknown probe 'resnet43'")
+    assert "`taskindex probes` lists them" in line
+    r = runner.invoke(cli, ["embed", str(image_folder), "-o", str(out), "--weights", str(tmp_path / "none.pt")])
+    assert "--weights imagenet, --weights random" in assert_flag_wording(r, "does not exist")
+    r = runner.invoke(cli, ["embed", "sample:digits-roundd", "-o", str(out)])
+    assert "`taskindex samples` lists all" in assert_flag_wording(r, "did you mean 'digits-round'")
+    if not torch.cuda.is_available():
+        r = runner.invoke(cli, embed_args(image_folder, out, "--device", "cuda"))
+        assert_flag_wording(r, "CUDA is not available here: use --device cpu")
+
+    pngs = sorted(image_folder.rglob("*.png"))
+    pq.write_table(pa.table({"img": [str(p) for p in pngs], "digit": [p.parent.name for p in pngs]}),
+                   tmp_path / "t.parquet")
+    r = runner.invoke(cli, embed_args(tmp_path / "t.parquet", out))
+    assert_flag_wording(r, "column 'image' not found")
+    assert "pass --image-column/--label-column" in r.output
+    r = runner.invoke(cli, embed_args(tmp_path / "t.parquet", out, "--image-column", "img", "--label-column", "digit"))
+    assert r.exit_code == 0, r.output
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.models, "resnet18", offline)
+    r = runner.invoke(cli, ["embed", str(image_folder), "-o", str(out), "--probe", "resnet18"])
+    assert "--weights FILE" in assert_flag_wording(r, "could not download ImageNet weights for resnet18")

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 from clikit import FAST_PROBE as PROBE
+from clikit import assert_flag_wording, make_image_folder, parse_table
 from clikit import assert_user_error as user_error
-from clikit import make_image_folder
 
 from taskindex import Embedding
 from taskindex.cli import cli
@@ -78,10 +78,10 @@ def test_default_index_is_used_without_an_index_argument(built, monkeypatch):
 def test_bad_inputs(built, tmp_path, monkeypatch):
     r = CliRunner()
     idx = str(built / "idx")
-    user_error(r.invoke(cli, ["query", str(tmp_path / "nowhere"), "--name", "one"]), "does not exist")
+    line = assert_flag_wording(r.invoke(cli, ["query", str(tmp_path / "nowhere"), "--name", "one"]), "does not exist")
+    assert line.endswith(f"create an index with `taskindex create {tmp_path / 'nowhere'}`")
     (tmp_path / "plain").mkdir()
     user_error(r.invoke(cli, ["ls", str(tmp_path / "plain")]), "not a taskindex index")
-    user_error(r.invoke(cli, ["add", idx, "one", "--embedding", str(built / "one.emb")]), "already exists")
     user_error(r.invoke(cli, ["query", idx, "--name", "uno"]), "no row named 'uno'")
     user_error(r.invoke(cli, ["rm", idx, "uno"]), "no row named 'uno'")
     user_error(r.invoke(cli, ["add", idx, "x", "--embedding", str(built / "one.emb"), "--meta", "novalue"]),
@@ -96,7 +96,7 @@ def test_bad_inputs(built, tmp_path, monkeypatch):
     short = Embedding(good.vector[:100], good.prior[:100], [("conv", 100)], good.meta)
     short.save(tmp_path / "short.emb")
     user_error(r.invoke(cli, ["query", idx, "--embedding", str(tmp_path / "short.emb")]), "100 filters")
-    user_error(r.invoke(cli, ["create", idx]), "already exists")
+    assert "`taskindex add`" in assert_flag_wording(r.invoke(cli, ["create", idx]), "already exists")
 
     import taskindex.storage as storage
 
@@ -108,6 +108,126 @@ def test_bad_inputs(built, tmp_path, monkeypatch):
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(storage.os, "open", refuse)
-    user_error(r.invoke(cli, ["rm", idx, "one"]), "read-only")
+    assert "`taskindex query`, `ls`, `info` and `verify` only read it" in assert_flag_wording(
+        r.invoke(cli, ["rm", idx, "one"]), "read-only")
     monkeypatch.undo()
     assert json.loads(r.invoke(cli, ["info", idx, "--json"]).output)["rows"] == 3  # nothing was changed
+
+
+def test_add_refuses_an_existing_name_before_embedding_and_names_the_flag(built, folder, tmp_path):
+    import shutil
+
+    r = CliRunner()
+    idx = tmp_path / "copy"
+    shutil.copytree(built / "idx", idx)
+    # DATA does not exist: the name is checked first, so the error is about the name, not about DATA
+    line = assert_flag_wording(r.invoke(cli, ["add", str(idx), "one", str(tmp_path / "nowhere")]),
+                               "a row named 'one' already exists")
+    assert "pass --replace to replace it" in line
+    assert_flag_wording(r.invoke(cli, ["add", str(idx), "one", "--embedding", str(built / "two.emb")]),
+                        "pass --replace")
+    res = r.invoke(cli, ["add", str(idx), "one", "--embedding", str(built / "two.emb"), "--replace", "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["rows"] == 3, res.output
+    got = json.loads(r.invoke(cli, ["query", str(idx), "--embedding", str(built / "two.emb"), "--exact",
+                                    "--json"]).output)["hits"]
+    assert {h["name"] for h in got[:2]} == {"one", "two"} and got[1]["distance"] == pytest.approx(0, abs=1e-9)
+
+
+def test_where_with_a_comma_is_an_error_and_in_means_any_of(built):
+    r = CliRunner()
+    idx = str(built / "idx")
+    line = assert_flag_wording(r.invoke(cli, ["ls", idx, "--where", "owner=ana,bob"]), "is ambiguous")
+    assert "use 'owner in ana,bob'" in line
+    assert_flag_wording(r.invoke(cli, ["query", idx, "--name", "one", "--where", "seed=1,2"]), "'seed in 1,2'")
+    assert_flag_wording(r.invoke(cli, ["ls", idx, "--where", "seed>=1,5"]), ">= takes one value")
+    assert_flag_wording(r.invoke(cli, ["ls", idx, "--where", "seed>=1", "--where", "seed<=2"]),
+                        "--where names 'seed' twice")
+    rows = json.loads(r.invoke(cli, ["ls", idx, "--where", "seed in 0,2", "--json"]).output)
+    assert sorted(x["name"] for x in rows) == ["one", "three"]
+    out = json.loads(r.invoke(cli, ["query", idx, "--name", "two", "--where", "owner in ana,bob", "--json"]).output)
+    assert [h["name"] for h in out["hits"]] == ["one"]
+
+
+def test_source_column_is_the_source_and_dataset_its_own_column(built, folder, tmp_path):
+    import shutil
+
+    r = CliRunner()
+    idx = tmp_path / "copy"
+    shutil.copytree(built / "idx", idx)
+    res = r.invoke(cli, ["add", str(idx), "four", "--embedding", str(built / "one.emb"), "--meta", "dataset=toys"])
+    assert res.exit_code == 0, res.output
+    table = parse_table
+    header, rows = table(r.invoke(cli, ["ls", str(idx)]).output)
+    assert header[-2:] == ["dataset", "source"]
+    assert rows["four"]["dataset"] == "toys" and rows["four"]["source"] == str(folder)
+    assert rows["one"]["source"] == str(folder) and rows["one"]["dataset"] == ""  # blank, not the source
+    header, rows = table(r.invoke(cli, ["query", str(idx), "--name", "two", "--exact"]).output)
+    assert header[-2:] == ["dataset", "source"] and rows["four"]["source"] == str(folder)
+    header, _ = table(r.invoke(cli, ["ls", str(built / "idx")]).output)
+    assert "dataset" not in header and header[-1] == "source"
+
+
+def test_verify_names_the_damaged_file_and_exits_1(built, tmp_path):
+    import shutil
+
+    r = CliRunner()
+    idx = tmp_path / "copy"
+    shutil.copytree(built / "idx", idx)
+    victim = max((p for p in (idx / "data").iterdir()), key=lambda p: p.stat().st_size)
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    res = r.invoke(cli, ["verify", str(idx)])
+    assert res.exit_code == 1, res.output
+    assert res.output.strip() == f"{victim}: checksum mismatch (altered)"
+    out = json.loads(r.invoke(cli, ["verify", str(idx), "--json"]).output)
+    assert out["ok"] is False and [victim.name in p for p in out["problems"]] == [True]
+    victim.write_bytes(bytes(raw[:100]))
+    res = r.invoke(cli, ["verify", str(idx)])
+    assert res.exit_code == 1 and str(victim) in res.output and "truncated" in res.output
+    user_error(r.invoke(cli, ["ls", str(idx)]), victim.name)  # other commands refuse it in one line
+    assert r.invoke(cli, ["verify", str(built / "idx")]).exit_code == 0
+
+
+def test_probe_errors_speak_in_flags(folder, tmp_path, tiny_probe):
+    import torch
+    import torchvision
+
+    from taskindex import TaskIndex
+
+    r = CliRunner()
+    TaskIndex.create(tmp_path / "tiny", probe=tiny_probe).close()  # a Python-only probe: the CLI cannot rebuild it
+    for args in (["query", str(tmp_path / "tiny"), str(folder)], ["add", str(tmp_path / "tiny"), "x", str(folder)]):
+        line = assert_flag_wording(r.invoke(cli, args), "cannot rebuild this index's probe")
+        assert line.endswith("embed the task with that probe in Python and pass --embedding FILE")
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    res = r.invoke(cli, ["create", str(tmp_path / "w"), "--probe", "resnet18", "--weights", str(weights),
+                         "--image-size", "16"])
+    assert res.exit_code == 0, res.output
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # the weights file changed since
+    line = assert_flag_wording(r.invoke(cli, ["add", str(tmp_path / "w"), "x", str(folder)]), "was built with")
+    assert line.endswith("embed the task with the original probe in Python and pass --embedding FILE")
+
+
+def test_data_from_parquet_takes_column_flags(built, folder, tmp_path):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    r = CliRunner()
+    idx = tmp_path / "copy"
+    shutil.copytree(built / "idx", idx)
+    pngs = sorted(folder.rglob("*.png"))
+    pq.write_table(pa.table({"img": [str(p) for p in pngs], "y": [p.parent.name for p in pngs]}),
+                   tmp_path / "t.parquet")
+    line = assert_flag_wording(r.invoke(cli, ["add", str(idx), "pq", str(tmp_path / "t.parquet")]), "'image' not found")
+    assert "pass --image-column/--label-column" in line
+    cols = ["--image-column", "img", "--label-column", "y"]
+    res = r.invoke(cli, ["add", str(idx), "pq", str(tmp_path / "t.parquet"), *cols])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(cli, ["query", str(idx), str(tmp_path / "t.parquet"), *cols, "--max-samples", "6", "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.output)["hits"]) == 4, res.output

@@ -30,7 +30,7 @@ def main() -> None:
         task = samples.load("fashion-sandal-vs-rest", max_per_class=60, seed=7)  # images the index has not seen
         probe = index.probe()
         start = time.perf_counter()
-        emb = embed(task, probe, prior_scale=index.space["prior_scale"])
+        emb = embed(task, probe, **index.embed_options())
         embedded = time.perf_counter() - start
         start = time.perf_counter()
         hits = index.query(emb, k=5)

@@ -26,7 +26,15 @@ FORMAT_VERSION = 1
 # shipped probe (tools/bench_embed.py), so it floors dead filters without hiding live ones.
 PRIOR_SCALE = 1e-8
 # Identity keys that must agree for two embeddings to be comparable.
-SPACE_KEYS = ("probe", "fingerprint", "image_size", "method", "prior_scale")
+SPACE_KEYS = ("probe", "fingerprint", "image_size", "method", "prior_scale", "estimator")
+# Embeddings written before the estimator was recorded used the paper's plain mean.
+SPACE_DEFAULTS = {"estimator": "mean"}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @dataclass
@@ -65,14 +73,7 @@ class Embedding:
     @property
     def space(self) -> dict:
         """What must agree for two embeddings to be compared (probe identity + method)."""
-        return {k: self.meta.get(k) for k in SPACE_KEYS}
-
-    def by_layer(self) -> dict[str, np.ndarray]:
-        out, start = {}, 0
-        for name, count in self.layout:
-            out[name] = self.vector[start:start + count]
-            start += count
-        return out
+        return {k: self.meta.get(k, SPACE_DEFAULTS.get(k)) for k in SPACE_KEYS}
 
     def __repr__(self) -> str:
         return (f"Embedding(task={self.meta.get('task')!r}, probe={self.meta.get('probe')!r}, "
@@ -93,6 +94,7 @@ class Embedding:
                         z.writestr(member, buf.getvalue())
                 f.flush()
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would survive the rename
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .estimators import FilterEstimator
+
 _CONV_SIG = inspect.Signature([
     inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
     for n, d in (("input", inspect.Parameter.empty), ("weight", inspect.Parameter.empty),
@@ -136,43 +138,67 @@ def weights_per_filter(backbone: nn.Module) -> np.ndarray:
 
 
 class PerSampleFisher:
-    """Accumulates sum_n ||d log p / d w_filter||^2 for every filter of a backbone."""
+    """Accumulates sum_n ||d log p / d w_filter||^2 for every filter of a backbone.
 
-    def __init__(self, backbone: nn.Module, sink: Callable[[int, torch.Tensor], None] | None = None):
+    With an `estimator`, each image's contribution (summed over the label passes of its
+    batch) is also handed to it at `end_batch()`, for a per-filter aggregate other than the sum.
+    """
+
+    def __init__(self, backbone: nn.Module, sink: Callable[[int, torch.Tensor], None] | None = None,
+                 estimator: FilterEstimator | None = None):
         self.weights = conv_weights(backbone)
         self.sizes = [w.shape[0] for w in self.weights]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
-        self.total = torch.zeros(int(self.offsets[-1]), dtype=torch.float64)
+        self.total = torch.zeros(int(self.offsets[-1]), dtype=torch.float64, device=self.weights[0].device)
         self.sink = sink
+        self.estimator = estimator
+        self._batch: torch.Tensor | None = None
 
     def _handle(self, layer: int, call: ConvCall, out: torch.Tensor) -> torch.Tensor:
         if out.requires_grad:
             def hook(grad, layer=layer, call=call):
                 sq = per_sample_filter_sq(call, grad)
                 lo, hi = self.offsets[layer], self.offsets[layer + 1]
-                self.total[lo:hi] += sq.sum(0).double().cpu()
+                self.total[lo:hi] += sq.sum(0).double()
+                if self.estimator is not None:
+                    if self._batch is None:
+                        self._batch = torch.zeros(sq.shape[0], len(self.total), dtype=sq.dtype, device=sq.device)
+                    self._batch[:, lo:hi] += sq
                 if self.sink is not None:
                     self.sink(layer, sq)
             out.register_hook(hook)
         return out
 
+    def end_batch(self) -> None:
+        if self.estimator is not None and self._batch is not None:
+            self.estimator.update(self._batch)
+        self._batch = None
+
     def tap(self) -> FilterTap:
         return FilterTap(self.weights, self._handle)
 
 
-def logit_grads(probs: torch.Tensor, draws: torch.Tensor | None) -> Iterable[torch.Tensor]:
+def logit_grads(probs: torch.Tensor, draws: torch.Tensor | None,
+                label_passes: int | None = None) -> Iterable[torch.Tensor]:
     """Gradients of -log p(y|x) w.r.t. the logits, one backward pass each.
 
-    With `draws` (sampled labels): p - onehot(draw). Without: the exact expectation
-    over labels, as C passes with sqrt(p_c) (p - e_c), whose squares sum to
-    sum_c p_c ||grad log p_c||^2.
+    With `draws` (sampled labels): p - onehot(draw). Without: the exact expectation over
+    labels. Per image, E_y[g_y g_y^T] = diag(p) - p p^T =: H, whose rank is at most C - 1
+    (H 1 = 0), so the passes sqrt(lambda_i) u_i over H's C - 1 leading eigenpairs give
+    sum_i ||J^T sqrt(lambda_i) u_i||^2 = tr(J^T H J), the exact expectation, in C - 1 passes
+    (one for a binary task, like a sampled label). `label_passes` keeps only the leading
+    eigen-directions: the sum over the most informative label directions, for many classes.
     """
     if draws is not None:
         yield probs - F.one_hot(draws, probs.shape[1]).to(probs.dtype)
         return
-    eye = torch.eye(probs.shape[1], device=probs.device, dtype=probs.dtype)
-    for c in range(probs.shape[1]):
-        yield probs[:, c:c + 1].sqrt() * (probs - eye[c])
+    p = probs.double()
+    h = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    evals, evecs = torch.linalg.eigh(h)  # ascending
+    rank = probs.shape[1] - 1 if label_passes is None else min(probs.shape[1] - 1, label_passes)
+    for i in range(rank):
+        j = probs.shape[1] - 1 - i
+        yield (evecs[:, :, j] * evals[:, j:j + 1].clamp_min(0).sqrt()).to(probs.dtype)
 
 
 def fisher_pass(
@@ -181,23 +207,27 @@ def fisher_pass(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
     sink: Callable[[int, torch.Tensor], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    estimator: FilterEstimator | None = None,
+    label_passes: int | None = None,
 ) -> np.ndarray:
     """Sum over samples of per-filter squared score norms (divide by n and m_k for the Fisher).
 
     batches yield (normalised images, sampled labels or None for the exact expectation).
+    An `estimator` also receives every image's contribution (see PerSampleFisher).
     """
-    acc = PerSampleFisher(backbone, sink)
+    acc = PerSampleFisher(backbone, sink, estimator)
     for x, draws in batches:
         x = x.detach().requires_grad_(True)  # the graph must exist although no weight needs grad
         with acc.tap():
             logits = head(backbone(x))
         probs = torch.softmax(logits.detach().float(), dim=1)
-        grads = list(logit_grads(probs, draws))
+        grads = list(logit_grads(probs, draws, label_passes))
         for i, gl in enumerate(grads):
             logits.backward(gl.to(logits.dtype), retain_graph=i < len(grads) - 1)
+        acc.end_batch()
         if on_batch is not None:
             on_batch(x.shape[0])
-    return acc.total.numpy()
+    return acc.total.cpu().numpy()
 
 
 class VariationalTap:

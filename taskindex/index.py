@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import distance, filters, search
-from .embedding import PRIOR_SCALE, SPACE_KEYS, Embedding
+from .embedding import PRIOR_SCALE, SPACE_DEFAULTS, SPACE_KEYS, Embedding
+from .estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
 from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
 from .storage import HASH_ON_OPEN_BYTES, Store, all_refs, sha256_file
 
@@ -111,8 +112,10 @@ class TaskIndex:
         weights: str | None = "imagenet",
         image_size: int | None = None,
         prior_scale: float = PRIOR_SCALE,
+        estimator: str = DEFAULT_ESTIMATOR,
+        trim: float | None = None,
     ) -> "TaskIndex":
-        """A new, empty index for embeddings of one probe (a Probe or a registered name) and method."""
+        """A new, empty index for embeddings of one probe (a Probe or a registered name), method and estimator."""
         from .fisher import weight_scale_prior
         from .probes import load_probe
 
@@ -134,7 +137,8 @@ class TaskIndex:
             prior = weight_scale_prior(probe.backbone, prior_scale).astype(np.float32)
             manifest = {
                 "version": 1,
-                "space": {**probe.identity, "method": method, "prior_scale": float(prior_scale)},
+                "space": {**probe.identity, "method": method, "prior_scale": float(prior_scale),
+                          "estimator": estimator_id(estimator, trim)},
                 "dim": probe.dim,
                 "layout": probe.layout,
                 "prior": store.new_file(".npy", _npy_bytes(prior)),
@@ -191,7 +195,7 @@ class TaskIndex:
             is_vectors = ref["name"].endswith(".f32") and not ref["name"].endswith(".proj.f32")
             store.check(ref, full=not is_vectors or vector_bytes <= HASH_ON_OPEN_BYTES)
         self.manifest = manifest
-        self.space = manifest["space"]
+        self.space = {**SPACE_DEFAULTS, **manifest["space"]}
         self.dim = manifest["dim"]
         self.layout = [tuple(x) for x in manifest["layout"]]
         self.prior = store.load_npy(manifest["prior"])
@@ -481,9 +485,14 @@ class TaskIndex:
         if isinstance(query, Task):
             from .task2vec import embed
 
-            return embed(query, probe or self.probe(), method=self.space["method"],
-                         prior_scale=self.space["prior_scale"], progress=False), None
+            return embed(query, probe or self.probe(), progress=False, **self.embed_options()), None
         raise TaskIndexError(f"query must be an Embedding, a Task or a row name; got {type(query).__name__}")
+
+    def embed_options(self) -> dict:
+        """The keyword arguments of `embed` that put a new task in this index's space."""
+        name, trim = parse_estimator(self.space["estimator"])
+        return {"method": self.space["method"], "prior_scale": self.space["prior_scale"], "estimator": name,
+                "trim": trim if name != "mean" else None}
 
     def probe(self):
         """Rebuild the index's probe to embed new tasks (registered probes only)."""

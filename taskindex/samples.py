@@ -86,7 +86,7 @@ def load(name: str, max_per_class: int | None = 200, seed: int = 0) -> Task:
     )
     if not valid:
         raise TaskError(f"max_per_class must be a positive integer or None; got {max_per_class!r}")
-    images, labels = _source(s.dataset)
+    images, labels = arrays(s.dataset)
     pools = [np.flatnonzero(np.isin(labels, group)) for group in s.groups]
     cap = min(len(p) for p in pools) if max_per_class is None else int(max_per_class)
     rng = np.random.default_rng(seed)
@@ -97,7 +97,10 @@ def load(name: str, max_per_class: int | None = 200, seed: int = 0) -> Task:
     return task
 
 
-def _source(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+def arrays(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """All images (n, h, w uint8, read-only) and original labels of one of DATASETS: for new tasks."""
+    if dataset not in DATASETS:
+        raise TaskError(f"unknown sample dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if dataset == "fashion-mnist":
         return _fashion_mnist(str(FASHION_MNIST_DIR))
     if dataset == "mnist":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 
 import numpy as np
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .embedding import PRIOR_SCALE, Embedding
 from .errors import TaskError, TaskIndexError
+from .estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
 from .fisher import fisher_pass, variational_precision, weight_scale_prior, weights_per_filter
 from .head import fit_head
 from .probes import Probe, resolve_device
@@ -25,9 +27,10 @@ from .tasks import Task, balanced_order
 
 METHODS = ("montecarlo", "variational")
 EXPECTATIONS = ("sample", "exact")
+LABEL_PASSES = None
 
 
-def _check_options(method, expectation, max_samples, batch_size, seed):
+def _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads):
     if method not in METHODS:
         raise TaskIndexError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if expectation not in EXPECTATIONS:
@@ -39,6 +42,10 @@ def _check_options(method, expectation, max_samples, batch_size, seed):
         raise TaskIndexError(f"batch_size must be a positive integer; got {batch_size!r}")
     if not isinstance(seed, int):
         raise TaskIndexError(f"seed must be an integer; got {seed!r}")
+    if label_passes is not None and (not isinstance(label_passes, int) or label_passes < 1):
+        raise TaskIndexError(f"label_passes must be a positive integer or None (all C - 1); got {label_passes!r}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise TaskIndexError(f"threads must be a positive integer or None (the idle cores); got {threads!r}")
 
 
 def embed(
@@ -49,13 +56,17 @@ def embed(
     max_samples: int | None = 1000,
     seed: int = 0,
     batch_size: int = 64,
-    expectation: str = "sample",
+    expectation: str = "exact",
+    estimator: str = DEFAULT_ESTIMATOR,
+    trim: float | None = None,
+    label_passes: int | None = LABEL_PASSES,
     prior_scale: float = PRIOR_SCALE,
     epochs: int = 10,
     lr: float = 0.05,
     beta: float = 1.0,
     device: str | torch.device | None = None,
     progress: bool | None = None,
+    threads: int | None = None,
 ) -> Embedding:
     """Embed `task` with `probe`.
 
@@ -72,7 +83,8 @@ def embed(
     if not isinstance(probe, Probe):
         raise TaskIndexError(f"probe must be a taskindex.Probe; got {type(probe).__name__} "
                              "(use taskindex.load_probe(name))")
-    _check_options(method, expectation, max_samples, batch_size, seed)
+    _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads)
+    estimator = estimator_id(estimator, trim)
     if len(task) == 0:
         raise TaskError(f"task {task.name!r} has no images")
     present, first, inverse = np.unique(task.labels, return_index=True, return_inverse=True)
@@ -94,7 +106,7 @@ def embed(
     if torch.unique(labels).numel() < 2:
         raise TaskError(f"max_samples={max_samples} leaves a single class of task {task.name!r}: raise it")
     passes = 3 if method == "montecarlo" else 3 + epochs
-    with _eval_mode(backbone), _strict_fp32(dev), tqdm(total=len(idx) * passes, disable=_quiet(progress),
+    with _eval_mode(backbone), _strict_fp32(dev), _threads(dev, threads), tqdm(total=len(idx) * passes, disable=_quiet(progress),
                                                         desc=f"embed {task.name}", unit="img", leave=False) as bar:
         images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
         bar.update(len(idx))
@@ -115,9 +127,11 @@ def embed(
                 probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
             draws = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).flatten()
         prior = weight_scale_prior(backbone, prior_scale)
-        total = fisher_pass(backbone, head, ((x, None if draws is None else draws[sel].to(dev))
-                                             for sel, x in batches(torch.arange(len(idx)))), on_batch=bar.update)
-        vector = total / (len(idx) * weights_per_filter(backbone)) + prior
+        per_image = FilterEstimator(estimator, len(idx), len(prior), device=dev)
+        fisher_pass(backbone, head, ((x, None if draws is None else draws[sel].to(dev))
+                                     for sel, x in batches(torch.arange(len(idx)))),
+                    on_batch=bar.update, estimator=per_image, label_passes=label_passes)
+        vector = per_image.result().cpu().numpy() / weights_per_filter(backbone) + prior
         if method == "variational":
             order = torch.Generator().manual_seed(seed + 1)
 
@@ -133,7 +147,9 @@ def embed(
     meta.update({
         "method": method,
         "prior_scale": float(prior_scale),
-        "expectation": expectation if method == "montecarlo" else None,
+        "estimator": estimator,
+        "expectation": expectation,
+        "label_passes": label_passes if expectation == "exact" else None,
         "epochs": epochs if method == "variational" else None,
         "beta": beta if method == "variational" else None,
         "task": task.name,
@@ -167,6 +183,32 @@ def _strict_fp32(dev: torch.device):
         return contextlib.nullcontext()
     c = torch.backends.cudnn
     return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=False)
+
+
+def _threads(dev: torch.device, threads: int | None):
+    """CPU threads for torch: by default the cores that are idle now (at least one).
+
+    torch's OpenMP threads spin-wait for each other: with every core in use and another
+    process holding one, an embedding slowed 10-80x on a 2-core machine, while one thread
+    per idle core stays steady (README, 'Threads').
+    """
+    if dev.type != "cpu":
+        return contextlib.nullcontext()
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        threads = max(1, min(cores, int(cores - busy + 0.5)))
+    return _torch_threads(threads)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _quiet(progress: bool | None) -> bool | None:

@@ -20,7 +20,7 @@ NATIVE_SIZE = {"fashion-mnist": 28, "mnist": 28, "digits": 8}
 
 def original_labels(task: Task, dataset: str) -> np.ndarray:
     """Find each task image in the raw dataset (all images there are distinct) and return its original class."""
-    images, labels = samples._source(dataset)
+    images, labels = samples.arrays(dataset)
     lookup = {image.tobytes(): label for image, label in zip(images, labels)}
     pixels = task.load(np.arange(len(task)), NATIVE_SIZE[dataset])[:, 0].numpy()
     return np.array([lookup[p.tobytes()] for p in pixels])

@@ -117,6 +117,15 @@ def load_task(data: str, image_column: str, label_column: str):
                     "a .parquet or .csv file, or sample:NAME")
 
 
+def _estimator_options(f):
+    """--estimator and --trim, shared by embed and create (an index holds one estimator)."""
+    f = click.option("--trim", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=None,
+                     help="Share of images cut at each end per filter (default 0.1).")(f)
+    return click.option("--estimator", type=click.Choice(["trimmed", "winsorized", "mean"]), default="trimmed",
+                        show_default=True,
+                        help="Per-filter aggregate over images; 'mean' is the paper's plain mean.")(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="taskindex")
 def cli():
@@ -130,8 +139,11 @@ def cli():
 @click.option("--weights", default="imagenet", show_default=True,
               help="'imagenet', 'random', or a state_dict file for the probe.")
 @click.option("--method", type=click.Choice(["montecarlo", "variational"]), default="montecarlo", show_default=True)
-@click.option("--expectation", type=click.Choice(["sample", "exact"]), default="sample", show_default=True,
-              help="montecarlo: draw one label per image, or sum over all labels.")
+@click.option("--expectation", type=click.Choice(["exact", "sample"]), default="exact", show_default=True,
+              help="Sum over labels (C-1 backward passes), or draw one label per image.")
+@click.option("--label-passes", type=click.IntRange(min=1), default=None,
+              help="With --expectation exact: keep the N most informative label directions (default: all C-1).")
+@_estimator_options
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Input resolution (default: the probe's).")
 @click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True,
               help="Class-balanced cap on the images used.")
@@ -141,16 +153,16 @@ def cli():
 @click.option("--label-column", default="label", show_default=True, help="Parquet/CSV column of labels.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @_api_errors
-def embed(data, output, probe, weights, method, expectation, image_size, max_samples, device, seed,
-          image_column, label_column, as_json):
+def embed(data, output, probe, weights, method, expectation, label_passes, estimator, trim, image_size, max_samples,
+          device, seed, image_column, label_column, as_json):
     """Embed the task in DATA (folder, .parquet, .csv or sample:NAME) into a .emb file."""
     from .task2vec import embed as embed_task
     from .probes import load_probe
 
     task = load_task(data, image_column, label_column)
     p = load_probe(probe, weights=None if weights == "random" else weights, image_size=image_size, device=device)
-    emb = embed_task(task, p, method=method, expectation=expectation, max_samples=max_samples, seed=seed,
-                     progress=False if as_json else None)
+    emb = embed_task(task, p, method=method, expectation=expectation, label_passes=label_passes, estimator=estimator,
+                     trim=trim, max_samples=max_samples, seed=seed, progress=False if as_json else None)
     emb.save(output)
     from .distance import complexity
 
@@ -258,17 +270,18 @@ def _embed_for_index(idx, data: str, max_samples: int, image_column: str, label_
 @click.option("--weights", default="imagenet", show_default=True, help="'imagenet', 'random' or a state_dict file.")
 @click.option("--image-size", type=click.IntRange(min=8), default=None)
 @click.option("--method", type=click.Choice(["montecarlo", "variational"]), default="montecarlo", show_default=True)
+@_estimator_options
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def create(index, probe, weights, image_size, method, as_json):
-    """Create an empty index at INDEX for one probe and method."""
+def create(index, probe, weights, image_size, method, estimator, trim, as_json):
+    """Create an empty index at INDEX for one probe, method and estimator."""
     from .index import TaskIndex
 
     with TaskIndex.create(index, probe=probe, weights=None if weights == "random" else weights,
-                          image_size=image_size, method=method) as idx:
+                          image_size=image_size, method=method, estimator=estimator, trim=trim) as idx:
         info = idx.info()
     _emit(info, as_json, lambda r: click.echo(f"created {r['path']}: {r['probe']} @ {r['image_size']} px, "
-                                              f"{r['method']}, {r['dim']} filters"))
+                                              f"{r['method']}, {r['estimator']}, {r['dim']} filters"))
 
 
 @cli.command()

@@ -1,12 +1,15 @@
 """Kill a writing process with SIGKILL at random instants, many times, and check the index each time.
 
-    .venv/bin/python tools/crash_index.py --trials 200 [--max-delay 0.3] [--seed 0]
+    .venv/bin/python tools/crash_index.py [--trials 100] [--training-trials 20] [--max-delay 0.3] [--seed 0]
 
-Each trial starts a writer (tests/indexkit.py) that commits one row at a time and
-prints each name once add() has returned, kills it after a random delay, then
-hashes every file (`verify`) and opens the index: every reported commit must be
+Each trial starts a writer (`python -m taskindex.indexkit`) that commits one row at
+a time and prints each name once add() has returned, kills it after a random delay,
+then hashes every file (`verify`) and opens the index: every reported commit must be
 present with its own vector, and at most the one commit in flight may have landed
-unreported. The test suite runs 30 trials of the same; this tool runs as many as asked.
+unreported. --trials go on from an empty index; --training-trials each start from an
+index two rows below the projection's first training and kill within 1.25x the time
+that commit takes (measured first), so they land in the commit that trains the
+projection and writes a projected file per segment. The test suite runs 15 + 8.
 """
 
 from __future__ import annotations
@@ -17,28 +20,37 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from taskindex import search
+from taskindex.index import TaskIndex
+from taskindex.indexkit import crash_trials, index_with_rows, second_commit_seconds, wide_probe
 
-from indexkit import crash_trials, wide_probe  # noqa: E402
 
-from taskindex.index import TaskIndex  # noqa: E402
+def show(record: dict) -> None:
+    print(f"trial {record['trial']:4d}: {record['rows_before']:5d} rows, {record['reported']:3d} commits reported, "
+          f"{record['rows']:5d} rows after the kill, {record['unused_files']:3d} unused data files, "
+          f"{'FAIL ' + '; '.join(record['problems']) if record['problems'] else 'ok'}", flush=True)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--training-trials", type=int, default=20)
     ap.add_argument("--max-delay", type=float, default=0.3, help="seconds after the first commit")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "idx"
+        root, below = Path(tmp) / "idx", Path(tmp) / "below"
         TaskIndex.create(root, probe=wide_probe()).close()
-        failures = crash_trials(root, args.trials, args.seed, args.max_delay, report=lambda t, d, n, ok: print(
-            f"trial {t:4d}: {d:3d} commits reported, {n:6d} rows, {'ok' if ok else 'FAIL'}", flush=True))
-    for f in failures:
-        print(f)
-    print(f"{args.trials} trials, {len(failures)} failures, {time.perf_counter() - start:.0f} s")
+        results = crash_trials(root, args.trials, args.seed, args.max_delay, report=show)
+        index_with_rows(below, search.EXACT_ROWS - 2)
+        window = 1.25 * second_commit_seconds(root, below)
+        print(f"training commit: kills up to {window:.2f} s after the writer's first commit", flush=True)
+        training = crash_trials(root, args.training_trials, args.seed + 1, window, report=show, start_from=below)
+    inside = sum(t["rows"] == search.EXACT_ROWS - 1 and t["unused_files"] > 0 for t in training)
+    failures = [t for t in results + training if t["problems"]]
+    print(f"{args.trials} + {args.training_trials} trials ({inside} killed inside the training commit after it "
+          f"wrote files), {len(failures)} failures, {time.perf_counter() - start:.0f} s")
     return 1 if failures else 0
 
 

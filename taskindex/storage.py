@@ -22,6 +22,7 @@ import hashlib
 import json
 import mmap
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from .errors import IndexCorruptError, IndexLockedError, IndexUsageError
 
 FORMAT = "taskindex-index"
 FORMAT_VERSION = 1
+# CURRENT's one line: the committed manifest's name and its sha256
+_CURRENT = re.compile(rb"(manifest-\d{8}\.json) ([0-9a-f]{64})\n?")
 # Vector files are hashed on open only while their total stays under this; `verify` always hashes.
 HASH_ON_OPEN_BYTES = 256 << 20
 
@@ -93,18 +96,23 @@ class Store:
             raise IndexUsageError(f"{str(self.root)!r} does not exist: create an index with `taskindex create "
                               f"{self.root}` or TaskIndex.create(...)")
         if not current.is_file():
+            if any(self.root.glob("manifest-*.json")):
+                raise IndexCorruptError(f"{current} is missing but {self.root} holds manifests: restore CURRENT "
+                                        "from a backup (it names the committed manifest and its sha256)")
             raise IndexUsageError(f"{str(self.root)!r} is not a taskindex index (no CURRENT file): create one with "
                               f"`taskindex create {self.root}`")
-        parts = current.read_text().split()
-        if len(parts) != 2:
-            raise IndexCorruptError(f"{current} is damaged: run `taskindex verify {self.root}`")
-        name, digest = parts
+        m = _CURRENT.fullmatch(current.read_bytes())
+        if not m:
+            raise IndexCorruptError(f"{current} is damaged (it should read 'manifest-NNNNNNNN.json <sha256>'): "
+                                    "restore it from a backup")
+        name, digest = m.group(1).decode(), m.group(2).decode()
         path = self.root / name
         if not path.is_file():
-            raise IndexCorruptError(f"manifest {name} named by CURRENT is missing in {self.root}")
+            raise IndexCorruptError(f"{path}, named by {current}, is missing: restore it from a backup")
         raw = path.read_bytes()
         if hashlib.sha256(raw).hexdigest() != digest:
-            raise IndexCorruptError(f"manifest {name} of {self.root} fails its checksum: the file was altered")
+            raise IndexCorruptError(f"{path} does not match the sha256 in {current}: one of them was altered "
+                                    "(restore it from a backup)")
         manifest = json.loads(raw)
         if manifest.get("format") != FORMAT:
             raise IndexUsageError(f"{self.root} is not a taskindex index (format {manifest.get('format')!r})")

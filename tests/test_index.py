@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -225,15 +226,20 @@ def _data_files(root: Path, suffix: str) -> list[Path]:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
-@pytest.mark.parametrize("target", [".f32", ".parquet", ".npy", "manifest"])
-def test_damaged_files_are_reported_by_verify_and_open(index, synth, tmp_path, damage, target):
-    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(5)])
+@pytest.mark.parametrize("target", ["vectors", "rows", "prior", "proj", "projection", "manifest", "CURRENT"])
+def test_damaged_files_are_reported_by_verify_and_open_naming_the_file(index, synth, tmp_path, damage, target):
+    trained = target in ("proj", "projection")  # the projection and projected rows exist from EXACT_ROWS rows
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(search.EXACT_ROWS if trained else 5)])
     index.close()
     root = tmp_path / "idx"
-    if target == "manifest":
-        victim = root / open(root / "CURRENT").read().split()[0]
-    else:
-        victim = [p for p in _data_files(root, target) if not p.name.endswith(".proj.f32")][0]
+    segment = index.manifest["segments"][0]
+    victim = {"vectors": lambda: root / "data" / segment["vectors"]["name"],
+              "rows": lambda: root / "data" / segment["rows"]["name"],
+              "prior": lambda: root / "data" / index.manifest["prior"]["name"],
+              "proj": lambda: root / "data" / segment["proj"]["name"],
+              "projection": lambda: root / "data" / index.manifest["projection"]["name"],
+              "manifest": lambda: root / (root / "CURRENT").read_text().split()[0],
+              "CURRENT": lambda: root / "CURRENT"}[target]()
     raw = bytearray(victim.read_bytes())
     if damage == "truncate":
         victim.write_bytes(bytes(raw[: len(raw) // 2]))
@@ -244,7 +250,8 @@ def test_damaged_files_are_reported_by_verify_and_open(index, synth, tmp_path, d
         victim.unlink()
     problems = verify(root)
     assert problems and all(isinstance(p, str) for p in problems)
-    with pytest.raises(IndexCorruptError):
+    assert any(victim.name in p for p in problems), problems
+    with pytest.raises(IndexCorruptError, match=re.escape(victim.name)):
         TaskIndex.open(root, readonly=True)
 
 

@@ -111,8 +111,8 @@ def index_with_rows(root: Path, rows: int, batch: int = 17) -> None:
 
 
 def second_commit_seconds(root: Path, start_from: Path) -> float:
-    """How long a writer started on a copy of `start_from` takes from its first reported commit to its
-    second: the window to aim kills at when the second commit is the one under test."""
+    """How long a writer started on a copy of `start_from` (made at `root`) takes from its first reported
+    commit to its second: the window to aim kills at when the second commit is the one under test."""
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(start_from, root)
     with _writer(root) as proc:

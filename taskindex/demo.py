@@ -36,6 +36,9 @@ def main() -> None:
         hits = index.query(emb, k=5)
         show(f"nearest to a new sample of 'fashion-sandal-vs-rest' (embedded in {embedded:.1f} s)", hits,
              time.perf_counter() - start)
+        rank = next((i + 1 for i, h in enumerate(hits) if h.name == task.name), None)
+        print("  -> the new sample found its own task " + ("first" if rank == 1 else f"at rank {rank}" if rank
+                                                            else "nowhere in the top 5"))
         start = time.perf_counter()
         hits = index.query(emb, k=5, where={"dataset": "mnist"})
         show("the same, only MNIST tasks (where dataset=mnist)", hits, time.perf_counter() - start)

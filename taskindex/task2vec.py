@@ -27,7 +27,7 @@ from .tasks import Task, balanced_order
 
 METHODS = ("montecarlo", "variational")
 EXPECTATIONS = ("sample", "exact")
-LABEL_PASSES = None
+LABEL_PASSES = 2
 
 
 def _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads):

@@ -115,8 +115,9 @@ def contributions(task: Task, probe, labels: str, seed: int) -> tuple[Embedding,
     task2vec.FilterEstimator = Recorder
     try:
         start = time.perf_counter()
-        emb = task2vec.embed(task, probe, max_samples=None, seed=seed, expectation=labels, estimator="mean",
-                             progress=False)
+        expectation, _, passes = labels.partition(":")
+        emb = task2vec.embed(task, probe, max_samples=None, seed=seed, expectation=expectation, estimator="mean",
+                             label_passes=int(passes) if passes else None, progress=False)
         seconds = time.perf_counter() - start
     finally:
         task2vec.FilterEstimator = FilterEstimator
@@ -162,6 +163,7 @@ def run(args) -> dict:
     probe = load_probe("efficientnet_lite0", image_size=args.image_size, device="cpu")
     m = weights_per_filter(probe.backbone)
     sets = {"development": named_tasks(), "held-out": heldout_tasks(args.heldout_per_dataset, args.seed)}
+    sets = {k: v for k, v in sets.items() if k in args.sets}
     if args.limit:
         sets = {k: v[:args.limit] for k, v in sets.items()}
     results = {"sets": {k: [t[0] for t in v] for k, v in sets.items()}, "configs": []}
@@ -206,6 +208,27 @@ def run(args) -> dict:
     return results
 
 
+def against_index(path: str, per_class: int, seed: int) -> dict:
+    """A fresh sample of every named task queried against an index that holds the task: its rank."""
+    from taskindex import TaskIndex
+
+    ranks, seconds = {}, []
+    with TaskIndex.open(path, readonly=True) as index:
+        probe = index.probe()
+        for name in tqdm(samples.names(), desc=f"fresh samples against {path}", unit="task"):
+            task = samples.load(name, max_per_class=per_class, seed=seed)
+            start = time.perf_counter()
+            emb = task2vec.embed(task, probe, progress=False, **index.embed_options())
+            seconds.append(time.perf_counter() - start)
+            hits = index.query(emb, k=len(index), exact=True)
+            ranks[name] = [h.name for h in hits].index(name) + 1
+    r = np.array(list(ranks.values()))
+    return {"index": path, "per_class": per_class, "seed": seed, "tasks": len(r), "first": int((r == 1).sum()),
+            "P@1": float((r == 1).mean()), "P@5": float((r <= 5).mean()), "MRR": float((1 / r).mean()),
+            "seconds_per_embedding": float(np.mean(seconds)),
+            "missed": {k: v for k, v in ranks.items() if v > 1}}
+
+
 def table(results: dict) -> str:
     lines = ["| set | labels | img/class | estimator | P@1 | P@3 | MRR | same-task d_sym | nearest-other d_sym "
              "| ratio | complexity vs error (Spearman) | mean complexity | s/embedding |",
@@ -223,14 +246,21 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-class", type=int, nargs="+", default=[100])
-    ap.add_argument("--labels", nargs="+", default=["exact", "sample"], choices=["exact", "sample"])
+    ap.add_argument("--labels", nargs="+", default=["exact", "sample"],
+                    help="exact (all C-1 label directions), exact:N (the N leading ones) or sample")
+    ap.add_argument("--sets", nargs="+", default=["development", "held-out"], choices=["development", "held-out"])
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--heldout-per-dataset", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="first N tasks of each set (a quick look)")
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument("--index", help="instead: query a fresh sample (seed 123) of every named task against "
+                                    "this index, which must hold them under their names (e.g. index_data)")
     args = ap.parse_args(argv)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if args.index:
+        print(json.dumps(against_index(args.index, args.per_class[0], 123), indent=1))
+        return 0
     start = time.perf_counter()
     results = run(args)
     load = os.getloadavg()

@@ -1,71 +1,28 @@
-"""The Fisher estimators against independent references: a naive per-sample
-autograd loop, and the paper's analytic FIM of a two-layer sigmoid network."""
+"""The Fisher estimators against independent references: the naive per-sample autograd
+loop of taskindex.testing, exact Hessians by autograd, and the paper's analytic FIM of a
+two-layer sigmoid network (supp. 5)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from scipy.stats import spearmanr
 from torch import nn
 
 from taskindex.fisher import fisher_pass, variational_precision, weights_per_filter
+from taskindex.testing import GroupedNet, conv_filter_counts, frozen, naive_per_sample
 
 
-class GroupedNet(nn.Module):
-    """Every kind of conv the engine must handle: strided, depthwise, grouped+dilated
-    with 'same' padding, 1x1 strided, depthwise multiplier 2 with reflect padding, non-square."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.bn = nn.BatchNorm2d(8)
-        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
-        self.c3 = nn.Conv2d(8, 12, 3, padding="same", groups=4, dilation=2, bias=False)
-        self.c4 = nn.Conv2d(12, 6, 1, stride=2)
-        self.c5 = nn.Conv2d(6, 12, 5, padding=2, padding_mode="reflect", groups=6)
-        self.c6 = nn.Conv2d(12, 10, (3, 1), stride=(2, 1), padding=(1, 0))
-        self.c7 = nn.Conv2d(10, 48, 3, padding=1)  # wide layers on a small map take the Gram-matrix path
-        self.c8 = nn.Conv2d(48, 64, 1)
-
-    def forward(self, x):
-        x = F.relu(self.bn(self.c1(x)))
-        x = F.relu(self.c2(x))
-        x = torch.tanh(self.c3(x))
-        x = F.relu6(self.c4(x))
-        x = torch.sigmoid(self.c5(x))
-        x = torch.tanh(self.c7(self.c6(x)))
-        return self.c8(x).mean((2, 3))
-
-
-def frozen(module: nn.Module) -> nn.Module:
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def naive_per_sample(net: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Reference: one autograd.grad per sample on functional copies of the conv weights."""
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    names = {id(m): n for n, m in net.named_modules()}
-    total = np.zeros(sum(m.out_channels for m in convs))
-    for i in range(x.shape[0]):
-        params = {f"{names[id(m)]}.weight": m.weight.detach().clone().requires_grad_(True) for m in convs}
-        out = torch.func.functional_call(net, params, (x[i:i + 1],))
-        logp = torch.log_softmax(head(out), 1)[0, y[i]]
-        grads = torch.autograd.grad(logp, list(params.values()))
-        total += np.concatenate([g.double().pow(2).flatten(1).sum(1).numpy() for g in grads])
-    return total
-
-
-def test_per_sample_fisher_equals_naive_loop_on_grouped_and_depthwise_convs():
-    torch.manual_seed(0)
+def grouped_net(seed: int) -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(seed)
     net = frozen(GroupedNet())
     net.bn.running_mean.normal_()
     net.bn.running_var.uniform_(0.5, 2.0)
-    head = frozen(nn.Linear(64, 4))
+    return net, frozen(nn.Linear(GroupedNet.FEATURES, 4))
+
+
+def test_per_sample_fisher_equals_naive_loop_on_grouped_and_depthwise_convs():
+    net, head = grouped_net(0)
     x = torch.randn(9, 3, 17, 15)
     y = torch.randint(0, 4, (9,))
     batches = [(x[:5], y[:5]), (x[5:], y[5:])]  # the sum must not depend on batching
@@ -78,23 +35,70 @@ def test_per_sample_fisher_equals_naive_loop_on_grouped_and_depthwise_convs():
     assert np.all(ours[~live] < 1e-9 * ref.max())
 
 
-def test_per_sample_fisher_is_not_the_square_of_the_batch_gradient():
-    torch.manual_seed(1)
-    net = frozen(GroupedNet())
-    head = frozen(nn.Linear(64, 4))
-    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))
-    ours = fisher_pass(net, head, [(x, y)])
-    ref = naive_per_sample(net, head, x, y)
-    # the batch-squared estimator: (sum of per-sample gradients)^2 / n, as the reference code does
-    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
-    names = {id(m): n for n, m in net.named_modules()}
-    params = {f"{names[id(m)]}.weight": m.weight.detach().clone().requires_grad_(True) for m in convs}
+def test_exact_expectation_equals_naive_sum_over_labels():
+    """expectation='exact': sum_c p(c|x) ||d log p(c|x)/dw||^2, one autograd.grad per label in the reference."""
+    net, head = grouped_net(2)
+    x = torch.randn(7, 3, 16, 18)
+    ours = fisher_pass(net, head, [(x[:3], None), (x[3:], None)])
+    ref = naive_per_sample(net, head, x, None)
+    live = ref > 1e-12 * ref.max()
+    assert live.sum() > 140
+    assert (np.abs(ours - ref)[live] / ref[live]).max() < 1e-4
+
+
+def batch_gradient_squared(net: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Per filter, ||d/dw sum_n log p(y_n|x_n)||^2: the square of one batch gradient (autograd)."""
+    convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    params = {f"{n}.weight": m.weight.detach().requires_grad_(True) for n, m in convs}
     out = torch.func.functional_call(net, params, (x,))
-    loss = torch.log_softmax(head(out), 1).gather(1, y[:, None]).mean()
+    loss = torch.log_softmax(head(out), 1).gather(1, y[:, None]).sum()
     grads = torch.autograd.grad(loss, list(params.values()))
-    batch_sq = np.concatenate([g.double().pow(2).flatten(1).sum(1).numpy() for g in grads])
-    assert np.allclose(ours, ref, rtol=1e-4, atol=1e-12)
-    assert not np.allclose(batch_sq, ref / 8, rtol=0.1)
+    return np.concatenate([g.double().pow(2).flatten(1).sum(1).numpy() for g in grads])
+
+
+def test_per_sample_fisher_is_not_the_square_of_the_batch_gradient():
+    net, head = grouped_net(1)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))
+    ours = fisher_pass(net, head, [(x, y)])  # one batch of 8: squares must still be taken per image
+    ref = naive_per_sample(net, head, x, y)
+    batch_sq = batch_gradient_squared(net, head, x, y)  # what squaring the batch gradient would return
+    assert np.allclose(ours, ref, rtol=1e-4, atol=1e-12 * ref.max())
+    # on these inputs the two differ by far more than the tolerance above in most filters,
+    # so the equality with the naive loop is what tells per-sample squares from batch squares
+    live = ref > 1e-12 * ref.max()
+    assert np.median(np.abs(ours - batch_sq)[live] / ref[live]) > 0.3
+
+
+@pytest.fixture(scope="module")
+def lite0_pretrained():
+    from taskindex import load_probe, samples
+
+    probe = load_probe("efficientnet_lite0", image_size=40)
+    task = samples.load("fashion-footwear", max_per_class=2, seed=0)
+    x = probe.normalize(task.load(np.arange(len(task)), probe.image_size))
+    return probe, x
+
+
+def test_per_sample_fisher_on_pretrained_efficientnet_lite0_equals_naive_loop(lite0_pretrained):
+    """The real probe (static-same padding, depthwise 3x3/5x5, ReLU6, BatchNorm) on real images."""
+    probe, x = lite0_pretrained
+    net = probe.backbone
+    torch.manual_seed(0)
+    head = frozen(nn.Linear(probe.feature_dim, 3))
+    y = torch.randint(0, 3, (len(x),))
+    ours = fisher_pass(net, head, [(x[:4], y[:4]), (x[4:], y[4:])])
+    ref = naive_per_sample(net, head, x, y)
+    assert len(ref) == 21008 and (ref > 0).mean() > 0.5
+    # Both sides run in float32, and a filter's gradient is a sum over positions and images:
+    # on filters whose Fisher is ~1e-9 of their layer's largest (channels ReLU6 nearly switches
+    # off) that sum cancels, and the two orders of summation differ by up to ~4e-4 relative
+    # while the median filter agrees to ~1e-6. So the error is judged against each filter's own
+    # value plus a floor of 1e-6 of its layer's largest, not against the filter's value alone.
+    scale = np.concatenate([np.full(c, part.max()) for c, part in
+                            zip(conv_filter_counts(net), np.split(ref, np.cumsum(conv_filter_counts(net))[:-1]))])
+    err = np.abs(ours - ref)
+    assert np.all(err <= 1e-4 * ref + 1e-6 * scale)
+    assert np.median(err[ref > 0] / ref[ref > 0]) < 1e-5
 
 
 # ---- the two-layer sigmoid model of supplementary 5 ----------------------------------------------
@@ -124,14 +128,21 @@ def two_layer(d=6, k=12, n=4000, seed=0):
     return frozen(net), frozen(head), x, w
 
 
-def analytic_fisher(net, w, x) -> np.ndarray:
-    """Supp. 5: F_(k,j) = mean_e p_e (1 - p_e) w_k^2 z_k^2 (1 - z_k)^2 x_j^2, averaged over j."""
+def per_sample_terms(net, w, x) -> tuple[np.ndarray, np.ndarray]:
+    """Supp. 5: with c_ek = w_k^2 z_ek^2 (1 - z_ek)^2 mean_j x_ej^2, image e's squared score for
+    filter k (averaged over its weights) is (y_e - p_e)^2 c_ek. Returns (p_e, c_ek)."""
     with torch.no_grad():
         xe = x.flatten(1)
         z = torch.sigmoid(xe @ net.u.weight.flatten(1).T)
         p = torch.sigmoid(z @ w)
-        per = (p * (1 - p))[:, None, None] * ((w * z * (1 - z)) ** 2)[:, :, None] * (xe ** 2)[:, None, :]
-        return per.mean(0).mean(-1).numpy()
+        c = (w * z * (1 - z)) ** 2 * (xe ** 2).mean(1, keepdim=True)
+        return p.numpy(), c.numpy()
+
+
+def analytic_fisher(net, w, x) -> np.ndarray:
+    """Supp. 5: F_(k,j) = mean_e p_e (1 - p_e) w_k^2 z_k^2 (1 - z_k)^2 x_j^2, averaged over j."""
+    p, c = per_sample_terms(net, w, x)
+    return ((p * (1 - p))[:, None] * c).mean(0)
 
 
 def test_exact_expectation_matches_the_analytic_two_layer_fisher():
@@ -142,55 +153,54 @@ def test_exact_expectation_matches_the_analytic_two_layer_fisher():
     assert np.allclose(ours, ref, rtol=1e-5)
 
 
-def test_sampled_labels_converge_to_the_analytic_two_layer_fisher():
+@pytest.mark.parametrize("draw_seed", [3, 4, 5, 6])
+def test_sampled_labels_estimate_the_analytic_two_layer_fisher_within_its_standard_error(draw_seed):
+    """With the images fixed, the sampled-label estimate is a mean of independent per-image terms
+    (y_e - p_e)^2 c_ek, y_e ~ Bernoulli(p_e): its mean is the analytic Fisher and its variance is
+    known exactly, Var[(y - p)^2] = p (1 - p) (1 - 2p)^2. Every filter must lie within 5 standard
+    errors (a false alarm has probability < 1e-5 over the 12 filters), and the standard error is
+    a few percent of the Fisher, so a bias of 25% in any filter fails."""
     net, head, x, w = two_layer(n=20000)
     with torch.no_grad():
         probs = torch.softmax(head(net(x)), 1)
-    draws = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3)).flatten()
+    draws = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(draw_seed)).flatten()
     total = fisher_pass(net, head, [(x[i:i + 2000], draws[i:i + 2000]) for i in range(0, len(x), 2000)])
     ours = total / (len(x) * weights_per_filter(net))
-    ref = analytic_fisher(net, w, x)
-    assert np.abs(ours - ref).max() / ref.max() < 0.05
-    assert spearmanr(ours, ref).statistic > 0.97
+    p, c = per_sample_terms(net, w, x)
+    ref = ((p * (1 - p))[:, None] * c).mean(0)
+    se = np.sqrt(((p * (1 - p) * (1 - 2 * p) ** 2)[:, None] * c ** 2).sum(0)) / len(x)
+    assert np.all(5 * se < 0.25 * ref)  # the bound below is tight enough to mean something
+    assert np.all(np.abs(ours - ref) < 5 * se)
 
 
-def test_variational_precision_ranks_filters_like_the_analytic_fisher():
-    net, head, x, w = two_layer(n=3000, seed=2)
-    with torch.no_grad():  # labels from the model itself: the Hessian of the loss is the Fisher
+def model_labels(head, net, x, seed):
+    with torch.no_grad():  # labels from the model itself: the Hessian of the loss estimates the Fisher
         probs = torch.softmax(head(net(x)), 1)
-    y = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(0)).flatten()
-    ref = analytic_fisher(net, w, x)
-    prior = np.full(ref.shape, 1e-3 * ref.mean())
-    order = torch.Generator().manual_seed(1)
+    return torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).flatten()
 
-    def batches():
-        perm = torch.randperm(len(x), generator=order)
-        for i in range(0, len(x), 300):
-            yield x[perm[i:i + 300]], y[perm[i:i + 300]]
 
-    # start from a flat guess: the ranking must come from SGVB, not from the start
-    flat = np.full(ref.shape, ref.mean()) + prior
-    prec = variational_precision(net, head, batches, prior, epochs=60, lr=0.05, seed=0, nu=1 / len(x), init=flat)
+def test_variational_precision_is_fisher_plus_prior_only_where_the_weight_noise_is_small():
+    """What SGVB reaches. P_k = H_k + t0_k (H: the filter's mean Hessian diagonal, ~ its Fisher F_k)
+    is the optimum of the objective only to second order in the weight noise, whose variance is
+    nu / P_k = 1 / (N P_k) per weight. Filters with N F_k mean(w_k^2) > 6 (noise sd < 0.4 of their
+    weights at P = F) land within a factor 1.5 of F + t0 (the exact optimum of the objective is
+    within 0.77-1.13 of F here, SGVB's final iterate adds about 20%). Filters with
+    N F_k mean(w_k^2) < 1.5 (noise as large as the weights) saturate the sigmoid, their expected
+    loss stops growing with the noise, and the optimum is the prior t0, not F + t0 (the exact
+    optimum has P - t0 < 0.01 F for them). SGVB starts from a flat guess, far from both answers."""
+    net, head, x, w = two_layer(n=3000, seed=2)
+    y = model_labels(head, net, x, 0)
+    fisher = analytic_fisher(net, w, x)
+    n_fw2 = len(x) * fisher * net.u.weight.flatten(1).square().mean(1).numpy()
+    weak, strong = n_fw2 < 1.5, n_fw2 > 6
+    assert weak.sum() >= 3 and strong.sum() >= 6
+    prior = np.full(fisher.shape, 1e-3 * fisher.mean())
+    flat = np.full(fisher.shape, fisher.mean()) + prior  # 20-600x F on the weak filters
+    prec = variational_precision(net, head, lambda: [(x, y)], prior, epochs=150, lr=0.05, seed=0,
+                                 nu=1 / len(x), init=flat)
     est = prec - prior
-    assert spearmanr(est, ref).statistic > 0.9
-    # and the scale is the Fisher's: the precision estimates F + t0, not some multiple of it
-    assert 0.3 < np.median(est / ref) < 3.0
-
-
-def test_variational_precision_is_the_prior_for_a_trivial_task():
-    net, head, x, w = two_layer(n=400, seed=4)
-    with torch.no_grad():  # a head that is certain of class 0, and every label is 0: the loss is flat
-        head.weight.zero_()
-    trivial_head = frozen(nn.Sequential(head, Shift(torch.tensor([30.0, 0.0], dtype=torch.float64))))
-    y = torch.zeros(len(x), dtype=torch.long)
-    prior = np.geomspace(1e-3, 1e1, 12)
-
-    def batches():
-        for i in range(0, len(x), 100):
-            yield x[i:i + 100], y[i:i + 100]
-
-    prec = variational_precision(net, trivial_head, batches, prior, epochs=20, lr=0.05, seed=0, nu=1 / len(x))
-    assert np.allclose(prec, prior, rtol=1e-6)
+    assert np.all(np.abs(np.log(est[strong] / fisher[strong])) < np.log(1.5)), est / fisher
+    assert np.all(est[weak] < 0.25 * fisher[weak]), est / fisher
 
 
 class Shift(nn.Module):
@@ -200,6 +210,24 @@ class Shift(nn.Module):
 
     def forward(self, x):
         return x + self.bias
+
+
+def test_variational_precision_returns_to_the_prior_for_a_trivial_task():
+    net, head, x, w = two_layer(n=400, seed=4)
+    with torch.no_grad():  # a head that is certain of class 0, and every label is 0: the loss is flat
+        head.weight.zero_()
+    trivial_head = frozen(nn.Sequential(head, Shift(torch.tensor([30.0, 0.0], dtype=torch.float64))))
+    y = torch.zeros(len(x), dtype=torch.long)
+    prior = np.geomspace(1e-3, 1e1, 12)
+    start = prior * np.where(np.arange(12) % 2 == 0, 10.0, 0.1)  # away from the answer, both sides
+
+    def batches():
+        for i in range(0, len(x), 100):
+            yield x[i:i + 100], y[i:i + 100]
+
+    prec = variational_precision(net, trivial_head, batches, prior, epochs=50, lr=0.05, seed=0,
+                                 nu=1 / len(x), init=start)
+    assert np.allclose(prec, prior, rtol=0.02)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

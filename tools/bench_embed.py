@@ -55,6 +55,7 @@ from taskindex import samples
 from taskindex.distance import d_sym
 from taskindex.fisher import conv_weights, fisher_pass, weight_scale_prior, weights_per_filter
 from taskindex.head import fit_head
+from taskindex.testing import naive_per_sample
 
 PROBE = "efficientnet_lite0"
 try:
@@ -248,16 +249,10 @@ def run_activation_only(backbone, head, xs, ys):
         (-lp.gather(1, y[:, None]).sum()).backward()
 
 
-def run_naive(net, ws, head, xs, ys, n: int):
-    """Per image: forward, autograd.grad of log p(y|x) w.r.t. every conv weight, square, sum per filter."""
-    acc = [torch.zeros(w.shape[0], dtype=torch.float64, device=w.device) for w in ws]
-    x_all, y_all = torch.cat(xs)[:n], torch.cat(ys)[:n]
-    for i in range(n):
-        lp = torch.log_softmax(head(net(x_all[i:i + 1])).float(), 1)[0, y_all[i]]
-        grads = torch.autograd.grad(lp, ws)
-        for a, g in zip(acc, grads):
-            a += g.double().square().flatten(1).sum(1)
-    return acc
+def run_naive(net, head, xs, ys, n: int):
+    """Per image: forward, autograd.grad of log p(y|x) w.r.t. every conv weight, square, sum per filter
+    (taskindex.testing.naive_per_sample, the reference the tests check fisher_pass against)."""
+    return naive_per_sample(net, head, torch.cat(xs)[:n], torch.cat(ys)[:n])
 
 
 def run_batch_squared(net, ws, head, xs, ys=None, snapshot=None):
@@ -309,7 +304,7 @@ def part_throughput(args, device) -> list[Table]:
     log("    (a') forward+backward, activation gradients only")
     res["act"] = timed(lambda: run_activation_only(bb, head, xs, ys), device, R)[0]
     log(f"    (b) naive per-sample autograd loop on {n_naive} images")
-    res["naive"] = timed(lambda: run_naive(net, ws, head, xs, ys, n_naive), device, max(1, R - 1))[0]
+    res["naive"] = timed(lambda: run_naive(net, head, xs, ys, n_naive), device, max(1, R - 1))[0]
     log("    (c) batch-squared (reference repository's montecarlo)")
     res["batchsq"] = timed(lambda: run_batch_squared(net, ws, head, xs), device, R)[0]
 

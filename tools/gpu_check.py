@@ -22,44 +22,18 @@ from torch import nn
 import taskindex as ti
 from taskindex import samples
 from taskindex.fisher import conv_weights, fisher_pass
-
-
-class Grouped(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
-        self.c2 = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-        self.c3 = nn.Conv2d(16, 24, 3, padding="same", groups=4, dilation=2)
-        self.c4 = nn.Conv2d(24, 12, 1, stride=2)
-
-    def forward(self, x):
-        x = F.relu(self.c1(x))
-        x = torch.tanh(self.c2(x))
-        x = F.relu6(self.c3(x))
-        return self.c4(x).mean((2, 3))
-
-
-def naive(net, head, x, y):
-    convs = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
-    total = torch.zeros(sum(m.out_channels for _, m in convs), dtype=torch.float64)
-    for i in range(len(x)):
-        params = {f"{n}.weight": m.weight.detach().clone().requires_grad_(True) for n, m in convs}
-        out = torch.func.functional_call(net, params, (x[i:i + 1],))
-        lp = torch.log_softmax(head(out), 1)[0, y[i]]
-        grads = torch.autograd.grad(lp, list(params.values()))
-        total += torch.cat([g.double().pow(2).flatten(1).sum(1).cpu() for g in grads])
-    return total.numpy()
+from taskindex.testing import GroupedNet, frozen, naive_per_sample
 
 
 def exactness(dev) -> dict:
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    net = Grouped().to(dev).eval().requires_grad_(False)
-    head = nn.Linear(12, 5).to(dev).requires_grad_(False)
+    net = frozen(GroupedNet()).to(dev)  # every conv kind: grouped, depthwise, dilated, reflect, Gram path
+    head = frozen(nn.Linear(GroupedNet.FEATURES, 5)).to(dev)
     x, y = torch.randn(24, 3, 20, 20, device=dev), torch.randint(0, 5, (24,), device=dev)
     ours = fisher_pass(net, head, [(x[:12], y[:12]), (x[12:], y[12:])])
-    ref = naive(net, head, x, y)
+    ref = naive_per_sample(net, head, x, y)
     live = ref > 1e-12 * ref.max()
     return {"max_rel_err_vs_naive_loop": float((np.abs(ours - ref)[live] / ref[live]).max()),
             "filters_compared": int(live.sum())}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import zipfile
 
 import numpy as np
@@ -126,13 +127,38 @@ def test_different_probes_are_not_comparable(tiny_probe, digits_round):
         ti.pairwise([a, c])
 
 
-def test_exact_expectation_agrees_with_sampled_labels_on_average(tiny_probe, digits_round):
-    exact = embed(digits_round, tiny_probe, expectation="exact", progress=False).fisher
-    sampled = np.mean([embed(digits_round, tiny_probe, seed=s, progress=False).fisher for s in range(6)], 0)
-    # same head only for the same seed, so compare per layer totals loosely and the ranking closely
-    from scipy.stats import spearmanr
+def test_embed_exact_expectation_equals_the_naive_loop_on_the_head_it_fits(tiny_probe, digits_round, monkeypatch):
+    """embed(expectation='exact') against an independent reference: the naive per-sample loop
+    (one autograd.grad per image and label, taskindex.testing) on every image of the task, with
+    the head embed fitted (caught on its way out of fit_head), divided by images and weights per
+    filter, plus t0 = prior_scale / mean(w^2) of each layer computed here."""
+    import taskindex.task2vec as t2v
+    from taskindex.testing import naive_per_sample
 
-    assert spearmanr(exact, sampled).statistic > 0.8
+    heads = []
+
+    def spy(*args, **kwargs):
+        heads.append(fit_head(*args, **kwargs))
+        return heads[-1]
+
+    fit_head = t2v.fit_head
+    monkeypatch.setattr(t2v, "fit_head", spy)
+    # the plain mean over images and every label direction: what the naive loop computes
+    wanted = {"estimator": "mean", "label_passes": None}
+    options = {k: v for k, v in wanted.items() if k in inspect.signature(embed).parameters}
+    e = embed(digits_round, tiny_probe, method="montecarlo", expectation="exact", max_samples=None,
+              batch_size=32, progress=False, **options)
+    assert len(heads) == 1 and e.meta["n_samples"] == len(digits_round)
+    net = tiny_probe.backbone
+    x = tiny_probe.normalize(digits_round.load(np.arange(len(digits_round)), tiny_probe.image_size))
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    per_weight = np.concatenate([np.full(m.out_channels, m.weight[0].numel()) for m in convs])
+    fisher = naive_per_sample(net, heads[0], x, None) / (len(x) * per_weight)
+    prior = np.concatenate([np.full(m.out_channels, e.meta["prior_scale"] / m.weight.double().square().mean().item())
+                            for m in convs])
+    assert np.allclose(e.prior, prior, rtol=1e-6)
+    assert (fisher > 100 * prior).mean() > 0.5  # the Fisher, not the prior, decides most of the vector
+    assert np.allclose(e.vector, fisher + prior, rtol=1e-4, atol=0)
 
 
 @pytest.mark.slow

@@ -523,7 +523,16 @@ def _parquet_labels(column: Any, name: str, path: Path) -> tuple[np.ndarray, lis
         return _labels_from_values(column.to_pylist(), name, path)
     if column.null_count:
         raise TaskError(f"column {name!r} of {path} has {column.null_count} missing labels; fill or drop those rows")
-    return _check_labels(column.to_numpy()), None
+    return _file_labels(column.to_numpy(), name, path), None
+
+
+def _file_labels(values: np.ndarray, name: str, path: Path) -> np.ndarray:
+    """A file's numeric label column as class ids; the fix for bad ones is in the file, so the error says so."""
+    if values.dtype.kind == "b" or (values.dtype.kind in "iu" and not (values < 0).any()):
+        return _check_labels(values)
+    bad = next((v for v in values.tolist() if not (isinstance(v, int) and v >= 0)), values[0])
+    raise TaskError(f"column {name!r} of {path} has {values.dtype} labels that are not class ids 0..K-1 "
+                    f"(e.g. {bad!r}): store class ids 0..K-1, or class names as text")
 
 
 def _labels_from_values(values: list[Any], name: str, path: Path) -> tuple[np.ndarray, list[str] | None]:
@@ -535,7 +544,7 @@ def _labels_from_values(values: list[Any], name: str, path: Path) -> tuple[np.nd
             "fill or drop those rows"
         )
     text = [str(v).strip() for v in values]
-    if all(t.lstrip("-").isdigit() for t in text):
+    if all(t.isdigit() for t in text):  # class ids 0..K-1; anything else (e.g. -1) is a class name
         return _check_labels(np.array([int(t) for t in text], dtype=np.int64)), None
     classes, labels = np.unique(np.array(text, dtype=object), return_inverse=True)
     return labels.astype(np.int64), [str(c) for c in classes]

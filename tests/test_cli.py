@@ -127,6 +127,14 @@ def test_embed_errors_speak_in_flags(runner, image_folder, tmp_path, monkeypatch
     assert "pass --image-column/--label-column" in r.output
     r = runner.invoke(cli, embed_args(tmp_path / "t.parquet", out, "--image-column", "img", "--label-column", "digit"))
     assert r.exit_code == 0, r.output
+    for labels, bad in (([0.0, 1.0] * 6, "0.0"), ([0, 1, -1, 0] * 3, "-1")):  # the fix is in the file, not in Python
+        pq.write_table(pa.table({"image": [str(p) for p in pngs], "label": labels}), tmp_path / "n.parquet")
+        line = assert_flag_wording(runner.invoke(cli, embed_args(tmp_path / "n.parquet", out)), f"(e.g. {bad})")
+        assert "labels that are not class ids 0..K-1" in line and "store class ids 0..K-1, or class names as text" in line
+    with open(tmp_path / "t.csv", "w") as f:  # text labels that are not ids are class names
+        f.write("image,label\n" + "".join(f"{p},{-1 if p.parent.name == 'dark' else 1}\n" for p in pngs))
+    r = runner.invoke(cli, embed_args(tmp_path / "t.csv", out, "--json"))
+    assert r.exit_code == 0 and json.loads(r.output)["n_classes"] == 2, r.output
 
     def offline(*args, **kwargs):
         raise OSError("no network")

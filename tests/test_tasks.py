@@ -314,7 +314,8 @@ def test_from_parquet_errors(tmp_path: Path):
     with pytest.raises(TaskError, match=r"cannot read image row 1 of .*t.parquet"):
         Task.from_parquet(path).load([1], 8)
     pq.write_table(pa.table({"image": [png_bytes(RGB)], "label": [0.5]}), path)
-    with pytest.raises(TaskError, match="labels must be integer class ids"):
+    with pytest.raises(TaskError, match=r"column 'label' of .*t.parquet has float64 labels that are not class ids "
+                                        r"0..K-1 \(e.g. 0.5\): store class ids"):
         Task.from_parquet(path)
     pq.write_table(pa.table({"image": [1, 2], "label": [0, 1]}), path)
     with pytest.raises(TaskError, match="has type int64; it must hold image file paths"):

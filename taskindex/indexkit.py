@@ -12,6 +12,7 @@ follows d_sym finds the true neighbours among the crowd.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -110,20 +111,6 @@ def index_with_rows(root: Path, rows: int, batch: int = 17) -> None:
                             for i in range(lo, min(rows, lo + batch))])
 
 
-def second_commit_seconds(root: Path, start_from: Path) -> float:
-    """How long a writer started on a copy of `start_from` (made at `root`) takes from its first reported
-    commit to its second: the window to aim kills at when the second commit is the one under test."""
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.copytree(start_from, root)
-    with _writer(root) as proc:
-        proc.stdout.readline()
-        start = time.perf_counter()
-        proc.stdout.readline()
-        seconds = time.perf_counter() - start
-        proc.kill()
-    return seconds
-
-
 def _writer(root: Path) -> subprocess.Popen:
     from .index import TaskIndex
 
@@ -134,13 +121,15 @@ def _writer(root: Path) -> subprocess.Popen:
 
 
 def crash_trials(root: Path, trials: int, seed: int = 0, max_delay: float = 0.25, report=None,
-                 start_from: Path | None = None) -> list[dict]:
+                 start_from: Path | None = None, files: int | None = None) -> list[dict]:
     """Kill a writer with SIGKILL at a random instant after its first commit, `trials` times.
 
     After each kill the index must verify and open, hold every commit whose add() returned, with its
     own vector, and at most the one in flight besides. Trials go on from one another, or each starts
-    from a copy of `start_from` (an index just below a threshold puts the kills inside that commit).
-    Returns one record per trial: rows before and after, commits reported, new data files the current
+    from a copy of `start_from`. With `files`, the kill comes once the writer has created a random
+    number, 1 to `files`, of data files after its first commit, instead of after a random delay: on a
+    copy of an index just below a threshold, that puts every kill inside the commit that crosses it,
+    at any of its file writes, however fast the machine. Returns one record per trial: rows before and after, commits reported, new data files the current
     version does not use (those of the commit the kill interrupted, and any a re-training superseded),
     and the problems found (empty: the trial passed).
     """
@@ -158,7 +147,10 @@ def crash_trials(root: Path, trials: int, seed: int = 0, max_delay: float = 0.25
             unused_before = len(_unused(Store(root), idx.manifest))
         proc = _writer(root)
         first = proc.stdout.readline().strip()  # the writer is up and committing
-        time.sleep(rng.uniform(0.0, max_delay))
+        if files:
+            _wait_for_files(root / "data", len(os.listdir(root / "data")) + rng.randint(1, files))
+        else:
+            time.sleep(rng.uniform(0.0, max_delay))
         proc.send_signal(signal.SIGKILL)
         rest, _ = proc.communicate()
         done = [x for x in [first, *rest.split()] if x]
@@ -181,6 +173,12 @@ def crash_trials(root: Path, trials: int, seed: int = 0, max_delay: float = 0.25
         if report is not None:
             report(record)
     return results
+
+
+def _wait_for_files(folder: Path, count: int, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(folder)) < count and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 def _unused(store, manifest: dict) -> list[Path]:

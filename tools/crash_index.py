@@ -7,9 +7,9 @@ a time and prints each name once add() has returned, kills it after a random del
 then hashes every file (`verify`) and opens the index: every reported commit must be
 present with its own vector, and at most the one commit in flight may have landed
 unreported. --trials go on from an empty index; --training-trials each start from an
-index two rows below the projection's first training and kill within 1.25x the time
-that commit takes (measured first), so they land in the commit that trains the
-projection and writes a projected file per segment. The test suite runs 15 + 8.
+index two rows below the projection's first training and kill the writer once it has
+created a random number of that commit's files: every kill lands in the commit that
+trains the projection and writes a projected file per segment. The suite runs 15 + 8.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from taskindex import search
 from taskindex.index import TaskIndex
-from taskindex.indexkit import crash_trials, index_with_rows, second_commit_seconds, wide_probe
+from taskindex.indexkit import crash_trials, index_with_rows, wide_probe
 
 
 def show(record: dict) -> None:
@@ -44,13 +44,16 @@ def main(argv=None) -> int:
         TaskIndex.create(root, probe=wide_probe()).close()
         results = crash_trials(root, args.trials, args.seed, args.max_delay, report=show)
         index_with_rows(below, search.EXACT_ROWS - 2)
-        window = 1.25 * second_commit_seconds(root, below)
-        print(f"training commit: kills up to {window:.2f} s after the writer's first commit", flush=True)
-        training = crash_trials(root, args.training_trials, args.seed + 1, window, report=show, start_from=below)
-    inside = sum(t["rows"] == search.EXACT_ROWS - 1 and t["unused_files"] > 0 for t in training)
+        with TaskIndex.open(below, readonly=True) as idx:
+            # the training commit writes a segment (2 files), the projection, and a projected file per segment
+            files = 3 + len(idx.manifest["segments"]) + 2
+        print(f"training trials: each kill after 1 to {files} files of the training commit", flush=True)
+        training = crash_trials(root, args.training_trials, args.seed + 1, report=show, start_from=below,
+                                files=files)
+    inside = sum(t["rows"] == search.EXACT_ROWS - 1 and t["unused_files"] >= 3 for t in training)
     failures = [t for t in results + training if t["problems"]]
     print(f"{args.trials} + {args.training_trials} trials ({inside} killed inside the training commit after it "
-          f"wrote files), {len(failures)} failures, {time.perf_counter() - start:.0f} s")
+          f"wrote the projection), {len(failures)} failures, {time.perf_counter() - start:.0f} s")
     return 1 if failures else 0
 
 

@@ -229,6 +229,33 @@ def against_index(path: str, per_class: int, seed: int) -> dict:
             "missed": {k: v for k, v in ranks.items() if v > 1}}
 
 
+TIMED = {"sample, mean (the paper's; before)": dict(expectation="sample", estimator="mean"),
+         "exact, 2 label passes, trimmed (default)": dict(),
+         "exact, all C-1 passes, trimmed": dict(label_passes=None)}
+
+
+def timing(per_class: int, repeats: int = 2) -> list[dict]:
+    """Seconds per embedding by number of classes, each setting timed side by side (best of `repeats`)."""
+    probe = load_probe("efficientnet_lite0", image_size=64, device="cpu")
+    images, labels = samples.arrays("fashion-mnist")
+    rows = []
+    for classes in (2, 3, 5, 10):
+        keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(classes)])
+        task = Task.from_arrays(images[keep], labels[keep], name=f"{classes} classes")
+        task2vec.embed(task, probe, max_samples=None, progress=False)  # warm-up
+        row = {"classes": classes, "images": len(keep)}
+        for name, kw in TIMED.items():
+            best = np.inf
+            for _ in range(repeats):
+                start = time.perf_counter()
+                task2vec.embed(task, probe, max_samples=None, progress=False, **kw)
+                best = min(best, time.perf_counter() - start)
+            row[name] = best
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def table(results: dict) -> str:
     lines = ["| set | labels | img/class | estimator | P@1 | P@3 | MRR | same-task d_sym | nearest-other d_sym "
              "| ratio | complexity vs error (Spearman) | mean complexity | s/embedding |",
@@ -256,8 +283,19 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--index", help="instead: query a fresh sample (seed 123) of every named task against "
                                     "this index, which must hold them under their names (e.g. index_data)")
+    ap.add_argument("--timing", action="store_true",
+                    help="instead: seconds per embedding by number of classes for the label/estimator settings")
     args = ap.parse_args(argv)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
+    if args.timing:
+        rows = timing(args.per_class[0])
+        base = next(iter(TIMED))
+        print("| classes | images | " + " | ".join(TIMED) + " |\n|---:|---:|" + "---:|" * len(TIMED))
+        for r in rows:
+            print(f"| {r['classes']} | {r['images']} | " + " | ".join(
+                f"{r[k]:.2f} s ({r[k] / r[base]:.2f}x)" for k in TIMED) + " |")
+        print(f"load average {os.getloadavg()}; {cpu_name()}; torch {torch.__version__}")
+        return 0
     if args.index:
         print(json.dumps(against_index(args.index, args.per_class[0], 123), indent=1))
         return 0

@@ -186,7 +186,7 @@ def _strict_fp32(dev: torch.device):
 
 
 def _threads(dev: torch.device, threads: int | None):
-    """CPU threads for torch: by default the cores that are idle now (at least one).
+    """CPU threads for torch: by default one per core that other processes leave idle (at least one).
 
     torch's OpenMP threads spin-wait for each other: with every core in use and another
     process holding one, an embedding slowed 10-80x on a 2-core machine, while one thread
@@ -196,9 +196,27 @@ def _threads(dev: torch.device, threads: int | None):
         return contextlib.nullcontext()
     if threads is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        threads = max(1, min(cores, int(cores - busy + 0.5)))
+        threads = max(1, min(cores, int(cores - _cores_used_by_others(cores) + 0.5)))
     return _torch_threads(threads)
+
+
+def _cores_used_by_others(cores: int, window: float = 0.05) -> float:
+    """Cores other processes keep busy now: the machine's busy time over a short window, less this
+    process's own. Not the load average, which counts this process's work of the last minute, so a
+    long run of embeddings would talk itself down to one thread."""
+    def sample():
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:8]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), time.process_time(), time.monotonic()
+
+    try:
+        (b0, p0, w0) = sample()
+        time.sleep(window)
+        (b1, p1, w1) = sample()
+    except (OSError, ValueError, IndexError):  # no /proc (macOS, Windows): the load average, less our own
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return max(0.0, load - torch.get_num_threads())
+    return max(0.0, min(float(cores), ((b1 - b0) - (p1 - p0)) / (w1 - w0)))
 
 
 @contextlib.contextmanager

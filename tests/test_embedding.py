@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import os
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -177,3 +182,31 @@ def test_pretrained_probe_on_real_images_groups_tasks_by_their_classes():
     d = ti.pairwise(embs)
     assert d[0, 1] < min(d[0, 2], d[0, 3], d[1, 2], d[1, 3])
     assert all(e.dim == 21008 for e in embs)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or not os.path.exists("/proc/stat"), reason="needs Linux and two cores")
+def test_default_threads_leave_out_cores_other_processes_use_but_not_our_own_work():
+    """The thread count must not follow the load average: a long run of embeddings made it count its own
+    work and fall to one thread on an idle machine. Our own busy thread counts for nothing; another
+    process's busy loop counts for about one core."""
+    from taskindex.task2vec import _cores_used_by_others
+
+    cores = len(os.sched_getaffinity(0))
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [None for _ in iter(stop.is_set, True)])
+    spinner.start()
+    try:
+        own = min(_cores_used_by_others(cores, window=0.3) for _ in range(3))
+    finally:
+        stop.set()
+        spinner.join()
+    other = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        others = [_cores_used_by_others(cores, window=0.3) for _ in range(3)]
+    finally:
+        other.kill()
+        other.wait()
+    assert own < 0.5, own
+    assert 0.6 < np.median(others) < 1.5, others

@@ -53,6 +53,7 @@ from machine import cpu_name
 from taskindex import fisher as tfisher
 from taskindex import samples
 from taskindex.distance import d_sym
+from taskindex.estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
 from taskindex.fisher import conv_weights, fisher_pass, weight_scale_prior, weights_per_filter
 from taskindex.head import fit_head
 from taskindex.testing import naive_per_sample
@@ -464,10 +465,25 @@ def part_convergence(args, device) -> list[Table]:
             exact_snaps[seen_exact[0]] = (run_exact / (seen_exact[0] * m), el)
             eclock.resume()
 
+    class Blocks:  # every image's contribution, as embed's estimator receives it
+        rows: list[torch.Tensor] = []
+
+        def update(self, block):
+            self.rows.append(block.detach().float().cpu())
+
     fisher_pass(bb, head, ((x, None) for x in xs[:1]))  # warm-up
     eclock.resume()
-    ref = fisher_pass(bb, head, ((x, None) for x in xs), sink=sink_exact, on_batch=on_batch_exact) / (P * m)
+    ref = fisher_pass(bb, head, ((x, None) for x in xs), sink=sink_exact, on_batch=on_batch_exact,
+                      estimator=Blocks()) / (P * m)
     t_ref = eclock.pause()
+    per_image = torch.cat(Blocks.rows)
+    robust = estimator_id(DEFAULT_ESTIMATOR)
+
+    def robust_estimate(n):
+        est = FilterEstimator(robust, n, per_image.shape[1])
+        for i in range(0, n, B):
+            est.update(per_image[i:i + B])
+        return est.result().numpy() / m
     mask = ref > 0
     t0_prior = weight_scale_prior(bb, PRIOR_SCALE)
     live = ref > t0_prior  # filters the embedding resolves above its prior floor
@@ -476,6 +492,15 @@ def part_convergence(args, device) -> list[Table]:
         return (float(spearmanr(est[mask], ref[mask])[0]), float(spearmanr(est[live], ref[live])[0]))
 
     exact_at = {n: (*rho(est), el) for n, (est, el) in exact_snaps.items()}
+    # the default estimator converges to its own value (a trimmed mean of the pool), not to the mean's
+    robust_ref = robust_estimate(P)
+    robust_at = {}
+    for n, (_, el) in exact_snaps.items():
+        start = time.perf_counter()
+        est = robust_estimate(n)
+        el += time.perf_counter() - start
+        keep = robust_ref > 0
+        robust_at[n] = (float(spearmanr(est[keep], robust_ref[keep])[0]), el)
 
     # ours: running per-sample estimate after every batch, via the sink
     log("    ours: per-sample sampled-label estimate, running")
@@ -519,7 +544,7 @@ def part_convergence(args, device) -> list[Table]:
     nan = (float("nan"),) * 3
     t = Table(f"2. Spearman rho with the converged reference ({args.conv_task}, {S}px, batch {B})",
               ["n images", "ours rho", "batch-sq rho", "batch-sq n / ours n", "ours rho (live)", "batch-sq rho (live)",
-               "ours s", "batch-sq s", "exact-expectation rho", "exact s"])
+               "ours s", "batch-sq s", "exact-expectation rho", "exact s", f"default ({robust}) rho", "default s"])
     def n_needed(at, target):
         """Samples an estimator needs for rho >= target: log-linear interpolation of its curve."""
         pts = [(n, at[n][0]) for n in ns if n in at]
@@ -531,10 +556,11 @@ def part_convergence(args, device) -> list[Table]:
         return float(pts[0][0]) if pts and pts[0][1] >= target else float("inf")
 
     for n in ns:
-        o, b, e = ours_at.get(n, nan), bsq_at.get(n, nan), exact_at.get(n, nan)
+        o, b, e, r = ours_at.get(n, nan), bsq_at.get(n, nan), exact_at.get(n, nan), robust_at.get(n, nan[:2])
         need = n_needed(bsq_at, o[0])
         eq = f"{need / n:.1f}x" if math.isfinite(need) else f"> {P / n:.1f}x"
-        t.add(n, f"{o[0]:.4f}", f"{b[0]:.4f}", eq, f"{o[1]:.4f}", f"{b[1]:.4f}", o[2], b[2], f"{e[0]:.4f}", e[2])
+        t.add(n, f"{o[0]:.4f}", f"{b[0]:.4f}", eq, f"{o[1]:.4f}", f"{b[1]:.4f}", o[2], b[2], f"{e[0]:.4f}", e[2], f"{r[0]:.4f}",
+              r[1])
 
     def first(at, col):
         for n in ns:
@@ -557,6 +583,9 @@ def part_convergence(args, device) -> list[Table]:
                    f"{n_classes} backward passes per batch) on the first n images, read off the reference pass; "
                    "it is nested in the reference, so it reaches 1 at n = pool by construction: it isolates the "
                    "image-sampling part of the error from the label-sampling part")
+    t.notes.append(f"default: embed's defaults (exact expectation, {robust} estimator) on the same pass: the "
+                   f"{robust} estimate of the first n images against the same estimate of all {P} (the value it "
+                   "converges to), over the filters where that is > 0; s = the exact pass plus the estimator")
     t.notes.append("the reference is computed on the same pool, so every estimator reaches it as n -> pool: "
                    "'smallest n' below is bounded by the pool size; the ratio column above is the fairer comparison")
     for col, what in ((0, "rho"), (1, "rho (live)")):
@@ -612,9 +641,10 @@ def _stability_row(names, emb_by_seed) -> tuple[list[float], float, float, float
 def part_stability(args, device) -> list[Table]:
     names, ns, sizes = args.tasks, sorted(args.stab_ns), sorted(args.stab_sizes)
     seeds = [args.seed + k for k in range(args.stab_seeds)]
-    runs = [(S, "sample") for S in sizes]
+    robust = estimator_id(DEFAULT_ESTIMATOR)
+    runs = [(S, "sample", "mean") for S in sizes]  # the paper's estimator
     if args.stab_exact_size:
-        runs.append((args.stab_exact_size, "exact"))
+        runs += [(args.stab_exact_size, "exact", "mean"), (args.stab_exact_size, "exact", robust)]
     log(f"[3] d_sym stability: {len(names)} tasks, n in {ns}, sizes {sizes}, seeds {seeds}"
         + (f", exact expectation at {args.stab_exact_size}px" if args.stab_exact_size else ""))
     split = {}  # (task, seed) -> (half A, half B): each seed draws other images of the task
@@ -623,29 +653,34 @@ def part_stability(args, device) -> list[Table]:
         for sd in seeds:
             split[name, sd] = halves(samples.load(name, max_per_class=per_class, seed=sd))
     t = Table("3. d_sym stability: same task (disjoint halves) vs different tasks",
-              ["size", "labels", "n", "within", "between", "between/within", "within (no prior)",
+              ["size", "labels", "estimator", "n", "within", "between", "between/within", "within (no prior)",
                "between (no prior)", "ratio (no prior)", "zero-Fisher filters", "s/embedding"])
-    per_task = Table("3b. within-task d_sym(half A, half B) per task", ["size", "labels", "n"] + list(names))
+    per_task = Table("3b. within-task d_sym(half A, half B) per task",
+                     ["size", "labels", "estimator", "n"] + list(names))
     probes = {}
-    for S, expectation in runs:
+    for S, expectation, estimator in runs:
         probe = probes.setdefault(S, taskindex.load_probe(PROBE, image_size=S, device=device))
+        name, _, trim = estimator.partition(":")
         for n in ns:
-            log(f"    {S}px, {expectation}, n={n}")
+            log(f"    {S}px, {expectation}, {estimator}, n={n}")
             t0 = time.perf_counter()
             emb_by_seed = [{(name, h): taskindex.embed(split[name, sd][h], probe, max_samples=n, seed=sd,
-                                                       expectation=expectation, progress=False, device=device)
+                                                       expectation=expectation, estimator=name,
+                                                       trim=float(trim) if trim else None, progress=False,
+                                                       device=device)
                             for name in names for h in (0, 1)} for sd in seeds]
             per_emb = (time.perf_counter() - t0) / (2 * len(names) * len(seeds))
             tasks_w, w, bt, w0, b0, zero = _stability_row(names, emb_by_seed)
-            t.add(S, expectation, n, w, bt, f"{bt / w:.2f}x", w0, b0, f"{b0 / w0:.2f}x" if w0 > 0 else "inf",
+            t.add(S, expectation, estimator, n, w, bt, f"{bt / w:.2f}x", w0, b0, f"{b0 / w0:.2f}x" if w0 > 0 else "inf",
                   f"{100 * zero:.2f}%", per_emb)
-            per_task.add(S, expectation, n, *tasks_w)
+            per_task.add(S, expectation, estimator, n, *tasks_w)
     t.notes.append(f"tasks: {', '.join(names)}; halves = alternate images within each class; within = mean "
                    "d_sym(A, B) of the same task, between = mean over the 4 half pairs of every pair of different "
                    f"tasks; higher between/within is better; averaged over seeds {seeds} (each seed: other images, "
                    "other label draws)")
-    t.notes.append("labels: 'sample' = one label drawn per image (embed's default), 'exact' = "
-                   "expectation='exact' (sum over the classes)")
+    t.notes.append("labels: 'sample' = one label drawn per image (the paper's), 'exact' = expectation='exact' "
+                   f"(embed's default, {taskindex.task2vec.LABEL_PASSES} label directions); estimator: 'mean' = the "
+                   f"paper's plain mean over images, {robust} = embed's default")
     t.notes.append("no prior: d_sym on embedding.fisher + 1e-30 (the prior floor removed); zero-Fisher filters: "
                    "mean over the embeddings of (embedding.fisher == 0).mean(); s/embedding includes the head fit")
     per_task.notes.append("with a confident head the sampled-label Fisher hinges on the few images whose drawn label "

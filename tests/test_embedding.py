@@ -166,24 +166,6 @@ def test_embed_exact_expectation_equals_the_naive_loop_on_the_head_it_fits(tiny_
     assert np.allclose(e.vector, fisher + prior, rtol=1e-4, atol=0)
 
 
-@pytest.mark.slow
-def test_pretrained_probe_on_real_images_groups_tasks_by_their_classes():
-    """End to end: EfficientNet-Lite0 (ImageNet) on Fashion-MNIST and MNIST, at 48 px."""
-    probe = load_probe("efficientnet_lite0", image_size=48)
-    footwear = samples.load("fashion-footwear", max_per_class=160, seed=0)
-    rank = np.zeros(len(footwear), int)  # position of each image within its class
-    for c in range(footwear.n_classes):
-        members = np.flatnonzero(footwear.labels == c)
-        rank[members] = np.arange(len(members))
-    footwear_a = footwear.subset(np.flatnonzero(rank % 2 == 0), name="footwear-a")
-    footwear_b = footwear.subset(np.flatnonzero(rank % 2 == 1), name="footwear-b")  # disjoint images
-    others = [samples.load(n, max_per_class=80, seed=0) for n in ("fashion-tops", "mnist-round")]
-    embs = [embed(t, probe, progress=False) for t in [footwear_a, footwear_b, *others]]
-    d = ti.pairwise(embs)
-    assert d[0, 1] < min(d[0, 2], d[0, 3], d[1, 2], d[1, 3])
-    assert all(e.dim == 21008 for e in embs)
-
-
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
                     or not os.path.exists("/proc/stat"), reason="needs Linux and two cores")
 def test_default_threads_leave_out_cores_other_processes_use_but_not_our_own_work():

@@ -660,12 +660,12 @@ def part_stability(args, device) -> list[Table]:
     probes = {}
     for S, expectation, estimator in runs:
         probe = probes.setdefault(S, taskindex.load_probe(PROBE, image_size=S, device=device))
-        name, _, trim = estimator.partition(":")
+        kind, _, trim = estimator.partition(":")
         for n in ns:
             log(f"    {S}px, {expectation}, {estimator}, n={n}")
             t0 = time.perf_counter()
             emb_by_seed = [{(name, h): taskindex.embed(split[name, sd][h], probe, max_samples=n, seed=sd,
-                                                       expectation=expectation, estimator=name,
+                                                       expectation=expectation, estimator=kind,
                                                        trim=float(trim) if trim else None, progress=False,
                                                        device=device)
                             for name in names for h in (0, 1)} for sd in seeds]

@@ -1,6 +1,6 @@
 """Does a fresh sample of a task find that task first? Task identification by estimator and label mode.
 
-    .venv/bin/python tools/bench_quality.py [--per-class 100 50 25] [--labels exact sample]
+    .venv/bin/python tools/bench_quality.py [--per-class 100 50 25] [--labels exact:2 sample]
         [--image-size 64] [--heldout-per-dataset 8] [--json results.json]
 
 For every task, two independent samples (disjoint images where the dataset has
@@ -282,7 +282,7 @@ def table(results: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-class", type=int, nargs="+", default=[100])
-    ap.add_argument("--labels", nargs="+", default=["exact", "sample"],
+    ap.add_argument("--labels", nargs="+", default=["exact:2", "sample"],
                     help="exact (all C-1 label directions), exact:N (the N leading ones) or sample")
     ap.add_argument("--sets", nargs="+", default=["development", "held-out"], choices=["development", "held-out"])
     ap.add_argument("--image-size", type=int, default=64)

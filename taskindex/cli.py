@@ -117,6 +117,18 @@ def load_task(data: str, image_column: str, label_column: str):
                     "a .parquet or .csv file, or sample:NAME")
 
 
+def _label_passes(value: str | None) -> dict:
+    """embed's label_passes keyword from --label-passes: none (Python's default), None for 'all', or a count."""
+    if value is None:
+        return {}
+    if value.strip().lower() == "all":
+        return {"label_passes": None}
+    if value.strip().isdigit() and int(value) >= 1:
+        return {"label_passes": int(value)}
+    raise UserError(f"--label-passes {value!r} is not a count of label directions: give a whole number >= 1, "
+                    "or 'all'")
+
+
 def _estimator_options(f):
     """--estimator and --trim, shared by embed and create (an index holds one estimator)."""
     f = click.option("--trim", type=click.FloatRange(0, 0.5, min_open=True, max_open=True), default=None,
@@ -141,8 +153,9 @@ def cli():
 @click.option("--method", type=click.Choice(["montecarlo", "variational"]), default="montecarlo", show_default=True)
 @click.option("--expectation", type=click.Choice(["exact", "sample"]), default="exact", show_default=True,
               help="Sum over labels (C-1 backward passes), or draw one label per image.")
-@click.option("--label-passes", type=click.IntRange(min=1), default=None,
-              help="With --expectation exact: keep the N most informative label directions (default: all C-1).")
+@click.option("--label-passes", default=None, metavar="N|all",
+              help="With --expectation exact: keep the N most informative label directions, or all C-1 "
+                   "(default: 2, as in Python).")
 @_estimator_options
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Input resolution (default: the probe's).")
 @click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True,
@@ -159,10 +172,11 @@ def embed(data, output, probe, weights, method, expectation, label_passes, estim
     from .task2vec import embed as embed_task
     from .probes import load_probe
 
+    passes = _label_passes(label_passes)  # before any work
     task = load_task(data, image_column, label_column)
     p = load_probe(probe, weights=None if weights == "random" else weights, image_size=image_size, device=device)
-    emb = embed_task(task, p, method=method, expectation=expectation, label_passes=label_passes, estimator=estimator,
-                     trim=trim, max_samples=max_samples, seed=seed, progress=False if as_json else None)
+    emb = embed_task(task, p, method=method, expectation=expectation, estimator=estimator, trim=trim,
+                     max_samples=max_samples, seed=seed, progress=False if as_json else None, **passes)
     emb.save(output)
     from .distance import complexity
 

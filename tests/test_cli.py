@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -44,6 +45,26 @@ def test_embed_then_distance_as_text_and_json(runner, image_folder, tmp_path):
     assert out["distance"] == pytest.approx(d_sym(ea, eb))
     r = runner.invoke(cli, ["distance", str(a), str(b), "--metric", "asym"])
     assert float(r.output) == pytest.approx(d_asym(ea, eb), abs=1e-6)
+
+
+def test_embed_defaults_are_the_python_apis(runner, image_folder, tmp_path):
+    """The CLI mirrors embed(): with no options it writes the vector Python's defaults give."""
+    from taskindex import Task, embed, load_probe
+
+    probe = load_probe("resnet18", weights=None, image_size=16)
+    task = Task.from_folder(image_folder)
+    for extra, kwargs in (((), {}), (("--label-passes", "all"), {"label_passes": None}),
+                          (("--label-passes", "1", "--estimator", "mean"), {"label_passes": 1, "estimator": "mean"})):
+        out = tmp_path / "d.emb"
+        r = runner.invoke(cli, embed_args(image_folder, out, *extra))
+        assert r.exit_code == 0, r.output
+        ours = embed(task, probe, max_samples=12, progress=False, **kwargs)
+        cli_emb = Embedding.load(out)
+        assert cli_emb.meta["label_passes"] == ours.meta["label_passes"]
+        assert cli_emb.meta["estimator"] == ours.meta["estimator"]
+        assert np.array_equal(cli_emb.vector, ours.vector)
+    assert_user_error(runner.invoke(cli, embed_args(image_folder, out, "--label-passes", "0")),
+                      "--label-passes '0' is not a count of label directions: give a whole number >= 1, or 'all'")
 
 
 def test_listing_probes_and_samples(runner):

@@ -95,6 +95,18 @@ def test_save_and_load_round_trip(tmp_path, tiny_probe, digits_round):
         assert sorted(z.namelist()) == ["embedding.json", "prior.npy", "vector.npy"]
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_saved_files_respect_the_umask(tmp_path, tiny_probe, digits_round, umask, mode):
+    """Like any file a user's tool writes (the atomic rename must not keep the temp file's 0600)."""
+    e = embed(digits_round, tiny_probe, max_samples=20, progress=False)
+    before = os.umask(umask)
+    try:
+        e.save(tmp_path / "a.emb")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "a.emb").stat().st_mode & 0o777 == mode
+
+
 def test_loading_files_that_are_not_embeddings(tmp_path):
     junk = tmp_path / "junk.emb"
     junk.write_bytes(b"\x00not a zip")

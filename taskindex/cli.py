@@ -95,28 +95,6 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def load_task(data: str, image_column: str, label_column: str):
-    """DATA is a folder (ImageFolder), a .parquet or .csv file, or sample:NAME."""
-    from . import samples
-    from .errors import TaskError
-    from .tasks import Task
-
-    if data.startswith("sample:"):
-        return samples.load(data.split(":", 1)[1])
-    if os.path.isdir(data):
-        return Task.from_folder(data)
-    lower = data.lower()
-    if lower.endswith(".parquet"):
-        return Task.from_parquet(data, image_column=image_column, label_column=label_column)
-    if lower.endswith(".csv"):
-        return Task.from_csv(data, image_column=image_column, label_column=label_column)
-    if not os.path.exists(data):
-        raise TaskError(f"{data!r} does not exist: pass an image folder, a .parquet or .csv file, or sample:NAME "
-                        "(see `taskindex samples`)")
-    raise TaskError(f"cannot read a task from {data!r}: pass an image folder (one sub-folder per class), "
-                    "a .parquet or .csv file, or sample:NAME")
-
-
 def _label_passes(value: str | None) -> dict:
     """embed's label_passes keyword from --label-passes: none (Python's default), None for 'all', or a count."""
     if value is None:
@@ -169,8 +147,9 @@ def cli():
 def embed(data, output, probe, weights, method, expectation, label_passes, estimator, trim, image_size, max_samples,
           device, seed, image_column, label_column, as_json):
     """Embed the task in DATA (folder, .parquet, .csv or sample:NAME) into a .emb file."""
-    from .task2vec import embed as embed_task
     from .probes import load_probe
+    from .sources import load_task
+    from .task2vec import embed as embed_task
 
     passes = _label_passes(label_passes)  # before any work
     task = load_task(data, image_column, label_column)
@@ -272,6 +251,7 @@ def _row_table(rows: list[dict], first: list[str]) -> None:
 
 def _embed_for_index(idx, data: str, max_samples: int, image_column: str, label_column: str, quiet: bool):
     """DATA embedded with the index's probe and options, so it lands in the index's space."""
+    from .sources import load_task
     from .task2vec import embed as embed_task
 
     return embed_task(load_task(data, image_column, label_column), idx.probe(), max_samples=max_samples,

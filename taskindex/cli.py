@@ -36,6 +36,7 @@ CLI_WORDING = (
     ("taskindex.samples.names() lists all", "`taskindex samples` lists all"),
     ("or open it with TaskIndex.open", "or add rows to it with `taskindex add`"),
     ("use upsert to replace it", "pass --replace to replace it"),
+    ("pass resume=True (--resume)", "pass --resume"),
     (" or TaskIndex.create(...)", ""),
     ("open it with readonly=True (`taskindex query` only reads)",
      "`taskindex query`, `ls`, `info` and `verify` only read it"),
@@ -446,6 +447,43 @@ def compact(index, as_json):
         result = {"rows": len(idx), "version": idx.version, "files_removed": removed}
     _emit(result, as_json, lambda r: click.echo(f"compacted: {r['rows']} rows, version {r['version']}, "
                                                 f"{r['files_removed']} old files removed"))
+
+
+@cli.command()
+@click.argument("index", type=click.Path())
+@click.option("--manifest", "manifest_file", required=True, type=click.Path(),
+              help="CSV, Parquet or YAML: name, kind, source, options and meta.KEY columns (README, Rebuilds).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per two cores).")
+@click.option("--resume", is_flag=True, help="Go on from an interrupted rebuild: embed only what is missing.")
+@click.option("--allow-failures", is_flag=True, help="Commit the rows that worked and exit 0 when some failed.")
+@click.option("--probe", default="efficientnet_lite0", show_default=True, help="Only when INDEX is created.")
+@click.option("--weights", default="imagenet", show_default=True, help="Only when INDEX is created.")
+@click.option("--image-size", type=click.IntRange(min=8), default=None, help="Only when INDEX is created.")
+@_estimator_options
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def rebuild(index, manifest_file, workers, resume, allow_failures, probe, weights, image_size, estimator, trim,
+            as_json):
+    """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once."""
+    from .rebuild import rebuild as run
+
+    report = run(index, manifest_file, workers=workers, resume=resume, allow_failures=allow_failures, probe=probe,
+                 weights=None if weights == "random" else weights, image_size=image_size, estimator=estimator,
+                 trim=trim, progress=False if as_json else None).to_dict()
+
+    def human(r):
+        click.echo(f"{r['rows']} rows: {r['embedded']} embedded, {r['reused']} reused from an earlier run, "
+                   f"{len(r['failed'])} failed ({r['seconds']:.0f} s, {r['workers']} workers)")
+        for f in r["failed"]:
+            click.echo(f"  failed: {f['name']} (manifest line {f['line']}): {f['reason']}")
+        click.echo(f"committed version {r['version']}" if r["committed"] else
+                   "nothing committed: the index is unchanged; fix the rows and pass --resume, "
+                   "or --allow-failures")
+
+    _emit(report, as_json, human)
+    if report["failed"] and not allow_failures:
+        sys.exit(1)
 
 
 def main():

@@ -31,3 +31,7 @@ class IndexCorruptError(TaskIndexError):
 
 class IndexLockedError(TaskIndexError):
     """Another process is writing to the index."""
+
+
+class ManifestError(TaskIndexError):
+    """A rebuild manifest cannot be used: the message names the file and the line."""

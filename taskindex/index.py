@@ -335,9 +335,13 @@ class TaskIndex:
         """Add or replace a row, atomically."""
         self.add_many([(name, embedding, kind, metadata)], replace=True)
 
-    def add_many(self, items: Iterable, replace: bool = False) -> None:
-        """Add many rows in one commit: (name, embedding[, kind[, metadata]]) tuples, or dicts with those keys."""
+    def add_many(self, items: Iterable, replace: bool = False, only: bool = False) -> None:
+        """Add many rows in one commit: (name, embedding[, kind[, metadata]]) tuples, or dicts with those keys.
+
+        only=True makes these rows the whole index in that one commit (a rebuild): every other row goes.
+        """
         self._writable()
+        replace = replace or only
         batch = []
         seen = set()
         types = {}  # metadata key -> the one type of its values, so every version reads as one table
@@ -366,8 +370,10 @@ class TaskIndex:
             self._check_embedding(emb)
             seen.add(name)
             batch.append((name, emb, kind, meta))
-        if not batch:
+        if not batch and not (only and len(self)):
             return
+        if not batch:
+            raise TaskIndexError("only=True with no rows would empty the index: remove rows one by one instead")
         ids = np.arange(self.manifest["next_id"], self.manifest["next_id"] + len(batch), dtype=np.int64)
         vectors = np.stack([e.vector for _, e, _, _ in batch]).astype("<f4")
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -389,7 +395,10 @@ class TaskIndex:
         if self._projection is not None:
             segment["proj"] = store.new_file(".proj.f32", search.project(vectors, self._projection).tobytes())
         manifest["segments"].append(segment)
-        replaced = [int(self._rows.at[self._by_name[n], "id"]) for n, *_ in batch if n in self._by_name]
+        if only:
+            replaced = self._rows["id"].astype(int).tolist()
+        else:
+            replaced = [int(self._rows.at[self._by_name[n], "id"]) for n, *_ in batch if n in self._by_name]
         manifest["deleted"] = sorted(set(manifest["deleted"]) | set(replaced))
         manifest["next_id"] = int(ids[-1]) + 1
         manifest["row_count"] = len(self) + len(batch) - len(replaced)

@@ -1,0 +1,181 @@
+"""Bulk rebuilds from a manifest: same vectors as embedding alone, isolation, resume after SIGKILL, bad manifests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from clikit import assert_user_error, make_image_folder
+
+from taskindex import samples
+from taskindex.cli import cli
+from taskindex.errors import IndexUsageError, ManifestError
+from taskindex.index import TaskIndex
+from taskindex.manifest import read_manifest
+from taskindex.rebuild import rebuild, staging_dir
+from taskindex.task2vec import embed
+
+TINY = dict(probe="resnet18", weights=None, image_size=16)
+SAMPLES = ["digits-round", "fashion-footwear", "mnist-round", "digits-even-odd", "fashion-tops", "mnist-low-high",
+           "digits-straight", "fashion-bag-vs-rest"]
+
+
+def write_csv(path, rows: list[dict]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def sample_rows(names, per_class=6):
+    return [{"name": n, "kind": "task", "source": f"sample:{n}", "per_class": per_class, "seed": i,
+             "meta.dataset": samples.describe(n)["dataset"]} for i, n in enumerate(names)]
+
+
+def test_rebuild_gives_the_vectors_of_embedding_each_task_alone(tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:4]))
+    report = rebuild(tmp_path / "idx", manifest, workers=2, progress=False, **TINY)
+    assert report.committed and report.embedded == 4 and report.failed == [] and report.workers == 2
+    assert not staging_dir(tmp_path / "idx").exists()
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
+        assert sorted(idx.names()) == sorted(SAMPLES[:4])
+        probe, options = idx.probe(), idx.embed_options()
+        for i, name in enumerate(SAMPLES[:4]):
+            alone = embed(samples.load(name, max_per_class=6, seed=i), probe, seed=i, progress=False, **options)
+            emb, meta = idx.get(name)
+            assert np.array_equal(emb.vector, alone.vector.astype(np.float32)), name
+            assert meta["dataset"] == samples.describe(name)["dataset"]
+
+
+def test_a_second_rebuild_replaces_the_rows_in_one_commit(tmp_path):
+    rebuild(tmp_path / "idx", write_csv(tmp_path / "a.csv", sample_rows(SAMPLES[:2])), workers=1, progress=False,
+            **TINY)
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
+        version = idx.version
+    report = rebuild(tmp_path / "idx", write_csv(tmp_path / "b.csv", sample_rows(SAMPLES[1:3])), workers=1,
+                     progress=False, probe="efficientnet_lite0")  # ignored: the index keeps its probe
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
+        assert sorted(idx.names()) == sorted(SAMPLES[1:3]) and idx.version == version + 1 == report.version
+        assert idx.space["probe"] == "resnet18"
+
+
+def test_broken_rows_are_reported_and_the_others_finish(tmp_path):
+    one_class = make_image_folder(tmp_path / "one", classes=("only",))
+    corrupt = make_image_folder(tmp_path / "corrupt")
+    next(iter(sorted((corrupt / "dark").iterdir()))).write_bytes(b"not an image")
+    rows = sample_rows(SAMPLES[:2])
+    rows.insert(1, {"name": "one-class", "source": str(one_class)})
+    rows.append({"name": "corrupt", "source": str(corrupt)})
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    TaskIndex.create(tmp_path / "idx", **TINY).close()
+    report = rebuild(tmp_path / "idx", manifest, workers=1, progress=False)
+    assert not report.committed and report.embedded == 2
+    assert [(f["name"], f["line"]) for f in report.failed] == [("one-class", 3), ("corrupt", 5)]
+    assert "at least two classes" in report.failed[0]["reason"]
+    assert "cannot read image" in report.failed[1]["reason"], report.failed[1]
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
+        assert len(idx) == 0  # without allow_failures nothing is committed
+    report = rebuild(tmp_path / "idx", manifest, workers=1, progress=False, resume=True, allow_failures=True)
+    assert report.committed and report.reused == 2 and report.embedded == 0 and len(report.failed) == 2
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
+        assert sorted(idx.names()) == sorted(SAMPLES[:2])
+
+
+def test_sigkill_then_resume_embeds_only_the_missing_rows_and_the_live_index_stays_as_it_was(tmp_path):
+    index, manifest = tmp_path / "idx", write_csv(tmp_path / "m.csv", sample_rows(SAMPLES, per_class=12))
+    with TaskIndex.create(index, **TINY) as idx:
+        probe = idx.probe()
+        idx.add("old", embed(samples.load("digits-round", max_per_class=4), probe, progress=False,
+                             **idx.embed_options()))
+        version = idx.version
+    stage = staging_dir(index)
+    proc = subprocess.Popen([sys.executable, "-c", "from taskindex.cli import main; main()", "rebuild", str(index),
+                             "--manifest", manifest, "--workers", "1", "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(stage.glob("*.emb"))) < 3:
+            assert proc.poll() is None, "the rebuild ended before it could be killed"
+            with TaskIndex.open(index, readonly=True) as idx:  # readable, unchanged, while it runs
+                assert idx.version == version and idx.names() == ["old"]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    staged = len(list(stage.glob("*.emb")))
+    assert 3 <= staged < len(SAMPLES)
+    with TaskIndex.open(index, readonly=True) as idx:
+        assert idx.version == version and idx.names() == ["old"] and not idx.verify()
+    with pytest.raises(IndexUsageError, match="pass resume=True"):
+        rebuild(index, manifest, workers=1, progress=False)
+    report = rebuild(index, manifest, workers=1, progress=False, resume=True)
+    assert (report.reused, report.embedded, report.failed) == (staged, len(SAMPLES) - staged, [])
+    with TaskIndex.open(index, readonly=True) as idx:
+        assert sorted(idx.names()) == sorted(SAMPLES) and not idx.verify()
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([{"name": "a", "source": "sample:digits-round", "colour": "red"}], r"line 2: unknown column 'colour'"),
+    ([{"name": "a", "source": "sample:digits-round"}, {"name": "b", "source": "nowhere/"}],
+     r"line 3: source: 'nowhere/' does not exist"),
+    ([{"name": "a", "source": "sample:digits-round"}, {"name": "a", "source": "sample:mnist-round"}],
+     r"line 3: name 'a' repeats line 2"),
+    ([{"name": "a", "source": "sample:digits-round", "per_class": "many"}],
+     r"line 2: per_class must be a whole number >= 1; got 'many'"),
+    ([{"name": "a", "source": "sample:digits-round", "kind": "expert"}], r"line 2: unknown kind 'expert'"),
+    ([{"name": "a", "source": "sample:no-such-task"}], r"line 2: source: unknown sample task 'no-such-task'"),
+    ([{"name": "", "source": "sample:digits-round"}], r"line 2: name is missing"),
+])
+def test_bad_csv_manifests_are_refused_naming_the_line(tmp_path, rows, message):
+    path = write_csv(tmp_path / "m.csv", rows)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(path)
+    r = CliRunner().invoke(cli, ["rebuild", str(tmp_path / "idx"), "--manifest", path, *["--probe", "resnet18"]])
+    assert_user_error(r, message.replace("\\", "").split(": ", 1)[0])
+    assert not (tmp_path / "idx").exists()  # refused before any work
+
+
+def test_yaml_and_parquet_manifests(tmp_path):
+    (tmp_path / "m.yaml").write_text(
+        "rows:\n"
+        "  - name: round\n    source: sample:digits-round\n    per_class: 5\n    metadata: {owner: ana, n: 3}\n"
+        "  - name: tops\n    kind: model\n    source: sample:fashion-tops\n"
+        "  - name: bad\n    source: sample:digits-round\n    seed: -1\n")
+    with pytest.raises(ManifestError, match=r"m.yaml, line 9: seed must be a whole number >= 0; got -1"):
+        read_manifest(tmp_path / "m.yaml")
+    text = (tmp_path / "m.yaml").read_text().rsplit("  - name: bad", 1)[0]
+    (tmp_path / "m.yaml").write_text(text)
+    rows = read_manifest(tmp_path / "m.yaml")
+    assert [(r.name, r.kind, r.per_class, r.metadata, r.line) for r in rows] == [
+        ("round", "task", 5, {"owner": "ana", "n": 3}, 2), ("tops", "model", None, {}, 6)]
+    pq.write_table(pa.table({"name": ["x", "y"], "source": ["sample:digits-round", "sample:mnist-round"],
+                             "seed": [0, 1], "meta.owner": ["ana", None]}), tmp_path / "m.parquet")
+    rows = read_manifest(tmp_path / "m.parquet")
+    assert [(r.name, r.seed, r.metadata) for r in rows] == [("x", 0, {"owner": "ana"}), ("y", 1, {})]
+    pq.write_table(pa.table({"name": ["x"], "source": ["sample:digits-round"], "seed": ["zero"]}),
+                   tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match=r"m.parquet, row 1: seed must be a whole number"):
+        read_manifest(tmp_path / "m.parquet")
+
+
+def test_cli_rebuild_exits_1_when_rows_fail_and_0_with_allow_failures(tmp_path):
+    one_class = make_image_folder(tmp_path / "one", classes=("only",))
+    rows = sample_rows(SAMPLES[:1]) + [{"name": "one-class", "source": str(one_class)}]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    runner = CliRunner()
+    args = ["rebuild", str(tmp_path / "idx"), "--manifest", manifest, "--probe", "resnet18", "--weights", "random",
+            "--image-size", "16", "--workers", "1"]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 1 and "failed: one-class (manifest line 3)" in r.output and "nothing committed" in r.output
+    r = runner.invoke(cli, [*args, "--resume", "--allow-failures", "--json"])
+    assert r.exit_code == 0, r.output
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
+        assert idx.names() == [SAMPLES[0]]

@@ -455,6 +455,8 @@ def compact(index, as_json):
               help="CSV, Parquet or YAML: name, kind, source, options and meta.KEY columns (README, Rebuilds).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: one per two cores).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray: a local instance (--ray), or a cluster (--ray auto, --ray ray://HOST:10001).")
 @click.option("--resume", is_flag=True, help="Go on from an interrupted rebuild: embed only what is missing.")
 @click.option("--allow-failures", is_flag=True, help="Commit the rows that worked and exit 0 when some failed.")
 @click.option("--probe", default="efficientnet_lite0", show_default=True, help="Only when INDEX is created.")
@@ -463,18 +465,19 @@ def compact(index, as_json):
 @_estimator_options
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def rebuild(index, manifest_file, workers, resume, allow_failures, probe, weights, image_size, estimator, trim,
-            as_json):
+def rebuild(index, manifest_file, workers, ray_address, resume, allow_failures, probe, weights, image_size, estimator,
+            trim, as_json):
     """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once."""
     from .rebuild import rebuild as run
 
     report = run(index, manifest_file, workers=workers, resume=resume, allow_failures=allow_failures, probe=probe,
                  weights=None if weights == "random" else weights, image_size=image_size, estimator=estimator,
-                 trim=trim, progress=False if as_json else None).to_dict()
+                 trim=trim, ray_address=ray_address, progress=False if as_json else None).to_dict()
 
     def human(r):
         click.echo(f"{r['rows']} rows: {r['embedded']} embedded, {r['reused']} reused from an earlier run, "
-                   f"{len(r['failed'])} failed ({r['seconds']:.0f} s, {r['workers']} workers)")
+                   f"{len(r['failed'])} failed ({r['seconds']:.0f} s, "
+                   + (f"{r['workers']} workers)" if r["executor"] == "local" else f"{r['executor']})"))
         for f in r["failed"]:
             click.echo(f"  failed: {f['name']} (manifest line {f['line']}): {f['reason']}")
         click.echo(f"committed version {r['version']}" if r["committed"] else

@@ -41,6 +41,7 @@ class RebuildReport:
     version: int | None = None
     seconds: float = 0.0
     workers: int = 1
+    executor: str = "local"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,9 +60,13 @@ def default_workers() -> int:
 def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: int | None = None,
             resume: bool = False, allow_failures: bool = False, probe: str = "efficientnet_lite0",
             weights: str | None = "imagenet", image_size: int | None = None, estimator: str = DEFAULT_ESTIMATOR,
-            trim: float | None = None, progress: bool | None = None) -> RebuildReport:
+            trim: float | None = None, ray_address: str | None = None,
+            progress: bool | None = None) -> RebuildReport:
     """Make INDEX hold exactly the manifest's rows. An existing index keeps its probe and settings;
-    `probe`, `weights`, `image_size`, `estimator` and `trim` apply only when it is created."""
+    `probe`, `weights`, `image_size`, `estimator` and `trim` apply only when it is created.
+
+    workers: local processes (default: one per two cores). ray_address: run on Ray instead, "local"
+    for a Ray instance started here, or a cluster address ("auto", "ray://host:10001")."""
     start = time.perf_counter()
     rows = read_manifest(manifest)  # every row checked before any work
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -79,10 +84,15 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
         space = idx.space
         stage.mkdir(exist_ok=True)
         _check_plan(stage, space)
-        report = RebuildReport(index=str(index), rows=len(rows), workers=workers)
+        report = RebuildReport(index=str(index), rows=len(rows), workers=workers,
+                               executor="local" if ray_address is None else f"ray ({ray_address})")
         todo = [r for r in rows if not (stage / f"{r.digest()}.emb").exists()]
         report.reused = len(rows) - len(todo)
-        failed = _run(str(index), todo, stage, workers, progress, report)
+        if workers > 1 or ray_address is not None:
+            idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
+        spec = {"probe": space["probe"], "weights": space["weights"], "image_size": space["image_size"],
+                "options": idx.embed_options()}
+        failed = _run(spec, todo, stage, workers, ray_address, progress, report)
         report.failed = sorted(failed, key=lambda f: f["line"])
         if failed and not allow_failures:
             report.seconds = time.perf_counter() - start
@@ -110,62 +120,99 @@ def _check_plan(stage: Path, space: dict) -> None:
         plan.write_text(json.dumps({"space": space}, indent=1, sort_keys=True))
 
 
-def _run(index: str, todo: list[ManifestRow], stage: Path, workers: int, progress, report) -> list[dict]:
+def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, ray_address: str | None, progress,
+         report) -> list[dict]:
+    """Embed `todo`, saving each result in `stage` as it arrives; returns the failed rows."""
     failed = []
     bar = tqdm(total=len(todo), desc="rebuild", unit="row", disable=None if progress is None else not progress)
 
-    def done(row: ManifestRow, error: str | None) -> None:
+    def done(row: ManifestRow, result: tuple[str | None, Embedding | None]) -> None:
+        error, emb = result
         if error:
             failed.append({"name": row.name, "line": row.line, "reason": error})
         else:
+            emb.save(stage / f"{row.digest()}.emb")  # persisted at once: a crash loses only the rows in flight
             report.embedded += 1
         bar.update(1)
         bar.set_postfix(done=report.embedded + report.reused, failed=len(failed), refresh=False)
 
-    threads = max(1, _cores() // workers)
     with bar:
-        if workers == 1:
-            _init(index, threads)
+        if ray_address is not None:
+            _run_ray(spec, todo, ray_address, done)
+        elif workers == 1:
+            _init(spec, _cores())
             for row in todo:
-                done(row, _embed_row(row, str(stage)))
-            return failed
-        context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-        with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
-                                    initargs=(index, threads)) as pool:
-            futures = {pool.submit(_embed_row, row, str(stage)): row for row in todo}
-            try:
-                for future in cf.as_completed(futures):
-                    done(futures[future], future.result())
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+                done(row, _embed_row(row))
+        else:
+            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+            with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
+                                        initargs=(spec, max(1, _cores() // workers))) as pool:
+                futures = {pool.submit(_embed_row, row): row for row in todo}
+                try:
+                    for future in cf.as_completed(futures):
+                        done(futures[future], future.result())
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
     return failed
+
+
+def _run_ray(spec: dict, todo: list[ManifestRow], address: str, done) -> None:
+    """One Ray task per row, a GPU each when the cluster has GPUs; results stream back as they finish.
+
+    Ray retries a task whose worker died (max_retries); a row's own error is a result, not retried.
+    Sources must be readable where the tasks run (shared storage, or sample:NAME)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
+                 logging_level="ERROR", log_to_driver=False)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    cpus = 1 if gpus else max(1, int(ray.available_resources().get("CPU", 1)) // max(1, min(len(todo), 2)))
+    task = ray.remote(_ray_embed_row).options(num_cpus=cpus, num_gpus=gpus, max_retries=2)
+    spec_ref = ray.put(spec)
+    pending = {task.remote(spec_ref, row, cpus): row for row in todo}
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            done(pending.pop(ready[0]), ray.get(ready[0]))
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _ray_embed_row(spec: dict, row: ManifestRow, threads: int):
+    if _WORKER.get("spec") != spec:  # once per Ray worker process
+        _init(spec, threads)
+    return _embed_row(row)
 
 
 _WORKER: dict = {}
 
 
-def _init(index: str, threads: int) -> None:
-    """Once per worker: the index's probe and embed options, and this worker's share of the cores."""
-    with TaskIndex.open(index, readonly=True) as idx:
-        _WORKER.update(probe=idx.probe(), options=idx.embed_options(), threads=threads)
+def _init(spec: dict, threads: int) -> None:
+    """Once per worker: the index's probe (rebuilt from its identity) and this worker's share of the cores."""
+    from .probes import load_probe
+
+    weights = None if spec["weights"] == "random" else spec["weights"]
+    _WORKER.update(spec=spec, threads=threads,
+                   probe=load_probe(spec["probe"], weights=weights, image_size=spec["image_size"]))
 
 
-def _embed_row(row: ManifestRow, stage: str) -> str | None:
-    """Embed one row into the staging folder; the reason it failed, or None."""
+def _embed_row(row: ManifestRow) -> tuple[str | None, Embedding | None]:
+    """Embed one row: (None, embedding), or (the reason it failed, None)."""
     from .sources import load_task
     from .task2vec import embed
 
     try:
         task = load_task(row.source, row.image_column, row.label_column, row.per_class, row.seed)
-        emb = embed(task, _WORKER["probe"], max_samples=row.max_samples, seed=row.seed, progress=False,
-                    threads=_WORKER["threads"], **_WORKER["options"])
-        emb.save(os.path.join(stage, f"{row.digest()}.emb"))
+        return None, embed(task, _WORKER["probe"], max_samples=row.max_samples, seed=row.seed, progress=False,
+                           threads=_WORKER["threads"], **_WORKER["spec"]["options"])
     except TaskIndexError as exc:
-        return str(exc)
+        return str(exc), None
     except (OSError, ValueError, RuntimeError) as exc:  # unreadable files and the like: this row only
-        return f"{type(exc).__name__}: {exc}"
-    return None
+        return f"{type(exc).__name__}: {exc}", None
 
 
 def _cores() -> int:

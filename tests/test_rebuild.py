@@ -179,3 +179,22 @@ def test_cli_rebuild_exits_1_when_rows_fail_and_0_with_allow_failures(tmp_path):
     assert r.exit_code == 0, r.output
     with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
         assert idx.names() == [SAMPLES[0]]
+
+
+def test_ray_on_a_local_instance_gives_the_index_of_the_local_pool(tmp_path):
+    ray = pytest.importorskip("ray")
+    manifest = write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:3]))
+    local = rebuild(tmp_path / "local", manifest, workers=1, progress=False, **TINY)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        remote = rebuild(tmp_path / "ray", manifest, ray_address="local", progress=False, **TINY)
+    finally:
+        ray.shutdown()
+    assert remote.executor == "ray (local)" and remote.embedded == 3 and local.embedded == 3
+    with TaskIndex.open(tmp_path / "local", readonly=True) as a, TaskIndex.open(tmp_path / "ray", readonly=True) as b:
+        assert a.space == b.space and sorted(a.names()) == sorted(b.names())
+        for name in a.names():
+            (ea, ma), (eb, mb) = a.get(name), b.get(name)
+            # other thread counts sum the same floats in another order: equal to float32 rounding
+            assert np.allclose(ea.vector, eb.vector, rtol=1e-5, atol=0), name
+            assert ma["dataset"] == mb["dataset"]

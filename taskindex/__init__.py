@@ -14,7 +14,8 @@ _EXPORTS = {
     "complexity": "distance", "one_to_many": "distance", "pairwise": "distance", "TaskIndexError": "errors",
     "TaskError": "errors", "ProbeError": "errors", "EmbeddingFileError": "errors",
     "IncompatibleEmbeddingsError": "errors", "IndexCorruptError": "errors", "IndexLockedError": "errors",
-    "IndexUsageError": "errors", "samples": None, "distance": None,
+    "IndexUsageError": "errors", "ManifestError": "errors", "rebuild": "rebuilds", "read_manifest": "manifest",
+    "samples": None, "distance": None,
 }
 
 __all__ = sorted(_EXPORTS)

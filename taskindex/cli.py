@@ -455,6 +455,8 @@ def compact(index, as_json):
               help="CSV, Parquet or YAML: name, kind, source, options and meta.KEY columns (README, Rebuilds).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: one per two cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads per worker (default: its share of the cores; 1 per Ray task).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run on Ray: a local instance (--ray), or a cluster (--ray auto, --ray ray://HOST:10001).")
 @click.option("--resume", is_flag=True, help="Go on from an interrupted rebuild: embed only what is missing.")
@@ -465,14 +467,19 @@ def compact(index, as_json):
 @_estimator_options
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def rebuild(index, manifest_file, workers, ray_address, resume, allow_failures, probe, weights, image_size, estimator,
-            trim, as_json):
+def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_failures, probe, weights, image_size,
+            estimator, trim, as_json):
     """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once."""
-    from .rebuild import rebuild as run
+    from .rebuilds import rebuild as run
 
-    report = run(index, manifest_file, workers=workers, resume=resume, allow_failures=allow_failures, probe=probe,
-                 weights=None if weights == "random" else weights, image_size=image_size, estimator=estimator,
-                 trim=trim, ray_address=ray_address, progress=False if as_json else None).to_dict()
+    try:
+        report = run(index, manifest_file, workers=workers, threads=threads, resume=resume,
+                     allow_failures=allow_failures, probe=probe, weights=None if weights == "random" else weights,
+                     image_size=image_size, estimator=estimator, trim=trim, ray_address=ray_address,
+                     progress=False if as_json else None).to_dict()
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted: {index} is unchanged; `--resume` goes on from the rows already embedded.", err=True)
+        sys.exit(130)
 
     def human(r):
         click.echo(f"{r['rows']} rows: {r['embedded']} embedded, {r['reused']} reused from an earlier run, "

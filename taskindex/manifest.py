@@ -71,7 +71,22 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         rows.append(row)
     if not rows:
         raise ManifestError(f"manifest {path} has no rows")
+    _check_metadata_types(path, rows)
     return rows
+
+
+def _check_metadata_types(path: Path, rows: list[ManifestRow]) -> None:
+    """One type per metadata key, as the index requires: found here, not after every row is embedded."""
+    def kind(v):
+        return "boolean" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else "string"
+
+    first: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        for k, v in row.metadata.items():
+            t, line = first.setdefault(k, (kind(v), row.line))
+            if kind(v) != t:
+                raise ManifestError(f"{path}, line {row.line}: metadata {k!r} is a {kind(v)} but line {line} has "
+                                    f"a {t}: use one type per key")
 
 
 def _row(path: Path, where: str, line: int, item: dict) -> ManifestRow:

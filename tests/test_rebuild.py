@@ -20,7 +20,7 @@ from taskindex.cli import cli
 from taskindex.errors import IndexUsageError, ManifestError
 from taskindex.index import TaskIndex
 from taskindex.manifest import read_manifest
-from taskindex.rebuild import rebuild, staging_dir
+from taskindex.rebuilds import rebuild, staging_dir
 from taskindex.task2vec import embed
 
 TINY = dict(probe="resnet18", weights=None, image_size=16)
@@ -133,6 +133,9 @@ def test_sigkill_then_resume_embeds_only_the_missing_rows_and_the_live_index_sta
     ([{"name": "a", "source": "sample:digits-round", "kind": "expert"}], r"line 2: unknown kind 'expert'"),
     ([{"name": "a", "source": "sample:no-such-task"}], r"line 2: source: unknown sample task 'no-such-task'"),
     ([{"name": "", "source": "sample:digits-round"}], r"line 2: name is missing"),
+    ([{"name": "a", "source": "sample:digits-round", "meta.size": 3},
+      {"name": "b", "source": "sample:mnist-round", "meta.size": "big"}],
+     r"line 3: metadata 'size' is a string but line 2 has a number"),
 ])
 def test_bad_csv_manifests_are_refused_naming_the_line(tmp_path, rows, message):
     path = write_csv(tmp_path / "m.csv", rows)

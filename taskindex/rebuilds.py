@@ -60,17 +60,19 @@ def default_workers() -> int:
 def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: int | None = None,
             resume: bool = False, allow_failures: bool = False, probe: str = "efficientnet_lite0",
             weights: str | None = "imagenet", image_size: int | None = None, estimator: str = DEFAULT_ESTIMATOR,
-            trim: float | None = None, ray_address: str | None = None,
+            trim: float | None = None, ray_address: str | None = None, threads: int | None = None,
             progress: bool | None = None) -> RebuildReport:
     """Make INDEX hold exactly the manifest's rows. An existing index keeps its probe and settings;
     `probe`, `weights`, `image_size`, `estimator` and `trim` apply only when it is created.
 
-    workers: local processes (default: one per two cores). ray_address: run on Ray instead, "local"
-    for a Ray instance started here, or a cluster address ("auto", "ray://host:10001")."""
+    workers: local processes (default: one per two cores), each with `threads` torch threads
+    (default: its share of the cores). ray_address: run on Ray instead, "local" for a Ray instance
+    started here, or a cluster address ("auto", "ray://host:10001")."""
     start = time.perf_counter()
     rows = read_manifest(manifest)  # every row checked before any work
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise TaskIndexError(f"workers must be a whole number >= 1; got {workers!r}")
+    for key, value in (("workers", workers), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TaskIndexError(f"{key} must be a whole number >= 1; got {value!r}")
     workers = min(workers or default_workers(), len(rows))
     index = Path(index)
     stage = staging_dir(index)
@@ -92,7 +94,9 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
             idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
         spec = {"probe": space["probe"], "weights": space["weights"], "image_size": space["image_size"],
                 "options": idx.embed_options()}
-        failed = _run(spec, todo, stage, workers, ray_address, progress, report)
+        if threads is None:  # local: each worker its share of the cores; Ray: one CPU a task, as Ray schedules
+            threads = 1 if ray_address is not None else max(1, _cores() // workers)
+        failed = _run(spec, todo, stage, workers, threads, ray_address, progress, report)
         report.failed = sorted(failed, key=lambda f: f["line"])
         if failed and not allow_failures:
             report.seconds = time.perf_counter() - start
@@ -120,8 +124,8 @@ def _check_plan(stage: Path, space: dict) -> None:
         plan.write_text(json.dumps({"space": space}, indent=1, sort_keys=True))
 
 
-def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, ray_address: str | None, progress,
-         report) -> list[dict]:
+def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, threads: int, ray_address: str | None,
+         progress, report) -> list[dict]:
     """Embed `todo`, saving each result in `stage` as it arrives; returns the failed rows."""
     failed = []
     bar = tqdm(total=len(todo), desc="rebuild", unit="row", disable=None if progress is None else not progress)
@@ -138,15 +142,15 @@ def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, ray_add
 
     with bar:
         if ray_address is not None:
-            _run_ray(spec, todo, ray_address, done)
+            _run_ray(spec, todo, ray_address, threads, done)
         elif workers == 1:
-            _init(spec, _cores())
+            _init(spec, threads)
             for row in todo:
                 done(row, _embed_row(row))
         else:
             context = multiprocessing.get_context("spawn")  # no forked torch thread pools
             with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
-                                        initargs=(spec, max(1, _cores() // workers))) as pool:
+                                        initargs=(spec, threads)) as pool:
                 futures = {pool.submit(_embed_row, row): row for row in todo}
                 try:
                     for future in cf.as_completed(futures):
@@ -157,7 +161,7 @@ def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, ray_add
     return failed
 
 
-def _run_ray(spec: dict, todo: list[ManifestRow], address: str, done) -> None:
+def _run_ray(spec: dict, todo: list[ManifestRow], address: str, threads: int, done) -> None:
     """One Ray task per row, a GPU each when the cluster has GPUs; results stream back as they finish.
 
     Ray retries a task whose worker died (max_retries); a row's own error is a result, not retried.
@@ -168,10 +172,9 @@ def _run_ray(spec: dict, todo: list[ManifestRow], address: str, done) -> None:
         ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
                  logging_level="ERROR", log_to_driver=False)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    cpus = 1 if gpus else max(1, int(ray.available_resources().get("CPU", 1)) // max(1, min(len(todo), 2)))
-    task = ray.remote(_ray_embed_row).options(num_cpus=cpus, num_gpus=gpus, max_retries=2)
+    task = ray.remote(_ray_embed_row).options(num_cpus=threads, num_gpus=gpus, max_retries=2)
     spec_ref = ray.put(spec)
-    pending = {task.remote(spec_ref, row, cpus): row for row in todo}
+    pending = {task.remote(spec_ref, row, threads): row for row in todo}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

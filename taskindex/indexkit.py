@@ -129,9 +129,9 @@ def crash_trials(root: Path, trials: int, seed: int = 0, max_delay: float = 0.25
     from a copy of `start_from`. With `files`, the kill comes once the writer has created a random
     number, 1 to `files`, of data files after its first commit, instead of after a random delay: on a
     copy of an index just below a threshold, that puts every kill inside the commit that crosses it,
-    at any of its file writes, however fast the machine. Returns one record per trial: rows before and after, commits reported, new data files the current
-    version does not use (those of the commit the kill interrupted, and any a re-training superseded),
-    and the problems found (empty: the trial passed).
+    at any of its file writes, however fast the machine. Returns one record per trial: rows before and
+    after, commits reported, new data files the current version does not use (those of the commit the
+    kill interrupted, and any a re-training superseded), and the problems found (empty: the trial passed).
     """
     from .index import TaskIndex, verify
     from .storage import Store

@@ -6,13 +6,17 @@ Rebuilds a fresh index from the same manifest (named sample tasks, pretrained
 EfficientNet-Lite0) with: 1 worker with 1 thread, 2 workers with 1 thread each, 1 worker
 using every core, the default (`workers=None`), and Ray on a local instance with 2 CPUs (one
 CPU per task). Ray's start-up is timed apart; its overhead per row is its time per row less
-the 2-worker local pool's.
+the 2-worker local pool's. Then the steady state: the same rows on a 2-worker pool whose workers
+have started, loaded the probe and decoded the datasets, against one warm single-threaded
+process, with the pool's start-up timed apart: what a rebuild of many rows sees.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import csv
+import multiprocessing
 import os
 import shutil
 import sys
@@ -24,7 +28,37 @@ from machine import cpu_name  # noqa: E402
 
 from taskindex import samples  # noqa: E402
 from taskindex.index import TaskIndex  # noqa: E402
+from taskindex import rebuilds  # noqa: E402
+from taskindex.manifest import read_manifest  # noqa: E402
 from taskindex.rebuilds import default_workers, rebuild  # noqa: E402
+
+
+def warm_up(_=None) -> int:
+    """Decode every dataset once in this process, as a worker's first rows would."""
+    for dataset in samples.DATASETS:
+        samples.arrays(dataset)
+    return os.getpid()
+
+
+def steady_state(index: str, path: str) -> dict:
+    """Seconds for the manifest's rows on 2 warm single-threaded workers and in 1 warm process."""
+    rows = read_manifest(path)
+    with TaskIndex.open(index, readonly=True) as idx:
+        spec = {"probe": idx.space["probe"], "weights": idx.space["weights"], "image_size": idx.space["image_size"],
+                "options": idx.embed_options()}
+    start = time.perf_counter()
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=rebuilds._init,
+                                initargs=(spec, 1)) as pool:
+        assert len(set(pool.map(warm_up, range(8)))) == 2
+        started = time.perf_counter()
+        list(pool.map(rebuilds._embed_row, rows))
+        pool_seconds = time.perf_counter() - started
+    rebuilds._init(spec, 1)
+    warm_up()
+    one = time.perf_counter()
+    for row in rows:
+        rebuilds._embed_row(row)
+    return {"start-up": started - start, "pool": pool_seconds, "one": time.perf_counter() - one}
 
 
 def manifest(path: str, rows: int, per_class: int) -> None:
@@ -46,6 +80,7 @@ def main(argv=None) -> int:
     path = os.path.join(tmp, "m.csv")
     manifest(path, args.rows, args.per_class)
     load = os.getloadavg()[0]
+    warm_up()  # every in-process run finds the datasets decoded; pool workers decode their own (their cost)
     TaskIndex.create(os.path.join(tmp, "template"), image_size=args.image_size).close()
     runs = {"1 worker, 1 thread": dict(workers=1, threads=1), "2 workers, 1 thread each": dict(workers=2, threads=1),
             f"1 worker, {os.cpu_count()} threads": dict(workers=1),
@@ -80,6 +115,10 @@ def main(argv=None) -> int:
     ray_sec = results["Ray, local instance, 2 CPUs (1 a task)"]
     print(f"\nRay start-up (ray.init) {ray_start:.1f} s, not in the table; Ray vs the 2-worker pool: "
           f"{ray_sec / pool:.2f}x the time, {(ray_sec - pool) / args.rows:.2f} s overhead per row")
+    warm = steady_state(os.path.join(tmp, "template"), path)
+    print(f"steady state: 2 warm single-threaded workers {warm['pool']:.1f} s, 1 warm single-threaded process "
+          f"{warm['one']:.1f} s: {warm['one'] / warm['pool']:.2f}x; the pool's start-up (spawn, probe, "
+          f"datasets) {warm['start-up']:.1f} s")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -1,7 +1,8 @@
 """Rebuild manifests: the rows an index should hold, as CSV, Parquet or YAML, checked before any work.
 
 One row per index row: `name`, `kind` (task or model), `source` (anything `taskindex embed`
-takes: a folder, a .parquet or .csv file, sample:NAME), its options (`image_column`,
+takes: a folder, a .parquet or .csv file, sample:NAME) or, for a model, `source_task` (the name
+of the task row it was trained on, whose embedding it takes), its options (`image_column`,
 `label_column`, `per_class` images per class for sample:NAME, `max_samples`, `seed`) and
 metadata (`meta.KEY` columns in CSV and Parquet, a `metadata:` mapping in YAML). Every
 problem is reported with the file and line (the data line of a CSV, 1-based row of a
@@ -25,13 +26,14 @@ KINDS = ("task", "model")
 DEFAULTS = {"kind": "task", "image_column": "image", "label_column": "label", "per_class": None,
             "max_samples": 1000, "seed": 0}
 INTEGERS = {"per_class": 1, "max_samples": 2, "seed": 0}  # smallest value allowed
-FIELDS = ("name", "source", *DEFAULTS)
+FIELDS = ("name", "source", "source_task", *DEFAULTS)
 
 
 @dataclass(frozen=True)
 class ManifestRow:
     name: str
-    source: str
+    source: str | None = None
+    source_task: str | None = None
     kind: str = "task"
     image_column: str = "image"
     label_column: str = "label"
@@ -71,6 +73,11 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
         rows.append(row)
     if not rows:
         raise ManifestError(f"manifest {path} has no rows")
+    tasks = {r.name for r in rows if r.kind == "task"}
+    for r in rows:
+        if r.source_task is not None and r.source_task not in tasks:
+            raise ManifestError(f"{path}, line {r.line}: source_task {r.source_task!r} is not a task row of this "
+                                "manifest: add that task, or give the model a source")
     _check_metadata_types(path, rows)
     return rows
 
@@ -104,18 +111,24 @@ def _row(path: Path, where: str, line: int, item: dict) -> ManifestRow:
         raise fail(f"unknown column {unknown[0]!r}: use {', '.join(FIELDS)}, and meta.KEY (YAML: metadata:) "
                    "for metadata")
     values = {k: v for k, v in item.items() if not _missing(v)}
-    for key in ("name", "source"):
-        if not isinstance(values.get(key), str) or not values[key].strip():
-            raise fail(f"{key} is missing or not text")
+    if not isinstance(values.get("name"), str) or not values["name"].strip():
+        raise fail("name is missing or not text")
     if values.get("kind", "task") not in KINDS:
         raise fail(f"unknown kind {values['kind']!r}: use task or model")
+    if "source_task" in values:
+        if values.get("kind") != "model" or "source" in values:
+            raise fail("source_task is for a model row, in place of source: give one or the other")
+        if not isinstance(values["source_task"], str):
+            raise fail(f"source_task must name a task row; got {values['source_task']!r}")
+    elif not isinstance(values.get("source"), str) or not values["source"].strip():
+        raise fail("source is missing or not text")
     for key in ("image_column", "label_column"):
         if key in values and not isinstance(values[key], str):
             raise fail(f"{key} must be a column name; got {values[key]!r}")
     for key, low in INTEGERS.items():
         if key in values:
             values[key] = _integer(values[key], key, low, fail)
-    why = check_source(values["source"])
+    why = check_source(values["source"]) if "source" in values else None
     if why:
         raise fail(f"source: {why}")
     meta = {}

@@ -5,7 +5,8 @@ Each finished embedding is saved at once (atomically) in a staging folder beside
 rows in flight and `resume=True` embeds only what is missing. A row that fails (unreadable
 files, one class, a missing source) is reported with its reason and does not stop the others.
 The index changes in one commit at the end (`add_many(..., only=True)`): until then readers see
-the old version, and an interrupted rebuild leaves it untouched.
+the old version, and an interrupted rebuild leaves it untouched. With workers > 1 the workers are
+spawned processes, so a script calling rebuild needs Python's `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
         _check_plan(stage, space)
         report = RebuildReport(index=str(index), rows=len(rows), workers=workers,
                                executor="local" if ray_address is None else f"ray ({ray_address})")
-        todo = [r for r in rows if not (stage / f"{r.digest()}.emb").exists()]
-        report.reused = len(rows) - len(todo)
+        embedded = [r for r in rows if r.source_task is None]  # a model with a source_task takes that row's
+        todo = [r for r in embedded if not (stage / f"{r.digest()}.emb").exists()]
+        report.reused = len(embedded) - len(todo)
         if workers > 1 or ray_address is not None:
             idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
         spec = {"probe": space["probe"], "weights": space["weights"], "image_size": space["image_size"],
@@ -102,8 +104,10 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
             report.seconds = time.perf_counter() - start
             return report  # the live index is untouched; --resume retries only the failed rows
         bad = {f["name"] for f in failed}
-        items = [(r.name, Embedding.load(stage / f"{r.digest()}.emb"), r.kind, r.metadata)
-                 for r in rows if r.name not in bad]
+        by_name = {r.name: r for r in rows}
+        made = [(r, by_name[r.source_task] if r.source_task else r) for r in rows]
+        items = [(r.name, Embedding.load(stage / f"{src.digest()}.emb"), r.kind, r.metadata)
+                 for r, src in made if src.name not in bad]
         if items:
             idx.add_many(items, only=True)
             report.committed, report.version = True, idx.version

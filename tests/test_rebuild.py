@@ -67,6 +67,16 @@ def test_a_second_rebuild_replaces_the_rows_in_one_commit(tmp_path):
         assert idx.space["probe"] == "resnet18"
 
 
+def test_a_model_row_takes_the_embedding_of_its_source_task(tmp_path):
+    rows = sample_rows(SAMPLES[:2]) + [{"name": "expert", "kind": "model", "source_task": SAMPLES[1],
+                                        "meta.dataset": "fashion-mnist"}]
+    report = rebuild(tmp_path / "idx", write_csv(tmp_path / "m.csv", rows), workers=1, progress=False, **TINY)
+    assert report.embedded == 2 and report.committed  # the model's embedding is its task's, not made again
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
+        assert idx.names(kind="model") == ["expert"]
+        assert np.array_equal(idx.get("expert")[0].vector, idx.get(SAMPLES[1])[0].vector)
+
+
 def test_broken_rows_are_reported_and_the_others_finish(tmp_path):
     one_class = make_image_folder(tmp_path / "one", classes=("only",))
     corrupt = make_image_folder(tmp_path / "corrupt")
@@ -133,6 +143,10 @@ def test_sigkill_then_resume_embeds_only_the_missing_rows_and_the_live_index_sta
     ([{"name": "a", "source": "sample:digits-round", "kind": "expert"}], r"line 2: unknown kind 'expert'"),
     ([{"name": "a", "source": "sample:no-such-task"}], r"line 2: source: unknown sample task 'no-such-task'"),
     ([{"name": "", "source": "sample:digits-round"}], r"line 2: name is missing"),
+    ([{"name": "a", "source": "sample:digits-round"}, {"name": "m", "kind": "model", "source_task": "b"}],
+     r"line 3: source_task 'b' is not a task row of this manifest"),
+    ([{"name": "a", "source": "sample:digits-round", "source_task": "a"}],
+     r"line 2: source_task is for a model row, in place of source"),
     ([{"name": "a", "source": "sample:digits-round", "meta.size": 3},
       {"name": "b", "source": "sample:mnist-round", "meta.size": "big"}],
      r"line 3: metadata 'size' is a string but line 2 has a number"),

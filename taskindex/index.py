@@ -505,19 +505,9 @@ class TaskIndex:
 
     def probe(self):
         """Rebuild the index's probe to embed new tasks (registered probes only)."""
-        from .probes import load_probe
+        from .probes import probe_for_space
 
-        s = self.space
-        weights = None if s["weights"] == "random" else s["weights"]
-        try:
-            probe = load_probe(s["probe"], weights=weights, image_size=s["image_size"])
-        except TaskIndexError as exc:
-            raise IndexUsageError(f"cannot rebuild this index's probe ({exc}); pass probe=... to query") from None
-        if probe.fingerprint != s["fingerprint"]:
-            raise IncompatibleEmbeddingsError(
-                f"the probe {s['probe']!r} here has weights {probe.fingerprint}, the index was built with "
-                f"{s['fingerprint']}: pass the original probe with probe=...")
-        return probe
+        return probe_for_space(self.space)
 
     def query(
         self,

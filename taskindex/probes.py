@@ -299,3 +299,19 @@ def load_probe(
     label = "random" if weights is None else ("imagenet" if weights == "imagenet" else os.path.abspath(weights))
     return Probe(backbone, dim, name=name, weights=label, image_size=size, mean=spec.mean,
                  std=spec.std, device=device)
+
+
+def probe_for_space(space: dict) -> Probe:
+    """The probe an index's space was made with (name, weights, image size), checked by its fingerprint."""
+    from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
+
+    weights = None if space["weights"] == "random" else space["weights"]
+    try:
+        probe = load_probe(space["probe"], weights=weights, image_size=space["image_size"])
+    except TaskIndexError as exc:
+        raise IndexUsageError(f"cannot rebuild this index's probe ({exc}); pass probe=... to query") from None
+    if probe.fingerprint != space["fingerprint"]:
+        raise IncompatibleEmbeddingsError(
+            f"the probe {space['probe']!r} here has weights {probe.fingerprint}, the index was built with "
+            f"{space['fingerprint']}: pass the original probe with probe=...")
+    return probe

@@ -27,6 +27,7 @@ from .errors import IndexUsageError, TaskIndexError
 from .estimators import DEFAULT_ESTIMATOR
 from .index import TaskIndex
 from .manifest import ManifestRow, read_manifest
+from .task2vec import available_cores
 
 PLAN = "plan.json"
 
@@ -55,7 +56,7 @@ def staging_dir(index: str | os.PathLike) -> Path:
 
 def default_workers() -> int:
     """One process per two cores (at least one); each gets its share of the cores as torch threads."""
-    return max(1, _cores() // 2)
+    return max(1, available_cores() // 2)
 
 
 def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: int | None = None,
@@ -84,9 +85,8 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
         TaskIndex.create(index, probe=probe, weights=weights, image_size=image_size, estimator=estimator,
                          trim=trim).close()
     with TaskIndex.open(index) as idx:  # the writer's lock, held until the commit
-        space = idx.space
         stage.mkdir(exist_ok=True)
-        _check_plan(stage, space)
+        _check_plan(stage, idx.space)
         report = RebuildReport(index=str(index), rows=len(rows), workers=workers,
                                executor="local" if ray_address is None else f"ray ({ray_address})")
         embedded = [r for r in rows if r.source_task is None]  # a model with a source_task takes that row's
@@ -94,10 +94,9 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
         report.reused = len(embedded) - len(todo)
         if workers > 1 or ray_address is not None:
             idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
-        spec = {"probe": space["probe"], "weights": space["weights"], "image_size": space["image_size"],
-                "options": idx.embed_options()}
+        spec = worker_spec(idx)
         if threads is None:  # local: each worker its share of the cores; Ray: one CPU a task, as Ray schedules
-            threads = 1 if ray_address is not None else max(1, _cores() // workers)
+            threads = 1 if ray_address is not None else max(1, available_cores() // workers)
         failed = _run(spec, todo, stage, workers, threads, ray_address, progress, report)
         report.failed = sorted(failed, key=lambda f: f["line"])
         if failed and not allow_failures:
@@ -198,13 +197,16 @@ def _ray_embed_row(spec: dict, row: ManifestRow, threads: int):
 _WORKER: dict = {}
 
 
+def worker_spec(idx: TaskIndex) -> dict:
+    """What a worker needs to embed rows into `idx`'s space, on any machine: the space and embed's options."""
+    return {"space": dict(idx.space), "options": idx.embed_options()}
+
+
 def _init(spec: dict, threads: int) -> None:
     """Once per worker: the index's probe (rebuilt from its identity) and this worker's share of the cores."""
-    from .probes import load_probe
+    from .probes import probe_for_space
 
-    weights = None if spec["weights"] == "random" else spec["weights"]
-    _WORKER.update(spec=spec, threads=threads,
-                   probe=load_probe(spec["probe"], weights=weights, image_size=spec["image_size"]))
+    _WORKER.update(spec=spec, threads=threads, probe=probe_for_space(spec["space"]))
 
 
 def _embed_row(row: ManifestRow) -> tuple[str | None, Embedding | None]:
@@ -222,5 +224,3 @@ def _embed_row(row: ManifestRow) -> tuple[str | None, Embedding | None]:
         return f"{type(exc).__name__}: {exc}", None
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

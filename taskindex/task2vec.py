@@ -195,9 +195,14 @@ def _threads(dev: torch.device, threads: int | None):
     if dev.type != "cpu":
         return contextlib.nullcontext()
     if threads is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = available_cores()
         threads = max(1, min(cores, int(cores - _cores_used_by_others(cores) + 0.5)))
     return _torch_threads(threads)
+
+
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _cores_used_by_others(cores: int, window: float = 0.05) -> float:

@@ -466,17 +466,20 @@ def part_convergence(args, device) -> list[Table]:
             eclock.resume()
 
     class Blocks:  # every image's contribution, as embed's estimator receives it
-        rows: list[torch.Tensor] = []
+        def __init__(self):
+            self.rows: list[torch.Tensor] = []
 
         def update(self, block):
             self.rows.append(block.detach().float().cpu())
 
+    blocks = Blocks()
+
     fisher_pass(bb, head, ((x, None) for x in xs[:1]))  # warm-up
     eclock.resume()
     ref = fisher_pass(bb, head, ((x, None) for x in xs), sink=sink_exact, on_batch=on_batch_exact,
-                      estimator=Blocks()) / (P * m)
+                      estimator=blocks) / (P * m)
     t_ref = eclock.pause()
-    per_image = torch.cat(Blocks.rows)
+    per_image = torch.cat(blocks.rows)
     robust = estimator_id(DEFAULT_ESTIMATOR)
 
     def robust_estimate(n):

@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timing", action="store_true",
                     help="instead: seconds per embedding by number of classes for the label/estimator settings")
     args = ap.parse_args(argv)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(task2vec.available_cores())
     if args.timing:
         rows = timing(args.per_class[0])
         base = next(iter(TIMED))

@@ -44,8 +44,7 @@ def steady_state(index: str, path: str) -> dict:
     """Seconds for the manifest's rows on 2 warm single-threaded workers and in 1 warm process."""
     rows = read_manifest(path)
     with TaskIndex.open(index, readonly=True) as idx:
-        spec = {"probe": idx.space["probe"], "weights": idx.space["weights"], "image_size": idx.space["image_size"],
-                "options": idx.embed_options()}
+        spec = rebuilds.worker_spec(idx)
     start = time.perf_counter()
     with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=rebuilds._init,
                                 initargs=(spec, 1)) as pool:

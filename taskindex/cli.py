@@ -285,6 +285,9 @@ def create(index, probe, weights, image_size, method, estimator, trim, as_json):
 @click.argument("data", required=False)
 @click.option("--embedding", "embedding_file", type=click.Path(), help="Add a saved .emb file instead of DATA.")
 @click.option("--kind", type=click.Choice(["task", "model"]), default="task", show_default=True)
+@click.option("--source", "source_task", default=None,
+              help="With --kind model: the task row the model was trained on (none of DATA, --embedding and "
+                   "--source: a black-box model).")
 @click.option("--meta", multiple=True, help="key=value metadata (repeatable).")
 @click.option("--replace", is_flag=True, help="Replace a row of the same name (upsert).")
 @click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True,
@@ -293,45 +296,91 @@ def create(index, probe, weights, image_size, method, estimator, trim, as_json):
 @click.option("--label-column", default="label", show_default=True, help="Parquet/CSV column of labels.")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def add(index, name, data, embedding_file, kind, meta, replace, max_samples, image_column, label_column, as_json):
-    """Add NAME to INDEX: embed DATA with the index's probe, or take --embedding FILE."""
+def add(index, name, data, embedding_file, kind, source_task, meta, replace, max_samples, image_column, label_column,
+        as_json):
+    """Add NAME to INDEX: embed DATA with the index's probe, take --embedding FILE, or (a model) --source TASK."""
     from .embedding import Embedding
     from .errors import IndexUsageError, TaskIndexError
     from .index import TaskIndex
 
-    if (data is None) == (embedding_file is None):
-        raise TaskIndexError("pass exactly one of DATA (folder, .parquet, .csv, sample:NAME) or --embedding FILE")
+    given = sum(x is not None for x in (data, embedding_file, source_task))
+    if source_task is not None and kind != "model":
+        raise TaskIndexError("--source names a model's training task: add it with --kind model")
+    if given > 1 or (given == 0 and kind != "model"):
+        raise TaskIndexError("pass exactly one of DATA (folder, .parquet, .csv, sample:NAME) or --embedding FILE"
+                             + (" or --source TASK" if kind == "model" else ""))
     metadata = _parse_meta(meta)
     with TaskIndex.open(index) as idx:
         if name in idx and not replace:  # before embedding, which can take minutes
             raise IndexUsageError(f"a row named {name!r} already exists in {index}: pass --replace to replace it "
                                   "or choose another name")
+        emb = None
         if embedding_file:
             emb = Embedding.load(embedding_file)
-        else:
+        elif data is not None:
             emb = _embed_for_index(idx, data, max_samples, image_column, label_column, as_json)
-        (idx.upsert if replace else idx.add)(name, emb, kind=kind, metadata=metadata)
+        if kind == "model":
+            idx.add_model(name, source_task if emb is None else emb, metadata=metadata, replace=replace)
+        else:
+            (idx.upsert if replace else idx.add)(name, emb, kind=kind, metadata=metadata)
         result = {"name": name, "kind": kind, "rows": len(idx), "version": idx.version}
     _emit(result, as_json, lambda r: click.echo(f"added {r['name']} ({r['kind']}): {r['rows']} rows, "
                                                 f"version {r['version']}"))
 
 
+def _index_and_target(args: tuple[str, ...], embedding_file, row_name, command: str) -> tuple[str, tuple]:
+    """[INDEX] (DATA | --embedding FILE | --name NAME): the index path (default: shipped) and DATA if given."""
+    from .errors import TaskIndexError
+
+    given = sum(x is not None for x in (embedding_file, row_name))
+    if len(args) > 2 or (len(args) == 2 and given) or (not args and not given):
+        raise TaskIndexError(f"usage: taskindex {command} [INDEX] (DATA | --embedding FILE | --name NAME)")
+    if given > 1:
+        raise TaskIndexError("pass only one of DATA, --embedding or --name")
+    if len(args) == 2 or (len(args) == 1 and given):
+        return args[0], args[1:]
+    return default_index_path(), args
+
+
+def _target(idx, rest, embedding_file, row_name, max_samples, image_column, label_column):
+    """What a query or select asks about: a row name, a saved embedding, or DATA embedded in the index's space."""
+    from .embedding import Embedding
+
+    if row_name:
+        return row_name
+    if embedding_file:
+        return Embedding.load(embedding_file)
+    return _embed_for_index(idx, rest[0], max_samples, image_column, label_column, quiet=True)
+
+
+_TARGET_OPTIONS = (
+    click.option("--embedding", "embedding_file", type=click.Path(), help="Ask with a saved .emb file."),
+    click.option("--name", "row_name", help="Ask with a task row already in the index."),
+    click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True,
+                 help="Class-balanced cap on the images of DATA used."),
+    click.option("--image-column", default="image", show_default=True, help="Parquet/CSV column of images."),
+    click.option("--label-column", default="label", show_default=True, help="Parquet/CSV column of labels."),
+)
+
+
+def _target_options(f):
+    """The options that say what a query or select asks about, shared by both commands."""
+    for option in reversed(_TARGET_OPTIONS):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @click.argument("args", nargs=-1)
-@click.option("--embedding", "embedding_file", type=click.Path(), help="Query with a saved .emb file.")
-@click.option("--name", "row_name", help="Query with a row already in the index.")
+@_target_options
 @click.option("-k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--metric", type=click.Choice(["sym", "asym"]), default="sym", show_default=True)
 @click.option("--kind", type=click.Choice(["task", "model"]), default=None)
 @click.option("--where", multiple=True, help="Filter: key=value, key!=value, key>=3, 'key in a,b' (repeatable).")
 @click.option("--exact", is_flag=True, help="Brute-force exact distances over every row.")
-@click.option("--max-samples", type=click.IntRange(min=2), default=1000, show_default=True,
-              help="Class-balanced cap on the images of DATA used.")
-@click.option("--image-column", default="image", show_default=True, help="Parquet/CSV column of images.")
-@click.option("--label-column", default="label", show_default=True, help="Parquet/CSV column of labels.")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def query(args, embedding_file, row_name, k, metric, kind, where, exact, max_samples, image_column, label_column,
+def query(args, embedding_file, row_name, max_samples, image_column, label_column, k, metric, kind, where, exact,
           as_json):
     """Nearest rows: query [INDEX] (DATA | --embedding FILE | --name NAME).
 
@@ -339,24 +388,13 @@ def query(args, embedding_file, row_name, k, metric, kind, where, exact, max_sam
     """
     import time
 
-    from .embedding import Embedding
-    from .errors import TaskIndexError
     from .index import TaskIndex
 
-    given = sum(x is not None for x in (embedding_file, row_name))
-    if len(args) > 2 or (len(args) == 2 and given) or (not args and not given):
-        raise TaskIndexError("usage: taskindex query [INDEX] (DATA | --embedding FILE | --name NAME)")
-    if len(args) == 2 or (len(args) == 1 and given):
-        index, rest = args[0], args[1:]
-    else:
-        index, rest = default_index_path(), args
-    if given > 1:
-        raise TaskIndexError("pass only one of DATA, --embedding or --name")
+    index, rest = _index_and_target(args, embedding_file, row_name, "query")
     where_dict = _parse_where(where)
     with TaskIndex.open(index, readonly=True) as idx:
         start = time.perf_counter()
-        q = row_name if row_name else Embedding.load(embedding_file) if embedding_file else _embed_for_index(
-            idx, rest[0], max_samples, image_column, label_column, quiet=True)
+        q = _target(idx, rest, embedding_file, row_name, max_samples, image_column, label_column)
         hits = idx.query(q, k=k, metric=metric, kind=kind, where=where_dict, exact=exact)
         seconds = time.perf_counter() - start
     if as_json:
@@ -365,6 +403,88 @@ def query(args, embedding_file, row_name, k, metric, kind, where, exact, max_sam
     else:
         _row_table([{**h.metadata, "distance": h.distance} for h in hits], ["name", "kind", "distance", "complexity"])
         click.echo(f"({len(hits)} rows, {metric}, {seconds * 1000:.1f} ms)")
+
+
+@cli.command()
+@click.argument("args", nargs=-1)
+@_target_options
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--where", multiple=True, help="Filter the models: key=value, key!=value, 'key in a,b' (repeatable).")
+@click.option("--alpha", type=click.FloatRange(min=0), default=None,
+              help="Complexity weight of d_asym (default: the index's, see `info`).")
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def select(args, embedding_file, row_name, max_samples, image_column, label_column, k, where, alpha, as_json):
+    """Best experts for a task: select [INDEX] (DATA | --embedding FILE | --name NAME).
+
+    Ranks the model rows by d_asym(model -> task), with MODEL2VEC where the index holds a fit.
+    """
+    import time
+
+    from .index import TaskIndex
+
+    index, rest = _index_and_target(args, embedding_file, row_name, "select")
+    where_dict = _parse_where(where)
+    with TaskIndex.open(index, readonly=True) as idx:
+        start = time.perf_counter()
+        q = _target(idx, rest, embedding_file, row_name, max_samples, image_column, label_column)
+        hits = idx.select_model(q, k=k, where=where_dict, alpha=alpha)
+        seconds = time.perf_counter() - start
+    if as_json:
+        click.echo(json.dumps({"index": index, "seconds": seconds, "hits": [h.to_dict() for h in hits]},
+                              indent=2, default=str))
+    else:
+        _table([{**h.metadata, "score": h.distance, "ranked_by": h.ranked_by} for h in hits],
+               ["name", "score", "ranked_by", "complexity", "source_task"])
+        click.echo(f"({len(hits)} models, {seconds * 1000:.1f} ms)")
+
+
+@cli.group(name="model2vec")
+def model2vec_group():
+    """Learn model embeddings from observed errors (MODEL2VEC) and judge expert selection."""
+
+
+@model2vec_group.command(name="fit")
+@click.argument("index")
+@click.argument("errors", type=click.Path())
+@click.option("--seed", type=int, default=0, show_default=True, help="Which tasks are held out for early stopping.")
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def model2vec_fit(index, errors, seed, as_json):
+    """Fit MODEL2VEC on ERRORS (.csv or .parquet: task, model, error) and store it in INDEX."""
+    from .index import TaskIndex
+
+    with TaskIndex.open(index) as idx:
+        summary = idx.fit_model2vec(errors, seed=seed)
+        summary["version"] = idx.version
+    _emit(summary, as_json, lambda r: click.echo(
+        f"fitted {r['models']} models on {r['tasks']} tasks: held-out loss {r['initial_val_loss']:.4f} -> "
+        f"{r['val_loss']:.4f} (step {r['best_step']} of {r['steps']}), gamma {r['gamma']:.3g}, "
+        f"version {r['version']}"))
+
+
+@model2vec_group.command(name="eval")
+@click.argument("index")
+@click.argument("errors", type=click.Path())
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def model2vec_eval(index, errors, seed, as_json):
+    """Leave-one-out expert selection on ERRORS: d_asym and MODEL2VEC against the best and a random model."""
+    from .index import TaskIndex
+
+    with TaskIndex.open(index, readonly=True) as idx:
+        report = idx.evaluate_selection(errors, seed=seed, progress=False if as_json else None)
+
+    def human(r):
+        s = r["summary"]
+        click.echo(f"{s['tasks']} tasks, {s['models']} models, optimal mean error {s['optimal_error']:.4f}")
+        for method in ("chance", "asym", "model2vec"):
+            top1 = f", top-1 {s[method + '_top1']:.2f}" if method != "chance" else ""
+            click.echo(f"  {method:9s} error {s[method + '_error']:.4f} "
+                       f"({s[method + '_relative_increase']:+.1%} relative){top1}")
+
+    _emit(report.to_dict(), as_json, human)
 
 
 @cli.command(name="ls")

@@ -41,10 +41,11 @@ class Hit:
     distance: float
     complexity: float
     metadata: dict = field(default_factory=dict)
+    ranked_by: str = "sym"  # sym, asym or model2vec: the score in `distance`
 
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "distance": self.distance, "complexity": self.complexity,
-                "metadata": self.metadata}
+                "ranked_by": self.ranked_by, "metadata": self.metadata}
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -149,6 +150,7 @@ class TaskIndex:
                 "next_id": 0,
                 "row_count": 0,
                 "model2vec": None,
+                "alpha": distance.ALPHA,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             store.commit(manifest)
@@ -200,6 +202,8 @@ class TaskIndex:
         self.layout = [tuple(x) for x in manifest["layout"]]
         self.prior = store.load_npy(manifest["prior"])
         self._projection = store.load_npy(manifest["projection"]) if manifest.get("projection") else None
+        fit = manifest.get("model2vec")
+        self._theta = store.load_npy(fit["theta"]) if fit else None
         self._vectors, self._projs = [], []
         self._rows = pd.DataFrame({"id": pd.Series(dtype="int64"), "name": pd.Series(dtype="object"),
                                    "kind": pd.Series(dtype="object"), "complexity": pd.Series(dtype="float64")})
@@ -275,6 +279,10 @@ class TaskIndex:
 
     def _vector(self, row: int) -> np.ndarray:
         return np.asarray(self._vectors[self._seg[row]][self._pos[row]])
+
+    def vectors(self, names) -> np.ndarray:
+        """The stored vectors (Fisher + t0) of the named rows, float32 (len(names), dim)."""
+        return self._gather(np.array([self._row(n) for n in names], dtype=np.int64))
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.dim), np.float32)
@@ -404,6 +412,115 @@ class TaskIndex:
         manifest["row_count"] = len(self) + len(batch) - len(replaced)
         self._commit(manifest)
 
+    def add_model(self, name: str, source=None, metadata: dict | None = None, replace: bool = False) -> None:
+        """Add an expert: `source` is the task row it was trained on, that task's Embedding, or None (a black box).
+
+        The row stores the source's embedding (a copy: removing the task later keeps the model) and its name in
+        `source_task`; a black box stores the trivial embedding t0 (F = 0), so only a MODEL2VEC fit places it.
+        """
+        meta = dict(metadata or {})
+        if isinstance(source, str):
+            row = self._row(source) if source in self._by_name else None
+            if row is None or self._rows.at[row, "kind"] != "task":
+                raise IndexUsageError(f"model {name!r}: source task {source!r} is not a task row of this index; "
+                                      "add the task first, pass its Embedding, or source=None for a black box")
+            emb = self.get(source)[0]
+            meta.setdefault("source_task", source)
+        elif isinstance(source, Embedding):
+            emb = source
+            if source.meta.get("task"):
+                meta.setdefault("source_task", str(source.meta["task"]))
+        elif source is None:
+            emb = Embedding(self.prior.copy(), self.prior, self.layout, {**self.space, "task": None})
+        else:
+            raise TaskIndexError(f"source must be a task row name, an Embedding or None; got {type(source).__name__}")
+        self.add_many([(name, emb, "model", meta)], replace=replace)
+
+    @property
+    def alpha(self) -> float:
+        """The complexity weight of d_asym for this index (expert selection), 0.15 unless set."""
+        return float(self.manifest.get("alpha", distance.ALPHA))
+
+    def set_alpha(self, alpha: float) -> None:
+        """Store a new alpha (one commit). A MODEL2VEC fit keeps the alpha it learned with: refit after this."""
+        self._writable()
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not np.isfinite(alpha) or alpha < 0:
+            raise TaskIndexError(f"alpha must be a finite number >= 0; got {alpha!r}")
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest["alpha"] = float(alpha)
+        self._commit(manifest)
+
+    @property
+    def model2vec(self) -> dict | None:
+        """The stored MODEL2VEC fit: models, gamma, alpha and the training summary (None before a fit)."""
+        fit = self.manifest.get("model2vec")
+        return None if fit is None else {k: v for k, v in fit.items() if k != "theta"}
+
+    def _model_rows(self, where: dict | None) -> np.ndarray:
+        keep = self._kinds["model"] & (filters.mask(self._rows, where) if where else True)
+        if not self._kinds["model"].any():
+            raise IndexUsageError("the index has no model rows: add experts with add_model(...) "
+                                  "(`taskindex add INDEX NAME --kind model --source TASK`)")
+        return np.flatnonzero(keep)
+
+    def select_model(self, query, k: int = 5, where: dict | None = None, alpha: float | None = None,
+                     probe=None) -> list[Hit]:
+        """The k model rows best suited to `query` (Embedding, Task or row name), best first.
+
+        Ranked by d_asym(m_j -> query); m_j is the MODEL2VEC embedding where a fit covers the model
+        (hit.ranked_by 'model2vec'), else the model's source embedding ('asym').
+        """
+        from . import selection
+
+        if not isinstance(k, int) or k < 1:
+            raise TaskIndexError(f"k must be a positive integer; got {k!r}")
+        rows = self._model_rows(where)
+        emb, _ = self._as_embedding(query, probe)
+        if len(rows) == 0:
+            return []
+        names = self._rows["name"].iloc[rows].tolist()
+        m, fitted = selection.fitted_vectors(self._gather(rows), names, self._ids[rows], self.manifest.get(
+            "model2vec"), self._theta)
+        a = self.alpha if alpha is None else float(alpha)
+        score = selection.scores(emb.vector, m, self.prior, a)
+        top = np.argsort(score, kind="stable")[:k]
+        return [Hit(names[t], "model", float(score[t]), float(distance.complexity(m[t], self.prior)),
+                    self.metadata(int(rows[t])), "model2vec" if fitted[t] else "asym") for t in top]
+
+    def _selection_inputs(self, errors):
+        from . import model2vec
+
+        tasks, models, err = model2vec.error_matrix(model2vec.read_errors(errors), self.names("task"),
+                                                    self.names("model"))
+        sources = [self.metadata(self._row(m)).get("source_task") for m in models]
+        return tasks, models, err, self.vectors(tasks), self.vectors(models), sources
+
+    def fit_model2vec(self, errors, seed: int = 0, **options) -> dict:
+        """Learn MODEL2VEC from observed errors (task, model, error) and store it (one commit); returns its summary.
+
+        options: alpha_s, lr, weight_decay, max_steps, patience, holdout (supp. 4.3 defaults).
+        """
+        from . import model2vec
+
+        self._writable()
+        tasks, models, err, tv, mv, _ = self._selection_inputs(errors)
+        f = model2vec.fit(tv, mv, err, self.prior, self.alpha, models, seed=seed, **options)
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest["model2vec"] = {
+            "models": models, "ids": [int(self._ids[self._row(m)]) for m in models], "tasks": tasks,
+            "theta": self._store.new_file(".npy", _npy_bytes(f.theta)), "gamma": f.gamma, "alpha": f.alpha,
+            "summary": f.summary, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self._commit(manifest)
+        return dict(f.summary)
+
+    def evaluate_selection(self, errors, seed: int = 0, progress: bool | None = None, **options):
+        """Leave-one-out expert selection on an errors table (a SelectionReport); changes nothing."""
+        from . import selection
+
+        tasks, models, err, tv, mv, sources = self._selection_inputs(errors)
+        return selection.evaluate(tasks, models, err, tv, mv, self.prior, self.alpha, sources, seed=seed,
+                                  fit_options=options, progress=progress)
+
     def remove(self, name: str) -> None:
         """Remove a row (its id is never reused)."""
         self._writable()
@@ -449,6 +566,9 @@ class TaskIndex:
             self._train_projection(manifest)
         manifest["version"] = self.version + 1
         self._store.commit(manifest)
+        if manifest.get("model2vec") != self.manifest.get("model2vec"):
+            fit = manifest.get("model2vec")
+            self._theta = self._store.load_npy(fit["theta"]) if fit else None
         if manifest.get("projection") != self.manifest.get("projection") or len(manifest["segments"]) < len(
                 self.manifest["segments"]):
             self._load(manifest)
@@ -517,16 +637,17 @@ class TaskIndex:
         kind: str | None = None,
         where: dict | None = None,
         exact: bool = False,
-        alpha: float = distance.ALPHA,
+        alpha: float | None = None,
         probe=None,
     ) -> list[Hit]:
-        """The k nearest rows. metric 'asym' ranks by d_asym(row -> query) (expert selection)."""
+        """The k nearest rows. metric 'asym' ranks by d_asym(row -> query), alpha the index's unless given."""
         if metric not in ("sym", "asym"):
             raise TaskIndexError(f"unknown metric {metric!r}: use 'sym' or 'asym'")
         if kind not in (None, *KINDS):
             raise TaskIndexError(f"unknown kind {kind!r}: use 'task', 'model' or None")
         if not isinstance(k, int) or k < 1:
             raise TaskIndexError(f"k must be a positive integer; got {k!r}")
+        alpha = self.alpha if alpha is None else float(alpha)
         emb, self_id = self._as_embedding(query, probe)
         keep = filters.mask(self._rows, where) if where else np.ones(len(self), dtype=bool)
         if kind is not None:
@@ -553,7 +674,7 @@ class TaskIndex:
         score[top] = exact_d - alpha * cx[top] if metric == "asym" else exact_d
         top = top[np.argsort(score[top], kind="stable")]
         return [Hit(self._rows.at[int(rows[t]), "name"], self._rows.at[int(rows[t]), "kind"], float(score[t]),
-                    float(cx[t]), self.metadata(int(rows[t]))) for t in top]
+                    float(cx[t]), self.metadata(int(rows[t])), metric) for t in top]
 
     # --- checking ------------------------------------------------------------------------------
 
@@ -568,6 +689,8 @@ class TaskIndex:
                 **self.space, "segments": len(self.manifest["segments"]),
                 "deleted_rows": len(self.manifest["deleted"]),
                 "candidates": self._candidates.kind if self._candidates is not None else "exact",
+                "alpha": self.alpha, "model2vec": "none" if self._theta is None else
+                f"{len(self.manifest['model2vec']['models'])} models, {self.manifest['model2vec']['created']}",
                 "created": self.manifest["created"]}
 
 

@@ -221,6 +221,8 @@ def all_refs(manifest: dict) -> list[dict]:
     refs = [manifest["prior"]]
     if manifest.get("projection"):
         refs.append(manifest["projection"])
+    if manifest.get("model2vec"):
+        refs.append(manifest["model2vec"]["theta"])
     for seg in manifest["segments"]:
         refs += [seg[k] for k in ("vectors", "proj", "rows") if seg.get(k)]
     return refs

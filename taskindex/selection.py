@@ -1,0 +1,87 @@
+"""Expert selection (paper sec. 3.3, 3.4, 4.2): rank model rows for a task, and judge the ranking.
+
+A model row's vector is the embedding of the task it was trained on (the prior t0 for a black box).
+It is ranked by d_asym(source -> query) = d_sym - alpha c(source); once MODEL2VEC is fitted, by the
+same distance from m_j = v_j exp(theta_j). Only a few hundred models ever compete, so ranking is
+exact and brute force, no candidate search. `evaluate` is the paper's leave-one-out test: a
+task's own errors never train the fit that picks its model, and a model trained on the task
+itself is never picked for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import distance, model2vec
+
+
+def scores(query: np.ndarray, models: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
+    """d_asym(model_j -> query), exact float64."""
+    m = np.asarray(models, np.float64)
+    return distance.one_to_many(query, m) - alpha * np.atleast_1d(distance.complexity(m, prior))
+
+
+def fitted_vectors(vectors: np.ndarray, names: list[str], ids: np.ndarray, fit: dict | None,
+                   theta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """m_j for the models a fit covers (same name and row id as when fitted), v_j for the rest; and which."""
+    out = np.asarray(vectors, np.float64).copy()
+    used = np.zeros(len(names), dtype=bool)
+    if fit is None or theta is None:
+        return out, used
+    where = {(n, int(i)): k for k, (n, i) in enumerate(zip(fit["models"], fit["ids"]))}
+    for j, key in enumerate(zip(names, (int(i) for i in ids))):
+        k = where.get(key)
+        if k is not None:
+            out[j] *= np.exp(theta[k].astype(np.float64))
+            used[j] = True
+    return out, used
+
+
+@dataclass
+class SelectionReport:
+    """Leave-one-out expert selection on an errors table: per task, what each method picked and its error."""
+
+    per_task: pd.DataFrame
+    summary: dict
+    scores: dict = field(default_factory=dict)  # method -> (tasks, models) scores, NaN where excluded
+
+    def to_dict(self) -> dict:
+        return {"summary": self.summary, "per_task": self.per_task.to_dict(orient="records")}
+
+
+def evaluate(tasks: list[str], models: list[str], err: np.ndarray, task_vectors: np.ndarray,
+             model_vectors: np.ndarray, prior: np.ndarray, alpha: float, source_tasks: list[str | None],
+             seed: int = 0, fit_options: dict | None = None, progress: bool | None = None) -> SelectionReport:
+    """Leave-one-out: for each task, d_asym and a MODEL2VEC fit on the other tasks pick among the allowed models."""
+    from tqdm.auto import tqdm
+
+    n, k = err.shape
+    sc = {"asym": np.full((n, k), np.nan), "model2vec": np.full((n, k), np.nan)}
+    records = []
+    for i in tqdm(range(n), desc="leave-one-out", disable=progress is False or n < 2, leave=False):
+        allowed = np.array([s != tasks[i] for s in source_tasks])
+        others = np.array([t for t in range(n) if t != i])
+        sc["asym"][i, allowed] = scores(task_vectors[i], model_vectors[allowed], prior, alpha)
+        f = model2vec.fit(task_vectors[others], model_vectors, err[others], prior, alpha, models, seed=seed,
+                          **(fit_options or {}))
+        m = model_vectors.astype(np.float64) * np.exp(f.theta.astype(np.float64))
+        sc["model2vec"][i, allowed] = scores(task_vectors[i], m[allowed], prior, alpha)
+        row = {"task": tasks[i], "optimal_model": models[int(np.nanargmin(np.where(allowed, err[i], np.nan)))],
+               "optimal_error": float(err[i, allowed].min()), "chance_error": float(err[i, allowed].mean())}
+        for method, s in sc.items():
+            j = int(np.nanargmin(s[i]))
+            row[f"{method}_model"], row[f"{method}_error"] = models[j], float(err[i, j])
+        records.append(row)
+    per_task = pd.DataFrame(records)
+    opt = per_task["optimal_error"].mean()
+    summary = {"tasks": n, "models": k, "alpha": alpha, "optimal_error": float(opt)}
+    for method in ("chance", "asym", "model2vec"):
+        mean = float(per_task[f"{method}_error"].mean())
+        summary[f"{method}_error"] = mean
+        summary[f"{method}_relative_increase"] = float(mean / opt - 1) if opt > 0 else float("nan")
+        if method != "chance":
+            summary[f"{method}_top1"] = float((per_task[f"{method}_model"] == per_task["optimal_model"]).mean())
+    return SelectionReport(per_task, summary, sc)

@@ -513,13 +513,17 @@ class TaskIndex:
         self._commit(manifest)
         return dict(f.summary)
 
-    def evaluate_selection(self, errors, seed: int = 0, progress: bool | None = None, **options):
-        """Leave-one-out expert selection on an errors table (a SelectionReport); changes nothing."""
+    def evaluate_selection(self, errors, seed: int = 0, exclude: dict | None = None, progress: bool | None = None,
+                           **options):
+        """Leave-one-out expert selection on an errors table (a SelectionReport); changes nothing.
+
+        exclude: {task: [models]} never picked for that task, beside the model trained on it.
+        """
         from . import selection
 
         tasks, models, err, tv, mv, sources = self._selection_inputs(errors)
         return selection.evaluate(tasks, models, err, tv, mv, self.prior, self.alpha, sources, seed=seed,
-                                  fit_options=options, progress=progress)
+                                  fit_options=options, exclude=exclude, progress=progress)
 
     def remove(self, name: str) -> None:
         """Remove a row (its id is never reused)."""

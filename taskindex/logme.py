@@ -1,6 +1,6 @@
 """LogME (You et al., ICML 2021): how well a pre-trained model should transfer, from its frozen features alone.
 
-Expert selection by task distance (index.query(..., metric="asym", kind="model")) has to beat the cheap
+Expert selection by task distance (TaskIndex.select_model) has to beat the cheap
 alternative of scoring every candidate model on the target task directly. LogME is that baseline in the
 expert-selection benchmark: one forward pass and one SVD per model, no fine-tuning.
 """

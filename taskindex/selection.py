@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import distance, model2vec
+from .errors import TaskIndexError
 
 
 def scores(query: np.ndarray, models: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
@@ -54,15 +55,23 @@ class SelectionReport:
 
 def evaluate(tasks: list[str], models: list[str], err: np.ndarray, task_vectors: np.ndarray,
              model_vectors: np.ndarray, prior: np.ndarray, alpha: float, source_tasks: list[str | None],
-             seed: int = 0, fit_options: dict | None = None, progress: bool | None = None) -> SelectionReport:
-    """Leave-one-out: for each task, d_asym and a MODEL2VEC fit on the other tasks pick among the allowed models."""
+             seed: int = 0, fit_options: dict | None = None, exclude: dict | None = None,
+             progress: bool | None = None) -> SelectionReport:
+    """Leave-one-out: for each task, d_asym and a MODEL2VEC fit on the other tasks pick among the allowed models.
+
+    A model is never picked for the task it was trained on (its source_task), nor for a task that
+    `exclude` maps to it ({task: [models]}: e.g. experts trained on other images of the same classes).
+    """
     from tqdm.auto import tqdm
 
     n, k = err.shape
     sc = {"asym": np.full((n, k), np.nan), "model2vec": np.full((n, k), np.nan)}
     records = []
     for i in tqdm(range(n), desc="leave-one-out", disable=progress is False or n < 2, leave=False):
-        allowed = np.array([s != tasks[i] for s in source_tasks])
+        banned = set((exclude or {}).get(tasks[i], ()))
+        allowed = np.array([s != tasks[i] and m not in banned for s, m in zip(source_tasks, models)])
+        if not allowed.any():
+            raise TaskIndexError(f"every model is excluded for task {tasks[i]!r}: leave at least one to choose")
         others = np.array([t for t in range(n) if t != i])
         sc["asym"][i, allowed] = scores(task_vectors[i], model_vectors[allowed], prior, alpha)
         f = model2vec.fit(task_vectors[others], model_vectors, err[others], prior, alpha, models, seed=seed,

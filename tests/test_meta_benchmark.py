@@ -1,0 +1,41 @@
+"""tools/meta_benchmark.py --quick end to end: real experts fine-tuned from the pretrained probe, real images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TOOLS = Path(__file__).resolve().parent.parent / "tools"
+
+
+@pytest.mark.slow
+def test_quick_meta_benchmark_runs_and_its_figures_are_consistent(tmp_path, capsys):
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import meta_benchmark
+    finally:
+        sys.path.remove(str(TOOLS))
+    out = tmp_path / "results.json"
+    assert meta_benchmark.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for label in meta_benchmark.LABELS.values():
+        assert label in printed
+    (run,) = json.loads(out.read_text())["trimmed:0.1"]
+    assert run["tasks"] == 4 and run["models"] == 3
+    # the optimal expert is the minimum over the allowed ones: no method can beat it, chance is its mean
+    for method in meta_benchmark.METHODS:
+        assert run[method]["relative_increase"] >= -1e-12, method
+    errors = [run[m]["error"] for m in ("task2vec", "asym", "model2vec", "logme")]
+    assert all(run["optimal"] - 1e-12 <= e for e in errors)
+    for method in ("task2vec", "asym", "model2vec"):
+        assert run[method]["seconds_per_query"] >= run[method]["select_seconds"] > 0
+    assert np.isfinite(run["logme"]["seconds_per_query"]) and run["logme"]["seconds_per_query"] > 0
+    # a second run reuses the cached experts, errors and embeddings and gives the same table
+    assert meta_benchmark.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]) == 0
+    (again,) = json.loads(out.read_text())["trimmed:0.1"]
+    for method in meta_benchmark.METHODS:
+        assert again[method]["error"] == pytest.approx(run[method]["error"])

@@ -1,0 +1,211 @@
+"""The paper's Table 1 (model selection) on images that install offline, with LogME beside it.
+
+A zoo of EfficientNet-Lite0 experts fine-tuned on Fashion-MNIST, MNIST and digits tasks (tools/expert_zoo.py),
+the ImageNet network as the generic expert, and every named sample task as a target on images no expert saw.
+Ground truth: the test error of a linear classifier on each expert's frozen features. Each selection method
+picks one expert per target, never one fine-tuned on the target's own classes (the paper's leave-one-out);
+MODEL2VEC is fitted leave-one-out, never on the target's own row. Reported: mean error of the best expert
+(Optimal), the relative error increase of each method, the rank correlation of its scores with the true
+errors, and its wall time per query.
+
+    python tools/meta_benchmark.py                      # 14 experts + ImageNet, 43 targets, 3 seeds
+    python tools/meta_benchmark.py --quick              # a minute: 2 tiny experts, 4 targets (a test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import expert_zoo  # noqa: E402
+from taskindex import Embedding, TaskIndex, embed  # noqa: E402
+from taskindex.estimators import DEFAULT_ESTIMATOR, parse_estimator  # noqa: E402
+from taskindex.selection import scores as asym_scores  # noqa: E402
+
+SOURCE_PER_CLASS = 100  # images per class of an expert's source task that TASK2VEC sees (as the shipped index)
+METHODS = ("chance", "imagenet", "task2vec", "asym", "model2vec", "logme")
+LABELS = {"chance": "Chance", "imagenet": "ImageNet", "task2vec": "TASK2VEC", "asym": "Asym. TASK2VEC",
+          "model2vec": "MODEL2VEC", "logme": "LogME"}
+
+
+def _embedding(cache: Path, idx: TaskIndex, task, name: str) -> Embedding:
+    """The task's embedding in the index's space, cached as an .emb file (keyed by the index's space)."""
+    path = cache / f"{name}.emb"
+    if path.exists():
+        emb = Embedding.load(path)
+        if emb.space == {k: idx.space.get(k) for k in emb.space}:
+            return emb
+    emb = embed(task, idx.probe(), progress=False, **idx.embed_options())
+    emb.save(path)
+    return emb
+
+
+def build_index(root: Path, estimator: str, image_size: int, quick: bool, seeds, progress: bool):
+    """A fresh index: expert source tasks, the experts as model rows, every seed's targets as task rows."""
+    from tqdm.auto import tqdm
+
+    name, trim = parse_estimator(estimator)
+    path = root / f"index-{estimator.replace(':', '_')}-{image_size}{'-quick' if quick else ''}"
+    shutil.rmtree(path, ignore_errors=True)
+    idx = TaskIndex.create(path, probe="efficientnet_lite0", image_size=image_size, estimator=name,
+                           trim=trim if name != "mean" else None)
+    cache = root / "embeddings" / f"{estimator.replace(':', '_')}-{image_size}{'-quick' if quick else ''}"
+    cache.mkdir(parents=True, exist_ok=True)
+    weights = expert_zoo.train_experts(root, image_size, quick, progress)
+    specs = expert_zoo.experts(quick)
+    jobs = [(f"source:{s.name}", lambda s=s: expert_zoo.source_task(s, per_class=SOURCE_PER_CLASS), {})
+            for s in specs if s.sample is not None]
+    for seed in seeds:
+        for t in expert_zoo.targets(seed, quick):
+            jobs.append((f"{t.name}@{seed}", lambda t=t: t.train, {"target": t.name, "seed": int(seed),
+                                                                     "dataset": t.dataset}))
+    seconds, items = {}, []
+    for row, make, meta in tqdm(jobs, desc=f"embed ({estimator})", disable=not progress):
+        emb = _embedding(cache, idx, make(), row.replace(":", "_").replace("@", "_s"))
+        seconds[row] = float(emb.meta["seconds"])
+        items.append((row, emb, "task", meta))
+    idx.add_many(items)
+    for s in specs:
+        meta = {"strength": s.strength, "dataset": s.dataset, "weights": weights.get(s.name) or "imagenet"}
+        idx.add_model(s.name, f"source:{s.name}" if s.sample is not None else None, metadata=meta)
+    return idx, seconds
+
+
+def _rank_stats(err: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """Spearman and weighted Kendall tau between true errors and a score (both: lower is better)."""
+    from scipy import stats
+
+    if np.ptp(err) == 0 or np.ptp(score) == 0:
+        return float("nan"), float("nan")
+    return float(stats.spearmanr(err, score)[0]), float(stats.weightedtau(-err, -score)[0])
+
+
+def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, seconds: dict, progress: bool) -> dict:
+    """One seed: every method's pick, error, rank correlation and time per target."""
+    specs = {s.name: s for s in expert_zoo.experts(quick)}
+    rows = table[table["seed"] == seed].assign(task=lambda d: d["task"] + f"@{seed}")
+    models = sorted(specs)
+    tasks = sorted(rows["task"].unique())
+    wide = rows.pivot(index="task", columns="model", values="error").reindex(index=tasks, columns=models)
+    err = wide.to_numpy()
+    target_of = {t: t.rsplit("@", 1)[0] for t in tasks}
+    # never an expert fine-tuned on the target's own classes (other images of the same task)
+    exclude = {t: [m for m in models if specs[m].sample == target_of[t]] for t in tasks}
+    start = time.perf_counter()
+    report = idx.evaluate_selection(rows[["task", "model", "error"]], seed=seed, exclude=exclude, progress=progress)
+    loo_seconds = time.perf_counter() - start
+    per_task = report.per_task.set_index("task").reindex(tasks)
+    vectors = idx.vectors(models)
+    logme = rows.pivot(index="task", columns="model", values="logme").reindex(index=tasks, columns=models).to_numpy()
+    logme_seconds = rows.assign(s=rows["feature_seconds"] + rows["logme_seconds"]).groupby("task")["s"].sum()
+    select_seconds = []
+    out = {m: {"error": [], "spearman": [], "wtau": []} for m in METHODS}
+    optimal = []
+    for i, t in enumerate(tasks):
+        allowed = np.array([m not in exclude[t] for m in models])
+        e = err[i, allowed]
+        optimal.append(e.min())
+        q = idx.get(t)[0]
+        tic = time.perf_counter()
+        idx.select_model(q, k=1)
+        select_seconds.append(time.perf_counter() - tic)
+        candidates = {
+            "task2vec": asym_scores(q.vector, vectors[allowed], idx.prior, 0.0),
+            "asym": report.scores["asym"][i, allowed],
+            "model2vec": report.scores["model2vec"][i, allowed],
+            "logme": -logme[i, allowed],
+        }
+        out["chance"]["error"].append(e.mean())
+        out["imagenet"]["error"].append(err[i, models.index("imagenet")])
+        for method, sc in candidates.items():
+            out[method]["error"].append(e[int(np.argmin(sc))])
+            rho, wtau = _rank_stats(e, sc)
+            out[method]["spearman"].append(rho)
+            out[method]["wtau"].append(wtau)
+    assert np.allclose(per_task["optimal_error"], optimal)  # the library's leave-one-out agrees on what is allowed
+    opt = float(np.mean(optimal))
+    embed_s = np.array([seconds[t] for t in tasks])
+    select_s = np.array(select_seconds)
+    result = {"seed": seed, "tasks": len(tasks), "models": len(models), "optimal": opt,
+              "loo_seconds": loo_seconds, "model2vec_summary": report.summary}
+    for method, v in out.items():
+        mean = float(np.mean(v["error"]))
+        result[method] = {"error": mean, "relative_increase": mean / opt - 1,
+                          "spearman": float(np.nanmean(v["spearman"])) if v["spearman"] else None,
+                          "wtau": float(np.nanmean(v["wtau"])) if v["wtau"] else None}
+    for method in ("task2vec", "asym", "model2vec"):
+        result[method]["seconds_per_query"] = float(np.median(embed_s + select_s))
+        result[method]["select_seconds"] = float(np.median(select_s))
+    result["logme"]["seconds_per_query"] = float(np.median(logme_seconds.reindex(tasks)))
+    return result
+
+
+def markdown(results: dict) -> str:
+    """One block of rows per estimator: mean over seeds (sd over seeds)."""
+    lines = ["| estimator | | Optimal | " + " | ".join(LABELS[m] for m in METHODS) + " |",
+             "|---|---|---|" + "---|" * len(METHODS)]
+    for est, runs in results.items():
+        def cell(method, key, fmt):
+            vals = [r[method][key] for r in runs if r[method].get(key) is not None]
+            if not vals:
+                return ""
+            sd = f" ({fmt.format(np.std(vals))})" if len(vals) > 1 else ""
+            return fmt.format(np.mean(vals)) + sd
+
+        opt = np.mean([r["optimal"] for r in runs])
+        lines.append(f"| {est} | error / relative increase | {opt:.3f} | "
+                     + " | ".join(cell(m, "relative_increase", "{:+.1%}") for m in METHODS) + " |")
+        lines.append(f"| {est} | Spearman / weighted tau | | | | "
+                     + " | ".join(f"{cell(m, 'spearman', '{:.2f}')} / {cell(m, 'wtau', '{:.2f}')}"
+                                  for m in METHODS[2:]) + " |")
+        lines.append(f"| {est} | seconds per query | | | | "
+                     + " | ".join(cell(m, "seconds_per_query", "{:.2f}") for m in METHODS[2:]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent.parent / ".cache/meta_benchmark"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
+    parser.add_argument("--estimators", nargs="+", default=None,
+                        help=f"default {DEFAULT_ESTIMATOR} and the paper's mean (quick: the default only)")
+    parser.add_argument("--image-size", type=int, default=None, help="default 64 (quick: 32)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", dest="json_out", default=None, help="Also write the results here.")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    seeds = tuple(args.seeds or ((0,) if quick else (0, 1, 2)))
+    estimators = args.estimators or ([DEFAULT_ESTIMATOR] if quick else [DEFAULT_ESTIMATOR, "mean"])
+    size = args.image_size or (32 if quick else 64)
+    root = Path(args.cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    progress = sys.stderr.isatty()
+    start = time.perf_counter()
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    table = expert_zoo.error_table(root, seeds, size, quick, progress)
+    print(f"error table: {len(table)} (target, expert, seed) rows, {time.perf_counter() - start:.0f} s so far")
+    results = {}
+    for est in estimators:
+        idx, seconds = build_index(root, est, size, quick, seeds, progress)
+        with idx:
+            results[est] = [evaluate(idx, table, seed, quick, seconds, progress) for seed in seeds]
+    print(markdown(results))
+    print(f"run time {time.perf_counter() - start:.0f} s; load average at end: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

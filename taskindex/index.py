@@ -444,11 +444,17 @@ class TaskIndex:
     def set_alpha(self, alpha: float) -> None:
         """Store a new alpha (one commit). A MODEL2VEC fit keeps the alpha it learned with: refit after this."""
         self._writable()
+        manifest = json.loads(json.dumps(self.manifest))
+        manifest["alpha"] = self._alpha(alpha, default=False)
+        self._commit(manifest)
+
+    def _alpha(self, alpha, default: bool = True) -> float:
+        """A given alpha, checked, or (None, where a default is allowed) the index's."""
+        if alpha is None and default:
+            return self.alpha
         if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not np.isfinite(alpha) or alpha < 0:
             raise TaskIndexError(f"alpha must be a finite number >= 0; got {alpha!r}")
-        manifest = json.loads(json.dumps(self.manifest))
-        manifest["alpha"] = float(alpha)
-        self._commit(manifest)
+        return float(alpha)
 
     @property
     def model2vec(self) -> dict | None:
@@ -475,14 +481,14 @@ class TaskIndex:
         if not isinstance(k, int) or k < 1:
             raise TaskIndexError(f"k must be a positive integer; got {k!r}")
         rows = self._model_rows(where)
+        alpha = self._alpha(alpha)
         emb, _ = self._as_embedding(query, probe)
         if len(rows) == 0:
             return []
         names = self._rows["name"].iloc[rows].tolist()
         m, fitted = selection.fitted_vectors(self._gather(rows), names, self._ids[rows], self.manifest.get(
             "model2vec"), self._theta)
-        a = self.alpha if alpha is None else float(alpha)
-        score = selection.scores(emb.vector, m, self.prior, a)
+        score = selection.scores(emb.vector, m, self.prior, alpha)
         top = np.argsort(score, kind="stable")[:k]
         return [Hit(names[t], "model", float(score[t]), float(distance.complexity(m[t], self.prior)),
                     self.metadata(int(rows[t])), "model2vec" if fitted[t] else "asym") for t in top]
@@ -651,7 +657,7 @@ class TaskIndex:
             raise TaskIndexError(f"unknown kind {kind!r}: use 'task', 'model' or None")
         if not isinstance(k, int) or k < 1:
             raise TaskIndexError(f"k must be a positive integer; got {k!r}")
-        alpha = self.alpha if alpha is None else float(alpha)
+        alpha = self._alpha(alpha)
         emb, self_id = self._as_embedding(query, probe)
         keep = filters.mask(self._rows, where) if where else np.ones(len(self), dtype=bool)
         if kind is not None:

@@ -53,11 +53,12 @@ def error_matrix(table: pd.DataFrame, tasks, models) -> tuple[list[str], list[st
     """Check an errors table against the index's rows; returns (tasks, models, errors[task, model])."""
     table = table.assign(task=table["task"].astype(str), model=table["model"].astype(str))
     err = pd.to_numeric(table["error"], errors="coerce")
-    bad = table[err.isna() | (err < 0)]
+    bad = table[~np.isfinite(err.to_numpy(np.float64, na_value=np.nan)) | (err < 0).to_numpy()]
     if len(bad):
         r = bad.iloc[0]
-        raise TaskIndexError(f"error for ({r['task']!r}, {r['model']!r}) is {r['error']!r}: errors must be "
-                             f"numbers >= 0 ({len(bad)} bad row(s)); fix or drop them")
+        value = r["error"].item() if isinstance(r["error"], np.generic) else r["error"]
+        raise TaskIndexError(f"error for ({r['task']!r}, {r['model']!r}) is {value!r}: errors must be "
+                             f"finite numbers >= 0 ({len(bad)} bad row(s)); fix or drop them")
     dup = table[table.duplicated(["task", "model"], keep=False)]
     if len(dup):
         r = dup.iloc[0]
@@ -189,7 +190,9 @@ def fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, pr
     theta = torch.zeros_like(lv)
     log_gamma = torch.tensor(float(np.log(gamma0)))
     theta.grad, log_gamma.grad = torch.zeros_like(theta), torch.zeros(())
-    opt = torch.optim.Adam([{"params": [theta], "weight_decay": weight_decay}, {"params": [log_gamma]}], lr=lr)
+    # decoupled decay (AdamW): Adam's L2 term would pin theta at 0 wherever the loss gradient is small
+    opt = torch.optim.AdamW([{"params": [theta], "weight_decay": weight_decay},
+                             {"params": [log_gamma], "weight_decay": 0.0}], lr=lr)
     first_train = _loss(d0[train], target[train], log_gamma)[0]
     first_val = _loss(d0[val], target[val], log_gamma)[0]
     best = (first_val, 0, theta.clone(), float(log_gamma))
@@ -220,8 +223,14 @@ def fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, pr
 
 
 def _initial_gamma(d: np.ndarray, target: np.ndarray) -> float:
-    """The gamma that fits the soft labels best with theta = 0 (a 1-D grid): the fit starts at d_asym's optimum."""
-    best = (np.inf, 1.0)
+    """The gamma that fits the soft labels best with theta = 0 (a 1-D grid): the fit starts at d_asym's optimum.
+
+    Floored where softmax(-gamma d) still tells models apart (gamma * spread of d = 1): where d_asym says
+    nothing, the best gamma is ~0, and theta's gradient, proportional to gamma, would vanish with it.
+    """
+    spread = float(d.std(axis=1).mean())
+    floor = 1.0 / spread if spread > 0 else 1.0
+    best = (np.inf, floor)
     for g in np.logspace(-1, 3, 81):
         z = -g * d
         z = z - z.max(1, keepdims=True)
@@ -229,4 +238,4 @@ def _initial_gamma(d: np.ndarray, target: np.ndarray) -> float:
         loss = -(target * logp).sum(1).mean()
         if loss < best[0]:
             best = (loss, float(g))
-    return best[1]
+    return max(best[1], floor)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from . import samples
 from .cli import default_index_path
 from .index import TaskIndex
 from .task2vec import embed
+
+ERRORS = Path(__file__).resolve().parent.parent / "tools" / "expert_errors.csv"  # the benchmark's, if present
 
 
 def show(title: str, hits, seconds: float) -> None:
@@ -21,7 +24,7 @@ def show(title: str, hits, seconds: float) -> None:
 def main() -> None:
     with TaskIndex.open(default_index_path(), readonly=True) as index:
         info = index.info()
-        print(f"index {info['path']}: {info['rows']} tasks, {info['probe']} @ {info['image_size']} px, "
+        print(f"index {info['path']}: {info['tasks']} tasks, {info['models']} experts, {info['probe']} @ {info['image_size']} px, "
               f"{info['method']}")
         start = time.perf_counter()
         hits = index.query("fashion-footwear", k=5)
@@ -42,6 +45,28 @@ def main() -> None:
         start = time.perf_counter()
         hits = index.query(emb, k=5, where={"dataset": "mnist"})
         show("the same, only MNIST tasks (where dataset=mnist)", hits, time.perf_counter() - start)
+        if info["models"]:
+            pick_expert(index, emb, task.name)
+
+
+def pick_expert(index: TaskIndex, emb, target: str) -> None:
+    """The expert for the new sample, and where the benchmark's measured errors rank it on that task."""
+    start = time.perf_counter()
+    hits = index.select_model(emb, k=3)
+    seconds = time.perf_counter() - start
+    print(f"\nbest experts for the new sample ({seconds * 1000:.1f} ms, ranked by {hits[0].ranked_by})")
+    for h in hits:
+        print(f"  {h.name:36s} {h.distance:8.4f}  trained on {h.metadata.get('source_task')}")
+    if ERRORS.is_file():
+        import pandas as pd
+
+        errors = pd.read_csv(ERRORS)
+        mine = errors[errors["task"] == target].sort_values("error").reset_index(drop=True)
+        rank = mine.index[mine["model"] == hits[0].name]
+        if len(rank):
+            print(f"  -> {hits[0].name} is number {rank[0] + 1} of {len(mine)} experts on {target} by the test error "
+                  f"measured in tools/meta_benchmark.py ({mine.at[rank[0], 'error']:.3f}; the best "
+                  f"{mine.at[0, 'model']}: {mine.at[0, 'error']:.3f})")
 
 
 if __name__ == "__main__":

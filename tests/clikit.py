@@ -40,7 +40,7 @@ def make_image_folder(root: Path, classes=("dark", "light"), per_class: int = 6,
 # Python spellings that a CLI error must not show: keyword arguments (device='cpu', probe=...,
 # readonly=True, image_column=) and API names (TaskIndex.open, taskindex.samples.names(), Probe.from_module, upsert).
 PYTHON_WORDING = re.compile(r"\b\w+=(?:'|\.\.\.|None\b|True\b|False\b)|\b[a-z]+_\w+=(?=[/\s,]|$)"
-                            r"|\bTaskIndex\.|\btaskindex\.\w|\bProbe\.|\bupsert\b")
+                            r"|\bTaskIndex\.|\btaskindex\.\w|\bProbe\.|\bupsert\b|\badd_model\b")
 
 
 def assert_flag_wording(result, fragment: str) -> str:

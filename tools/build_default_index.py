@@ -1,11 +1,13 @@
 """Build the shipped default index (index_data/) from its manifest, tools/default_index.csv.
 
     .venv/bin/python tools/build_default_index.py [--out index_data] [--image-size 64] [--workers N]
+    .venv/bin/python tools/build_default_index.py --experts-only   # only the experts and the fit
 
 The same as `taskindex rebuild` on that manifest (every named sample task at 100 images per
 class and a few at 30 and 300, fixed seeds, real images available offline, the pretrained
-EfficientNet-Lite0 shipped on PyPI), into a fresh index beside --out that is compacted and
-moved into place at the end: an interrupted build never leaves a half-built index, and
+EfficientNet-Lite0 shipped on PyPI), then the expert-selection benchmark's experts as model
+rows and a MODEL2VEC fit on its errors (tools/expert_errors.csv), into a fresh index beside
+--out that is compacted and moved into place at the end: an interrupted build never leaves a half-built index, and
 running it again with --resume goes on from the rows already embedded.
 """
 
@@ -21,6 +23,27 @@ from taskindex.index import TaskIndex
 from taskindex.rebuilds import rebuild, staging_dir
 
 MANIFEST = Path(__file__).with_name("default_index.csv")
+ERRORS = Path(__file__).with_name("expert_errors.csv")  # tools/meta_benchmark.py --errors-out writes it
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "meta_benchmark"
+
+
+def add_experts(path: Path, cache: Path = CACHE) -> None:
+    """The benchmark's experts as model rows (their source tasks' embeddings, not their weights) and a
+    MODEL2VEC fit on the benchmark's errors; the experts are trained into the cache if missing."""
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import meta_benchmark
+
+    with TaskIndex.open(path) as index:
+        for name, emb, meta in meta_benchmark.expert_rows(cache, index, progress=True):
+            meta["weights"] = "not shipped: tools/expert_zoo.py trains it" if emb is not None else "imagenet"
+            index.add_model(name, emb, metadata=meta, replace=True)
+        errors = pd.read_csv(ERRORS)
+        summary = index.fit_model2vec(errors)
+        print(f"MODEL2VEC: held-out loss {summary['initial_val_loss']:.4f} -> {summary['val_loss']:.4f}",
+              file=sys.stderr)
+        index.compact()
 
 
 def main(argv=None) -> int:
@@ -29,8 +52,13 @@ def main(argv=None) -> int:
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--resume", action="store_true", help="go on from an interrupted build")
+    ap.add_argument("--experts-only", action="store_true",
+                    help="only (re)add the experts and the MODEL2VEC fit to the index at --out")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.experts_only:
+        add_experts(out)
+        return 0
     building = out.parent / f".{out.name}.building"
     if not args.resume:  # a fresh build: drop what an earlier one left
         shutil.rmtree(building, ignore_errors=True)
@@ -39,8 +67,7 @@ def main(argv=None) -> int:
     if report.failed:
         print(f"{len(report.failed)} rows failed: {report.failed}", file=sys.stderr)
         return 1
-    with TaskIndex.open(building) as index:
-        index.compact()
+    add_experts(building)
     if out.exists():
         shutil.rmtree(out)
     os.replace(building, out)

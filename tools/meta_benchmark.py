@@ -38,8 +38,10 @@ LABELS = {"chance": "Chance", "imagenet": "ImageNet", "task2vec": "TASK2VEC", "a
           "model2vec": "MODEL2VEC", "logme": "LogME"}
 
 
-def _embedding(cache: Path, idx: TaskIndex, task, name: str) -> Embedding:
-    """The task's embedding in the index's space, cached as an .emb file (keyed by the index's space)."""
+def _embedding(root: Path, idx: TaskIndex, task, name: str) -> Embedding:
+    """The task's embedding in the index's space, cached as an .emb file under root (checked against the space)."""
+    cache = root / "embeddings" / f"{idx.space['estimator'].replace(':', '_')}-{idx.space['image_size']}"
+    cache.mkdir(parents=True, exist_ok=True)
     path = cache / f"{name}.emb"
     if path.exists():
         emb = Embedding.load(path)
@@ -48,6 +50,25 @@ def _embedding(cache: Path, idx: TaskIndex, task, name: str) -> Embedding:
     emb = embed(task, idx.probe(), progress=False, **idx.embed_options())
     emb.save(path)
     return emb
+
+
+def expert_rows(root: Path, idx: TaskIndex, quick: bool = False, progress: bool = False) -> list[tuple]:
+    """(name, embedding of its source task or None, metadata) per expert, in the index's space.
+
+    The experts' weights are trained (or found in the cache) first: a row names only what exists.
+    """
+    from tqdm.auto import tqdm
+
+    weights = expert_zoo.train_experts(root, idx.space["image_size"], quick, progress)
+    rows = []
+    for s in tqdm(expert_zoo.experts(quick), desc="expert sources", disable=not progress):
+        meta = {"strength": s.strength, "dataset": s.dataset, "weights": weights.get(s.name) or "imagenet",
+                "source_task": s.sample or "imagenet", "source_per_class": s.per_class}
+        per_class = min(s.per_class, SOURCE_PER_CLASS)
+        emb = None if s.sample is None else _embedding(
+            root, idx, expert_zoo.source_task(s, per_class=per_class), f"source_{s.name}_{per_class}")
+        rows.append((s.name, emb, meta))
+    return rows
 
 
 def build_index(root: Path, estimator: str, image_size: int, quick: bool, seeds, progress: bool):
@@ -59,25 +80,16 @@ def build_index(root: Path, estimator: str, image_size: int, quick: bool, seeds,
     shutil.rmtree(path, ignore_errors=True)
     idx = TaskIndex.create(path, probe="efficientnet_lite0", image_size=image_size, estimator=name,
                            trim=trim if name != "mean" else None)
-    cache = root / "embeddings" / f"{estimator.replace(':', '_')}-{image_size}{'-quick' if quick else ''}"
-    cache.mkdir(parents=True, exist_ok=True)
-    weights = expert_zoo.train_experts(root, image_size, quick, progress)
-    specs = expert_zoo.experts(quick)
-    jobs = [(f"source:{s.name}", lambda s=s: expert_zoo.source_task(s, per_class=SOURCE_PER_CLASS), {})
-            for s in specs if s.sample is not None]
-    for seed in seeds:
-        for t in expert_zoo.targets(seed, quick):
-            jobs.append((f"{t.name}@{seed}", lambda t=t: t.train, {"target": t.name, "seed": int(seed),
-                                                                     "dataset": t.dataset}))
+    experts = expert_rows(root, idx, quick, progress)
     seconds, items = {}, []
-    for row, make, meta in tqdm(jobs, desc=f"embed ({estimator})", disable=not progress):
-        emb = _embedding(cache, idx, make(), row.replace(":", "_").replace("@", "_s"))
-        seconds[row] = float(emb.meta["seconds"])
-        items.append((row, emb, "task", meta))
+    jobs = [(t, seed) for seed in seeds for t in expert_zoo.targets(seed, quick)]
+    for t, seed in tqdm(jobs, desc=f"embed targets ({estimator})", disable=not progress):
+        emb = _embedding(root, idx, t.train, f"{t.name}_s{seed}")
+        seconds[f"{t.name}@{seed}"] = float(emb.meta["seconds"])
+        items.append((f"{t.name}@{seed}", emb, "task", {"target": t.name, "seed": int(seed), "dataset": t.dataset}))
     idx.add_many(items)
-    for s in specs:
-        meta = {"strength": s.strength, "dataset": s.dataset, "weights": weights.get(s.name) or "imagenet"}
-        idx.add_model(s.name, f"source:{s.name}" if s.sample is not None else None, metadata=meta)
+    for model, emb, meta in experts:  # black boxes (ImageNet) sit at t0; the others at their source task
+        idx.add_model(model, emb, metadata=meta)
     return idx, seconds
 
 

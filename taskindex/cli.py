@@ -382,10 +382,12 @@ def _target_options(f):
 @click.option("--kind", type=click.Choice(["task", "model"]), default=None)
 @click.option("--where", multiple=True, help="Filter: key=value, key!=value, key>=3, 'key in a,b' (repeatable).")
 @click.option("--exact", is_flag=True, help="Brute-force exact distances over every row.")
+@click.option("--alpha", type=click.FloatRange(min=0), default=None,
+              help="Complexity weight of --metric asym (default: the index's, see `taskindex alpha`).")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
 def query(args, embedding_file, row_name, max_samples, image_column, label_column, k, metric, kind, where, exact,
-          as_json):
+          alpha, as_json):
     """Nearest rows: query [INDEX] (DATA | --embedding FILE | --name NAME).
 
     Without INDEX the shipped default index is used.
@@ -399,7 +401,7 @@ def query(args, embedding_file, row_name, max_samples, image_column, label_colum
     with TaskIndex.open(index, readonly=True) as idx:
         start = time.perf_counter()
         q = _target(idx, rest, embedding_file, row_name, max_samples, image_column, label_column)
-        hits = idx.query(q, k=k, metric=metric, kind=kind, where=where_dict, exact=exact)
+        hits = idx.query(q, k=k, metric=metric, kind=kind, where=where_dict, exact=exact, alpha=alpha)
         seconds = time.perf_counter() - start
     if as_json:
         click.echo(json.dumps({"index": index, "metric": metric, "seconds": seconds,
@@ -443,6 +445,23 @@ def select(args, embedding_file, row_name, max_samples, image_column, label_colu
         click.echo(f"({len(hits)} models, {seconds * 1000:.1f} ms)")
 
 
+@cli.command(name="alpha")
+@click.argument("index")
+@click.argument("value", type=click.FloatRange(min=0), required=False)
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def alpha_cmd(index, value, as_json):
+    """Show INDEX's alpha (the complexity weight of d_asym), or store VALUE."""
+    from .index import TaskIndex
+
+    with TaskIndex.open(index, readonly=value is None) as idx:
+        if value is not None:
+            idx.set_alpha(value)
+        result = {"alpha": idx.alpha, "version": idx.version, "model2vec": idx.info()["model2vec"]}
+    _emit(result, as_json, lambda r: click.echo(f"alpha {r['alpha']:g} (version {r['version']}; "
+                                                f"MODEL2VEC: {r['model2vec']})"))
+
+
 @cli.group(name="model2vec")
 def model2vec_group():
     """Learn model embeddings from observed errors (MODEL2VEC) and judge expert selection."""
@@ -452,19 +471,25 @@ def model2vec_group():
 @click.argument("index")
 @click.argument("errors", type=click.Path())
 @click.option("--seed", type=int, default=0, show_default=True, help="Which tasks are held out for early stopping.")
+@click.option("--holdout", type=float, default=None, help="Share of tasks held out for early stopping (0.2).")
+@click.option("--max-steps", type=int, default=None, help="Most Adam steps (300).")
+@click.option("--patience", type=int, default=None, help="Steps without a better held-out loss before stopping (30).")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def model2vec_fit(index, errors, seed, as_json):
+def model2vec_fit(index, errors, seed, holdout, max_steps, patience, as_json):
     """Fit MODEL2VEC on ERRORS (.csv or .parquet: task, model, error) and store it in INDEX."""
     from .index import TaskIndex
 
+    options = {k: v for k, v in (("holdout", holdout), ("max_steps", max_steps), ("patience", patience))
+               if v is not None}
     with TaskIndex.open(index) as idx:
-        summary = idx.fit_model2vec(errors, seed=seed)
+        summary = idx.fit_model2vec(errors, seed=seed, **options)
         summary["version"] = idx.version
     _emit(summary, as_json, lambda r: click.echo(
-        f"fitted {r['models']} models on {r['tasks']} tasks: held-out loss {r['initial_val_loss']:.4f} -> "
-        f"{r['val_loss']:.4f} (step {r['best_step']} of {r['steps']}), gamma {r['gamma']:.3g}, "
-        f"version {r['version']}"))
+        f"fitted {r['models']} models on {r['tasks'] - r['held_out_tasks']} tasks ({r['held_out_tasks']} held out): "
+        f"held-out loss {r['initial_val_loss']:.4f} -> {r['val_loss']:.4f}, top-1 "
+        f"{r['held_out_top1_before']:.2f} -> {r['held_out_top1_after']:.2f} (step {r['best_step']} of {r['steps']}), "
+        f"gamma {r['gamma']:.3g}, version {r['version']}"))
 
 
 @model2vec_group.command(name="eval")

@@ -27,7 +27,7 @@ def main() -> None:
         print(f"index {info['path']}: {info['tasks']} tasks, {info['models']} experts, {info['probe']} @ {info['image_size']} px, "
               f"{info['method']}")
         start = time.perf_counter()
-        hits = index.query("fashion-footwear", k=5)
+        hits = index.query("fashion-footwear", k=5, kind="task")
         show("nearest to the indexed task 'fashion-footwear'", hits, time.perf_counter() - start)
 
         task = samples.load("fashion-sandal-vs-rest", max_per_class=60, seed=7)  # images the index has not seen
@@ -36,14 +36,14 @@ def main() -> None:
         emb = embed(task, probe, **index.embed_options())
         embedded = time.perf_counter() - start
         start = time.perf_counter()
-        hits = index.query(emb, k=5)
+        hits = index.query(emb, k=5, kind="task")
         show(f"nearest to a new sample of 'fashion-sandal-vs-rest' (embedded in {embedded:.1f} s)", hits,
              time.perf_counter() - start)
         rank = next((i + 1 for i, h in enumerate(hits) if h.name == task.name), None)
         print("  -> the new sample found its own task " + ("first" if rank == 1 else f"at rank {rank}" if rank
                                                             else "nowhere in the top 5"))
         start = time.perf_counter()
-        hits = index.query(emb, k=5, where={"dataset": "mnist"})
+        hits = index.query(emb, k=5, kind="task", where={"dataset": "mnist"})
         show("the same, only MNIST tasks (where dataset=mnist)", hits, time.perf_counter() - start)
         if info["models"]:
             pick_expert(index, emb, task.name)
@@ -55,18 +55,21 @@ def pick_expert(index: TaskIndex, emb, target: str) -> None:
     hits = index.select_model(emb, k=3)
     seconds = time.perf_counter() - start
     print(f"\nbest experts for the new sample ({seconds * 1000:.1f} ms, ranked by {hits[0].ranked_by})")
+    width = max(len(h.name) for h in hits)
+    print(f"  {'expert':{width}s} {'score':>8s}  trained on")
     for h in hits:
-        print(f"  {h.name:36s} {h.distance:8.4f}  trained on {h.metadata.get('source_task')}")
+        print(f"  {h.name:{width}s} {h.distance:8.4f}  {h.metadata.get('source_task')}")
     if ERRORS.is_file():
         import pandas as pd
 
         errors = pd.read_csv(ERRORS)
-        mine = errors[errors["task"] == target].sort_values("error").reset_index(drop=True)
-        rank = mine.index[mine["model"] == hits[0].name]
-        if len(rank):
-            print(f"  -> {hits[0].name} is number {rank[0] + 1} of {len(mine)} experts on {target} by the test error "
-                  f"measured in tools/meta_benchmark.py ({mine.at[rank[0], 'error']:.3f}; the best "
-                  f"{mine.at[0, 'model']}: {mine.at[0, 'error']:.3f})")
+        mine = errors[errors["task"] == target].set_index("model")["error"]
+        if hits[0].name in mine.index:
+            rank = int(mine.rank(method="min")[hits[0].name])  # ties share the better rank
+            print(f"  -> {hits[0].name} is number {rank} of {len(mine)} experts on {target} by the test error "
+                  f"measured in tools/meta_benchmark.py ({mine[hits[0].name]:.3f}; the best, {mine.idxmin()}: "
+                  f"{mine.min():.3f}). That task's errors are among those the fit learned from: "
+                  "tools/meta_benchmark.py measures picks for tasks left out of the fit.")
 
 
 if __name__ == "__main__":

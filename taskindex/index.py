@@ -376,6 +376,8 @@ class TaskIndex:
                     raise TaskIndexError(f"metadata {k!r} of row {name!r} is a {t} but other rows hold {known}s: "
                                          "use one type per key (convert the value or choose another key)")
             self._check_embedding(emb)
+            if kind == "model" and emb.meta.get("task") and "source_task" not in meta:
+                meta = {**meta, "source_task": str(emb.meta["task"])}  # what leave-one-out never picks it for
             seen.add(name)
             batch.append((name, emb, kind, meta))
         if not batch and not (only and len(self)):
@@ -428,8 +430,6 @@ class TaskIndex:
             meta.setdefault("source_task", source)
         elif isinstance(source, Embedding):
             emb = source
-            if source.meta.get("task"):
-                meta.setdefault("source_task", str(source.meta["task"]))
         elif source is None:
             emb = Embedding(self.prior.copy(), self.prior, self.layout, {**self.space, "task": None})
         else:
@@ -442,7 +442,7 @@ class TaskIndex:
         return float(self.manifest.get("alpha", distance.ALPHA))
 
     def set_alpha(self, alpha: float) -> None:
-        """Store a new alpha (one commit). A MODEL2VEC fit keeps the alpha it learned with: refit after this."""
+        """Store a new alpha (one commit). Fitted models keep the alpha of their MODEL2VEC fit until the next fit."""
         self._writable()
         manifest = json.loads(json.dumps(self.manifest))
         manifest["alpha"] = self._alpha(alpha, default=False)
@@ -474,7 +474,8 @@ class TaskIndex:
         """The k model rows best suited to `query` (Embedding, Task or row name), best first.
 
         Ranked by d_asym(m_j -> query); m_j is the MODEL2VEC embedding where a fit covers the model
-        (hit.ranked_by 'model2vec'), else the model's source embedding ('asym').
+        (hit.ranked_by 'model2vec', scored with the fit's alpha), else the model's source embedding ('asym',
+        scored with `alpha` or the index's).
         """
         from . import selection
 
@@ -486,9 +487,11 @@ class TaskIndex:
         if len(rows) == 0:
             return []
         names = self._rows["name"].iloc[rows].tolist()
-        m, fitted = selection.fitted_vectors(self._gather(rows), names, self._ids[rows], self.manifest.get(
-            "model2vec"), self._theta)
-        score = selection.scores(emb.vector, m, self.prior, alpha)
+        fit = self.manifest.get("model2vec")
+        m, fitted = selection.fitted_vectors(self._gather(rows), names, self._ids[rows], fit, self._theta)
+        # a fitted model is scored with the alpha its bias was learned for; the others with this call's
+        alphas = np.where(fitted, fit["alpha"] if fit else alpha, alpha)
+        score = distance.one_to_many(emb.vector, m) - alphas * np.atleast_1d(distance.complexity(m, self.prior))
         top = np.argsort(score, kind="stable")[:k]
         return [Hit(names[t], "model", float(score[t]), float(distance.complexity(m[t], self.prior)),
                     self.metadata(int(rows[t])), "model2vec" if fitted[t] else "asym") for t in top]
@@ -509,6 +512,7 @@ class TaskIndex:
         from . import model2vec
 
         self._writable()
+        model2vec.check_options(options)
         tasks, models, err, tv, mv, _ = self._selection_inputs(errors)
         f = model2vec.fit(tv, mv, err, self.prior, self.alpha, models, seed=seed, **options)
         manifest = json.loads(json.dumps(self.manifest))
@@ -525,8 +529,9 @@ class TaskIndex:
 
         exclude: {task: [models]} never picked for that task, beside the model trained on it.
         """
-        from . import selection
+        from . import model2vec, selection
 
+        model2vec.check_options(options)
         tasks, models, err, tv, mv, sources = self._selection_inputs(errors)
         return selection.evaluate(tasks, models, err, tv, mv, self.prior, self.alpha, sources, seed=seed,
                                   fit_options=options, exclude=exclude, progress=progress)
@@ -688,6 +693,15 @@ class TaskIndex:
 
     # --- checking ------------------------------------------------------------------------------
 
+    def _fit_coverage(self) -> str:
+        """How many of the fitted models are still the rows they were fitted on (a rebuild replaces them all)."""
+        fit = self.manifest.get("model2vec")
+        if fit is None:
+            return "none"
+        live = sum(n in self._by_name and int(self._ids[self._by_name[n]]) == i
+                   for n, i in zip(fit["models"], fit["ids"]))
+        return f"{live} of {len(fit['models'])} fitted models live, alpha {fit['alpha']:g}, {fit['created']}"
+
     def verify(self) -> list[str]:
         """Hash every file of the committed version; returns the problems found (empty: all good)."""
         return verify(self._store.root)
@@ -699,8 +713,7 @@ class TaskIndex:
                 **self.space, "segments": len(self.manifest["segments"]),
                 "deleted_rows": len(self.manifest["deleted"]),
                 "candidates": self._candidates.kind if self._candidates is not None else "exact",
-                "alpha": self.alpha, "model2vec": "none" if self._theta is None else
-                f"{len(self.manifest['model2vec']['models'])} models, {self.manifest['model2vec']['created']}",
+                "alpha": self.alpha, "model2vec": self._fit_coverage(),
                 "created": self.manifest["created"]}
 
 

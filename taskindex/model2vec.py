@@ -24,6 +24,14 @@ WEIGHT_DECAY = 5e-4
 HOLDOUT = 0.2         # share of tasks held out for early stopping
 MIN_TASKS = 4         # 3 to fit, 1 to stop on
 COLUMNS = ("task", "model", "error")
+OPTIONS = ("alpha_s", "lr", "weight_decay", "max_steps", "patience", "holdout")
+
+
+def check_options(options: dict) -> None:
+    """Refuse fit options that `fit` does not take, naming the ones it does."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TaskIndexError(f"unknown MODEL2VEC option(s) {', '.join(unknown)}: use {', '.join(OPTIONS)}")
 
 
 def read_errors(errors) -> pd.DataFrame:
@@ -64,15 +72,15 @@ def error_matrix(table: pd.DataFrame, tasks, models) -> tuple[list[str], list[st
         r = dup.iloc[0]
         times = int(((dup["task"] == r["task"]) & (dup["model"] == r["model"])).sum())
         raise TaskIndexError(f"({r['task']!r}, {r['model']!r}) appears {times} times: give one error per "
-                             "(task, model), e.g. table.groupby(['task', 'model'], as_index=False).error.mean()")
+                             "(task, model), e.g. the mean of the repeats")
     unknown_t = sorted(set(table["task"]) - set(tasks))
     if unknown_t:
         raise TaskIndexError(f"errors table names {len(unknown_t)} task(s) that are not task rows of the index "
-                             f"(e.g. {unknown_t[:3]}): add them with `taskindex add` or drop their rows")
+                             f"(e.g. {', '.join(unknown_t[:3])}): add them with `taskindex add` or drop their rows")
     unknown_m = sorted(set(table["model"]) - set(models))
     if unknown_m:
         raise TaskIndexError(f"errors table names {len(unknown_m)} model(s) that are not model rows of the index "
-                             f"(e.g. {unknown_m[:3]}): add them with add_model / `taskindex add --kind model`")
+                             f"(e.g. {', '.join(unknown_m[:3])}): add them with add_model / `taskindex add --kind model`")
     task_names = sorted(set(table["task"]))
     model_names = sorted(set(table["model"]))
     if len(model_names) < 2:
@@ -87,7 +95,7 @@ def error_matrix(table: pd.DataFrame, tasks, models) -> tuple[list[str], list[st
     if len(holes):
         t, m = holes[0]
         raise TaskIndexError(f"errors table has no error for ({task_names[t]!r}, {model_names[m]!r}) and "
-                             f"{len(holes) - 1} other pair(s): every task needs an error for every model it names")
+                             f"{len(holes) - 1} other pair(s): every task needs an error for every model the table names")
     return task_names, model_names, wide.to_numpy(np.float64)
 
 
@@ -176,10 +184,18 @@ def fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, pr
     """Learn theta and gamma by soft-label cross-entropy, full-batch Adam, early stopping on held-out tasks."""
     import torch
 
+    for key, value, ok in (("alpha_s", alpha_s, alpha_s > 0), ("lr", lr, lr > 0), ("weight_decay", weight_decay,
+                           weight_decay >= 0), ("max_steps", max_steps, max_steps >= 1),
+                           ("patience", patience, patience >= 1), ("holdout", holdout, 0 < holdout < 1)):
+        if not ok:
+            raise TaskIndexError(f"MODEL2VEC option {key}={value!r} is out of range: alpha_s, lr > 0; "
+                                 "weight_decay >= 0; max_steps, patience >= 1; 0 < holdout < 1")
     start = time.perf_counter()
     n = len(task_vectors)
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(holdout * n)))
+    if n - n_val < 2:
+        raise TaskIndexError(f"holdout={holdout} leaves {n - n_val} of {n} tasks to fit on: lower it (at least 2)")
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     asym = _Asym(torch.as_tensor(np.log(task_vectors), dtype=torch.float32),
                  torch.as_tensor(np.log(prior), dtype=torch.float32), alpha)
@@ -214,12 +230,19 @@ def fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, pr
         "tasks": int(n), "models": len(models), "held_out_tasks": int(n_val), "steps": int(step),
         "best_step": int(best_step), "initial_train_loss": first_train, "initial_val_loss": first_val,
         "train_loss": _loss(d_fit[train], target[train], torch.tensor(lg))[0], "val_loss": val_loss,
-        "gamma": float(np.exp(lg)), "top1_before": float(np.mean(d0.numpy().argmin(1) == err.argmin(1))),
-        "top1_after": float(np.mean(d_fit.numpy().argmin(1) == err.argmin(1))),
+        "gamma": float(np.exp(lg)), "top1_before": top1(d0.numpy(), err), "top1_after": top1(d_fit.numpy(), err),
+        "held_out_top1_before": top1(d0.numpy()[val], err[val]),
+        "held_out_top1_after": top1(d_fit.numpy()[val], err[val]),
         "alpha_s": alpha_s, "lr": lr, "weight_decay": weight_decay, "seed": seed,
         "seconds": round(time.perf_counter() - start, 3),
     }
     return Fit(list(models), theta.numpy().astype(np.float32), float(np.exp(lg)), float(alpha), summary)
+
+
+def top1(scores: np.ndarray, err: np.ndarray) -> float:
+    """Share of tasks whose lowest-scored model has the lowest error (a tie with the best counts as a hit)."""
+    picked = err[np.arange(len(err)), np.asarray(scores).argmin(1)]
+    return float(np.mean(picked <= err.min(1) + 1e-12))
 
 
 def _initial_gamma(d: np.ndarray, target: np.ndarray) -> float:

@@ -105,7 +105,8 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
         bad = {f["name"] for f in failed}
         by_name = {r.name: r for r in rows}
         made = [(r, by_name[r.source_task] if r.source_task else r) for r in rows]
-        items = [(r.name, Embedding.load(stage / f"{src.digest()}.emb"), r.kind, r.metadata)
+        items = [(r.name, Embedding.load(stage / f"{src.digest()}.emb"), r.kind,
+                  {**r.metadata, "source_task": r.source_task} if r.source_task else r.metadata)
                  for r, src in made if src.name not in bad]
         if items:
             idx.add_many(items, only=True)

@@ -19,12 +19,6 @@ from . import distance, model2vec
 from .errors import TaskIndexError
 
 
-def scores(query: np.ndarray, models: np.ndarray, prior: np.ndarray, alpha: float) -> np.ndarray:
-    """d_asym(model_j -> query), exact float64."""
-    m = np.asarray(models, np.float64)
-    return distance.one_to_many(query, m) - alpha * np.atleast_1d(distance.complexity(m, prior))
-
-
 def fitted_vectors(vectors: np.ndarray, names: list[str], ids: np.ndarray, fit: dict | None,
                    theta: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """m_j for the models a fit covers (same name and row id as when fitted), v_j for the rest; and which."""
@@ -73,16 +67,17 @@ def evaluate(tasks: list[str], models: list[str], err: np.ndarray, task_vectors:
         if not allowed.any():
             raise TaskIndexError(f"every model is excluded for task {tasks[i]!r}: leave at least one to choose")
         others = np.array([t for t in range(n) if t != i])
-        sc["asym"][i, allowed] = scores(task_vectors[i], model_vectors[allowed], prior, alpha)
+        sc["asym"][i, allowed] = distance.asym_to_target(model_vectors[allowed], task_vectors[i], alpha, prior)
         f = model2vec.fit(task_vectors[others], model_vectors, err[others], prior, alpha, models, seed=seed,
                           **(fit_options or {}))
         m = model_vectors.astype(np.float64) * np.exp(f.theta.astype(np.float64))
-        sc["model2vec"][i, allowed] = scores(task_vectors[i], m[allowed], prior, alpha)
+        sc["model2vec"][i, allowed] = distance.asym_to_target(m[allowed], task_vectors[i], alpha, prior)
         row = {"task": tasks[i], "optimal_model": models[int(np.nanargmin(np.where(allowed, err[i], np.nan)))],
                "optimal_error": float(err[i, allowed].min()), "chance_error": float(err[i, allowed].mean())}
         for method, s in sc.items():
             j = int(np.nanargmin(s[i]))
             row[f"{method}_model"], row[f"{method}_error"] = models[j], float(err[i, j])
+            row[f"{method}_best"] = bool(err[i, j] <= row["optimal_error"] + 1e-12)  # ties with the best count
         records.append(row)
     per_task = pd.DataFrame(records)
     opt = per_task["optimal_error"].mean()
@@ -92,5 +87,5 @@ def evaluate(tasks: list[str], models: list[str], err: np.ndarray, task_vectors:
         summary[f"{method}_error"] = mean
         summary[f"{method}_relative_increase"] = float(mean / opt - 1) if opt > 0 else float("nan")
         if method != "chance":
-            summary[f"{method}_top1"] = float((per_task[f"{method}_model"] == per_task["optimal_model"]).mean())
+            summary[f"{method}_top1"] = float(per_task[f"{method}_best"].mean())
     return SelectionReport(per_task, summary, sc)

@@ -74,6 +74,7 @@ def test_a_model_row_takes_the_embedding_of_its_source_task(tmp_path):
     with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
         assert idx.names(kind="model") == ["expert"]
         assert np.array_equal(idx.get("expert")[0].vector, idx.get(SAMPLES[1])[0].vector)
+        assert idx.get("expert")[1]["source_task"] == SAMPLES[1]  # leave-one-out never picks it for that task
 
 
 def test_broken_rows_are_reported_and_the_others_finish(tmp_path):

@@ -309,7 +309,7 @@ def test_fit_persists_across_reopen_and_compact(tmp_path, tiny_probe):
     theta = tmp_path / "i" / "data" / idx.manifest["model2vec"]["theta"]["name"]
     assert theta.is_file()
     assert idx.model2vec == fit and key(idx.select_model("q")) == hits
-    assert json.loads(json.dumps(idx.info()))["model2vec"].startswith("3 models")
+    assert json.loads(json.dumps(idx.info()))["model2vec"].startswith("3 of 3 fitted models live")
     idx.close()
     with TaskIndex.open(tmp_path / "i", readonly=True) as again:
         assert again.model2vec == fit and key(again.select_model("q")) == hits and again.verify() == []
@@ -433,11 +433,11 @@ def test_bad_errors_tables_are_one_line_errors(tmp_path, tiny_probe):
     junk.write_bytes(b"not parquet at all")
     cases = [
         (pd.concat([good, pd.DataFrame([("nope", "m0", 0.1)], columns=good.columns)]),
-         r"names 1 task\(s\) that are not task rows of the index \(e\.g\. \['nope'\]\)"),
+         r"names 1 task\(s\) that are not task rows of the index \(e\.g\. nope\)"),
         (pd.concat([good, pd.DataFrame([("t0", "ghost", 0.1)], columns=good.columns)]),
-         r"names 1 model\(s\) that are not model rows .*\['ghost'\].*add_model"),
+         r"names 1 model\(s\) that are not model rows .*\(e\.g\. ghost\).*add_model"),
         (pd.concat([good, pd.DataFrame([("m0", "m1", 0.1)], columns=good.columns)]),
-         r"task\(s\) that are not task rows .*\['m0'\]"),  # a model row named as a task
+         r"task\(s\) that are not task rows .*\(e\.g\. m0\)"),  # a model row named as a task
         (good.drop(index=5), r"no error for \('t1', 'm2'\)"),
         (with_error(0, np.nan), r"error for \('t0', 'm0'\) is nan: errors must be finite numbers >= 0"),
         (with_error(4, -0.5), r"error for \('t1', 'm1'\) is -0\.5: errors must be finite numbers >= 0"),
@@ -617,3 +617,50 @@ def test_model2vec_gradient_equals_autograd_of_the_same_loss():
     assert torch.allclose(d, ref.detach(), atol=1e-12)
     (ref[rows] * g).sum().backward()
     assert torch.allclose(hand, x.grad, rtol=1e-8, atol=1e-10)
+
+
+def test_fitted_models_keep_the_alpha_of_their_fit(tmp_path, tiny_probe):
+    idx, vec = small_index(tmp_path, tiny_probe, n_tasks=6)
+    for m in ("m0", "m1"):
+        idx.add_model(m, "t" + m[1])
+    idx.fit_model2vec(error_table([f"t{i}" for i in range(6)], ["m0", "m1"]))
+    idx.add_model("late", "t2")  # after the fit: scored with the call's alpha
+    fitted = {h.name: h.distance for h in idx.select_model("q", alpha=0.15) if h.ranked_by == "model2vec"}
+    moved = {h.name: h.distance for h in idx.select_model("q", alpha=2.0)}
+    for name, score in fitted.items():
+        assert moved[name] == pytest.approx(score, abs=1e-12)
+    assert moved["late"] == pytest.approx(hand_asym(vec["q"], vec["t2"], idx.prior, 2.0), abs=1e-9)
+    assert idx.info()["model2vec"].startswith("2 of 2 fitted models live")
+    idx.add_model("m1", "t3", replace=True)  # a replaced model is no longer the row the fit learned
+    assert idx.info()["model2vec"].startswith("1 of 2 fitted models live")
+
+
+def test_fit_options_are_checked(tmp_path, tiny_probe):
+    idx, _ = small_index(tmp_path, tiny_probe, n_tasks=6)
+    idx.add_model("m0", "t0")
+    idx.add_model("m1", "t1")
+    table = error_table([f"t{i}" for i in range(6)], ["m0", "m1"])
+    version = idx.version
+    for options, pattern in (({"epochs": 3}, "unknown MODEL2VEC option"), ({"holdout": 1.0}, "holdout=1.0"),
+                             ({"holdout": 0.9}, "leaves 1 of 6 tasks"), ({"lr": 0}, "lr=0"),
+                             ({"max_steps": 0}, "max_steps=0")):
+        with pytest.raises(TaskIndexError, match=pattern):
+            idx.fit_model2vec(table, **options)
+    assert idx.version == version and idx.model2vec is None
+
+
+def test_cli_alpha_shows_and_stores_the_index_alpha(tmp_path, tiny_probe):
+    from click.testing import CliRunner
+
+    from taskindex.cli import cli
+
+    idx, _ = small_index(tmp_path, tiny_probe)
+    idx.close()
+    r = CliRunner()
+    out = r.invoke(cli, ["alpha", str(tmp_path / "i"), "--json"])
+    assert out.exit_code == 0 and json.loads(out.output)["alpha"] == 0.15
+    out = r.invoke(cli, ["alpha", str(tmp_path / "i"), "0.4", "--json"])
+    assert out.exit_code == 0, out.output
+    with TaskIndex.open(tmp_path / "i", readonly=True) as again:
+        assert again.alpha == 0.4
+    assert r.invoke(cli, ["alpha", str(tmp_path / "i"), "-1"]).exit_code == 2

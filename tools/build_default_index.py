@@ -35,11 +35,13 @@ def add_experts(path: Path, cache: Path = CACHE) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import meta_benchmark
 
+    if not ERRORS.is_file():  # before anything changes
+        raise SystemExit(f"{ERRORS} is missing: run tools/meta_benchmark.py --errors-out {ERRORS} first")
+    errors = pd.read_csv(ERRORS)
     with TaskIndex.open(path) as index:
         for name, emb, meta in meta_benchmark.expert_rows(cache, index, progress=True):
             meta["weights"] = "not shipped: tools/expert_zoo.py trains it" if emb is not None else "imagenet"
             index.add_model(name, emb, metadata=meta, replace=True)
-        errors = pd.read_csv(ERRORS)
         summary = index.fit_model2vec(errors)
         print(f"MODEL2VEC: held-out loss {summary['initial_val_loss']:.4f} -> {summary['val_loss']:.4f}",
               file=sys.stderr)

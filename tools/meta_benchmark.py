@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expert_zoo  # noqa: E402
 from taskindex import Embedding, TaskIndex, embed  # noqa: E402
 from taskindex.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator  # noqa: E402
-from taskindex.selection import scores as asym_scores  # noqa: E402
+from taskindex.distance import one_to_many  # noqa: E402
 
 SOURCE_PER_CLASS = 100  # images per class of an expert's source task that TASK2VEC sees (as the shipped index)
 METHODS = ("chance", "imagenet", "task2vec", "asym", "model2vec", "logme")
@@ -126,7 +126,7 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, progre
         optimal.append(e.min())
         q = idx.get(t)[0]
         candidates = {
-            "task2vec": asym_scores(q.vector, vectors[allowed], idx.prior, 0.0),
+            "task2vec": one_to_many(q.vector, vectors[allowed]),
             "asym": report.scores["asym"][i, allowed],
             "model2vec": report.scores["model2vec"][i, allowed],
             "logme": -logme[i, allowed],
@@ -167,7 +167,7 @@ def timing(root: Path, idx: TaskIndex, image_size: int, quick: bool, n_targets: 
     rows = []
     for t in picked:
         start = time.perf_counter()
-        emb = embed(t.train, probe, progress=False, **idx.embed_options())
+        emb = embed(t.train, probe, progress=False, threads=torch.get_num_threads(), **idx.embed_options())
         embedded = time.perf_counter()
         idx.select_model(emb, k=1)
         selected = time.perf_counter()

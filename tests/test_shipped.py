@@ -1,0 +1,44 @@
+"""The shipped index (index_data/) and `make demo`: what a new user sees first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from taskindex import TaskIndex
+from taskindex.cli import default_index_path
+from taskindex.index import verify
+
+ERRORS = Path(__file__).resolve().parent.parent / "tools" / "expert_errors.csv"
+
+
+def test_shipped_index_holds_the_benchmark_experts_and_their_fit():
+    assert verify(default_index_path()) == []
+    with TaskIndex.open(default_index_path(), readonly=True) as index:
+        frame = index.to_pandas()
+        models = frame[frame["kind"] == "model"]
+        tasks = set(frame.loc[frame["kind"] == "task", "name"])
+        errors = pd.read_csv(ERRORS)
+        assert set(models["name"]) == set(errors["model"]) and len(models) >= 13
+        # every expert names what it was trained on: a task of the index, or ImageNet (the black box)
+        assert set(models["source_task"]) - tasks == {"imagenet"}
+        assert set(errors["task"]) <= tasks
+        fit = index.model2vec
+        assert fit is not None and sorted(fit["models"]) == sorted(models["name"])
+        assert fit["summary"]["val_loss"] < fit["summary"]["initial_val_loss"]
+        hits = index.select_model("fashion-footwear", k=3)
+        assert [h.ranked_by for h in hits] == ["model2vec"] * 3
+        assert all(h.kind == "model" for h in hits)
+
+
+@pytest.mark.slow
+def test_demo_finds_the_fresh_task_and_picks_an_expert(capsys):
+    from taskindex import demo
+
+    demo.main()
+    out = capsys.readouterr().out
+    assert "the new sample found its own task first" in out
+    assert "best experts for the new sample" in out and "ranked by model2vec" in out
+    assert "experts on fashion-sandal-vs-rest by the test error" in out

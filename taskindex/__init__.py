@@ -15,7 +15,7 @@ _EXPORTS = {
     "TaskError": "errors", "ProbeError": "errors", "EmbeddingFileError": "errors",
     "IncompatibleEmbeddingsError": "errors", "IndexCorruptError": "errors", "IndexLockedError": "errors",
     "IndexUsageError": "errors", "ManifestError": "errors", "rebuild": "rebuilds", "read_manifest": "manifest",
-    "samples": None, "distance": None,
+    "samples": None, "distance": None, "plots": None,
 }
 
 __all__ = sorted(_EXPORTS)

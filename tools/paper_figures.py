@@ -1,0 +1,114 @@
+"""The paper's claims about what the embedding captures, measured on the shipped index (work in progress).
+
+    .venv/bin/python tools/paper_figures.py [--index index_data] [--out figures] [--permutations 1000]
+
+Claim 1, semantic structure (paper Fig. 2 left and centre): hierarchical clustering of d_sym between
+the task rows recovers their known grouping (the dataset; the semantic family inside it), scored by
+the adjusted Rand index against the same score for randomly permuted labels; and the semantic
+distance of a task's k nearest tasks by d_sym stays below that of k random tasks. The semantic
+distance of two tasks: 0 in the same family of the same dataset, 1 same dataset only, 2 otherwise.
+Rows NAME@N (another sample size of task NAME) are left out, so no task meets its own copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from taskindex import TaskIndex, distance, plots
+
+# the semantic families of the named sample tasks (taskindex.samples), after the classes they are about:
+# footwear and upper-body garments; digits drawn with loops (0 6 8 9) and with straight strokes (1 4 7)
+FAMILIES = {
+    "fashion-mnist": {"footwear": ("fashion-footwear", "fashion-sandal-vs-rest", "fashion-sneaker-vs-rest",
+                                   "fashion-ankle-boot-vs-rest"),
+                      "tops": ("fashion-tops", "fashion-tshirt-vs-rest", "fashion-pullover-vs-rest",
+                               "fashion-coat-vs-rest", "fashion-shirt-vs-rest")},
+    **{dataset: {"round": (f"{dataset}-round", *(f"{dataset}-{d}-vs-rest" for d in (0, 6, 8, 9))),
+                 "straight": (f"{dataset}-straight", *(f"{dataset}-{d}-vs-rest" for d in (1, 4, 7)))}
+       for dataset in ("mnist", "digits")},
+}
+
+
+def family(name: str, dataset: str) -> str:
+    for fam, members in FAMILIES.get(dataset, {}).items():
+        if name in members:
+            return f"{dataset}/{fam}"
+    return f"{dataset}/other"
+
+
+def semantic_structure(index: TaskIndex, permutations: int = 1000, seed: int = 0) -> dict:
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+    from sklearn.metrics import adjusted_rand_score
+
+    frame = index.to_pandas()
+    frame = frame[(frame["kind"] == "task") & ~frame["name"].str.contains("@")].reset_index(drop=True)
+    names = frame["name"].tolist()
+    datasets = frame["dataset"].astype(str).to_numpy()
+    families = np.array([family(n, d) for n, d in zip(names, datasets)])
+    d = distance.pairwise(index.vectors(names))
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    tree = linkage(squareform(d, checks=False), method="average")
+    rng = np.random.default_rng(seed)
+    out = {"tasks": len(names)}
+    for label, truth in (("dataset", datasets), ("family", families)):
+        k = len(set(truth))
+        found = fcluster(tree, k, criterion="maxclust")
+        ari = adjusted_rand_score(truth, found)
+        null = np.array([adjusted_rand_score(rng.permutation(truth), found) for _ in range(permutations)])
+        out[label] = {"groups": k, "ari": float(ari), "random_mean": float(null.mean()),
+                      "random_p95": float(np.quantile(null, 0.95)), "p_value": float((null >= ari).mean())}
+    sem = np.where(families[:, None] == families[None, :], 0, np.where(datasets[:, None] == datasets[None, :], 1, 2))
+    order = np.argsort(d + np.eye(len(d)) * 9, axis=1)[:, :-1]  # nearest first, itself last (dropped)
+    ks = list(range(1, min(16, len(names) - 1) + 1))
+    near = [float(np.mean([sem[i, order[i, :k]].mean() for i in range(len(d))])) for k in ks]
+    off = sem[~np.eye(len(d), dtype=bool)].reshape(len(d), -1)
+    random = float(off.mean())  # the expected semantic distance of a random other task, for every k
+    out["neighbours"] = {"k": ks, "nearest": near, "random": random}
+    return out
+
+
+def neighbour_figure(result: dict):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.add_subplot()
+    nb = result["neighbours"]
+    ax.plot(nb["k"], nb["nearest"], "o-", label="k nearest by d_sym")
+    ax.axhline(nb["random"], color="0.4", ls="--", label="k random tasks (expected)")
+    ax.set_xlabel("k")
+    ax.set_ylabel("mean semantic distance (0 same family, 1 same dataset, 2 other)")
+    ax.set_title(f"{result['tasks']} shipped tasks: neighbours by d_sym are semantically close", fontsize=10)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--index", default=str(Path(__file__).resolve().parent.parent / "index_data"))
+    ap.add_argument("--out", default=None, help="folder for the PNG figures (none: numbers only)")
+    ap.add_argument("--permutations", type=int, default=1000)
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    with TaskIndex.open(args.index, readonly=True) as index:
+        result = semantic_structure(index, args.permutations)
+        if args.out:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            plots.save(neighbour_figure(result), out / "neighbours.png")
+            plots.save(plots.plot_matrix(index, color_by="dataset", where=None), out / "matrix.png")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

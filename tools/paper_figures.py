@@ -8,6 +8,10 @@ the adjusted Rand index against the same score for randomly permuted labels; and
 distance of a task's k nearest tasks by d_sym stays below that of k random tasks. The semantic
 distance of two tasks: 0 in the same family of the same dataset, 1 same dataset only, 2 otherwise.
 Rows NAME@N (another sample size of task NAME) are left out, so no task meets its own copy.
+
+Claim 3, difficulty (Fig. 2 right): complexity and the norm of the Fisher correlate with the test error
+of a linear classifier on the probe's features (Spearman). Claims 2, 4, 5 and 6 of the issue are not
+measured here yet.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from taskindex import TaskIndex, distance, plots
+
+ERRORS = Path(__file__).with_name("expert_errors.csv")  # tools/meta_benchmark.py --errors-out
 
 # the semantic families of the named sample tasks (taskindex.samples), after the classes they are about:
 # footwear and upper-body garments; digits drawn with loops (0 6 8 9) and with straight strokes (1 4 7)
@@ -75,6 +81,38 @@ def semantic_structure(index: TaskIndex, permutations: int = 1000, seed: int = 0
     return out
 
 
+def difficulty(index: TaskIndex, errors: Path = ERRORS) -> dict:
+    """Claim 3 (Fig. 2 right): complexity and the Fisher norm against the test error of a linear classifier
+    on the probe's own features (the 'imagenet' expert of the selection benchmark: the same network and
+    image size), over the named tasks. The errors come from other images of the same tasks (pool B)."""
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    err = pd.read_csv(errors)
+    err = err[err["model"] == "imagenet"].set_index("task")["error"]
+    frame = index.to_pandas().set_index("name")
+    names = [n for n in err.index if n in frame.index and frame.at[n, "kind"] == "task"]
+    cx = frame.loc[names, "complexity"].to_numpy(np.float64)
+    norm = np.array([np.linalg.norm(index.get(n)[0].fisher) for n in names])
+    e = err[names].to_numpy(np.float64)
+    return {"tasks": len(names), "spearman_complexity": float(spearmanr(cx, e)[0]),
+            "spearman_norm": float(spearmanr(norm, e)[0]), "names": names, "complexity": cx.tolist(),
+            "error": e.tolist()}
+
+
+def difficulty_figure(result: dict):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.add_subplot()
+    ax.scatter(result["error"], result["complexity"], s=30, edgecolors="0.2", linewidths=0.4)
+    ax.set_xlabel("test error of a linear classifier on the probe's features")
+    ax.set_ylabel("complexity  d_sym(t, t0)")
+    ax.set_title(f"{result['tasks']} tasks: Spearman {result['spearman_complexity']:.2f}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def neighbour_figure(result: dict):
     from matplotlib.figure import Figure
 
@@ -99,11 +137,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     start = time.perf_counter()
     with TaskIndex.open(args.index, readonly=True) as index:
-        result = semantic_structure(index, args.permutations)
+        result = {"semantic_structure": semantic_structure(index, args.permutations),
+                  "difficulty": difficulty(index)}
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
-            plots.save(neighbour_figure(result), out / "neighbours.png")
+            plots.save(neighbour_figure(result["semantic_structure"]), out / "neighbours.png")
+            plots.save(difficulty_figure(result["difficulty"]), out / "difficulty.png")
             plots.save(plots.plot_matrix(index, color_by="dataset", where=None), out / "matrix.png")
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=1))

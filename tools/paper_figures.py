@@ -10,8 +10,10 @@ distance of two tasks: 0 in the same family of the same dataset, 1 same dataset 
 Rows NAME@N (another sample size of task NAME) are left out, so no task meets its own copy.
 
 Claim 3, difficulty (Fig. 2 right): complexity and the norm of the Fisher correlate with the test error
-of a linear classifier on the probe's features (Spearman). Claims 2, 4, 5 and 6 of the issue are not
-measured here yet.
+of a linear classifier on the probe's features (Spearman). Claim 2, domain vs task (Fig. 1): class-vs-rest tasks of one dataset, on independent draws of its images,
+are told apart by TASK2VEC but not by a domain embedding (the mean of the probe's features).
+Claim 5, invariances: renamed classes give the same embedding; another number of classes the same size.
+Claims 4 (sample size) and 6 (the toy setting of supp. 5) of the issue are not measured here yet.
 """
 
 from __future__ import annotations
@@ -113,6 +115,64 @@ def difficulty_figure(result: dict):
     return fig
 
 
+def vs_rest_tasks(dataset: str, n: int, seed: int) -> list:
+    """Class-vs-rest tasks of one dataset, each on its own uniform draw of n images: one image
+    distribution (the domain) for all of them, only the labels differ."""
+    from taskindex import Task, samples
+
+    images, labels = samples.arrays(dataset)
+    rng = np.random.default_rng(seed)
+    tasks = []
+    for c in np.unique(labels):
+        pick = rng.choice(len(labels), n, replace=False)
+        tasks.append(Task.from_arrays(images[pick], (labels[pick] == c).astype(int), name=f"{dataset}-{c}-vs-rest"))
+    return tasks
+
+
+def domain_vs_task(probe, dataset: str = "fashion-mnist", n: int = 200, seed: int = 0, **embed_options) -> dict:
+    """Claim 2 (Fig. 1): class-vs-rest tasks share their images' domain. Two independent samples of each;
+    each second sample is looked up among the first samples by d_sym of TASK2VEC and by the cosine distance
+    of a domain embedding (the mean of the probe's features over the images). P@1 1.0 = every task found."""
+    import torch
+
+    from taskindex import embed
+
+    first, second = vs_rest_tasks(dataset, n, 2 * seed), vs_rest_tasks(dataset, n, 2 * seed + 1)
+
+    def domain(task):
+        with torch.no_grad():
+            x = probe.normalize(task.load(np.arange(len(task)), probe.image_size))
+            return probe.backbone(x).mean(0).double().numpy()
+
+    t2v = [[embed(t, probe, progress=False, **embed_options).vector for t in group] for group in (first, second)]
+    dom = [[domain(t) for t in group] for group in (first, second)]
+    d_t2v = distance.pairwise(np.stack(t2v[1]), np.stack(t2v[0]))
+    a, b = np.stack(dom[1]), np.stack(dom[0])
+    d_dom = 1 - (a @ b.T) / np.outer(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1))
+    out = {"dataset": dataset, "tasks": len(first), "images": n, "seed": seed}
+    for label, d in (("task2vec", d_t2v), ("domain", d_dom)):
+        off = d[~np.eye(len(d), dtype=bool)]
+        out[label] = {"p_at_1": float(np.mean(d.argmin(1) == np.arange(len(d)))),
+                      "same_over_other": float(np.diag(d).mean() / off.mean())}
+    return out
+
+
+def invariances(probe, **embed_options) -> dict:
+    """Claim 5: renaming the classes leaves the embedding bit-identical; another number of classes keeps
+    its dimension (one value per filter, whatever the task)."""
+    from taskindex import Task, embed, samples
+
+    task = samples.load("mnist-round", max_per_class=25)
+    perm = np.array([2, 0, 3, 1])
+    images = task.load(np.arange(len(task)), 28)
+    renamed = Task.from_arrays(images, perm[task.labels], name="renamed")
+    merged = Task.from_arrays(images, (task.labels >= 2).astype(int), name="merged")
+    a, b, c = (embed(t, probe, progress=False, **embed_options) for t in (task, renamed, merged))
+    return {"max_abs_difference_renamed": float(np.abs(a.vector - b.vector).max()),
+            "dims": [a.dim, c.dim], "classes": [task.n_classes, merged.n_classes],
+            "d_sym_merged": distance.d_sym(a, c)}
+
+
 def neighbour_figure(result: dict):
     from matplotlib.figure import Figure
 
@@ -139,6 +199,9 @@ def main(argv=None) -> int:
     with TaskIndex.open(args.index, readonly=True) as index:
         result = {"semantic_structure": semantic_structure(index, args.permutations),
                   "difficulty": difficulty(index)}
+        probe = index.probe()
+        result["domain_vs_task"] = domain_vs_task(probe, **index.embed_options())
+        result["invariances"] = invariances(probe, **index.embed_options())
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)

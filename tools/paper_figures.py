@@ -1,6 +1,6 @@
 """The paper's claims about what the embedding captures, measured on the shipped index (work in progress).
 
-    .venv/bin/python tools/paper_figures.py [--index index_data] [--out figures] [--permutations 1000]
+    .venv/bin/python tools/paper_figures.py [--index index_data] [--out docs/figures] [--permutations 1000]
 
 Claim 1, semantic structure (paper Fig. 2 left and centre): hierarchical clustering of d_sym between
 the task rows recovers their known grouping (the dataset; the semantic family inside it), scored by
@@ -207,7 +207,8 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             plots.save(neighbour_figure(result["semantic_structure"]), out / "neighbours.png")
             plots.save(difficulty_figure(result["difficulty"]), out / "difficulty.png")
-            plots.save(plots.plot_matrix(index, color_by="dataset", where=None), out / "matrix.png")
+            plots.save(plots.plot_matrix(index, color_by="dataset"), out / "matrix.png")
+            plots.save(plots.plot_map(index, color_by="dataset"), out / "map.png")
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result, indent=1))
     return 0

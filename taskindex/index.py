@@ -491,9 +491,10 @@ class TaskIndex:
         m, fitted = selection.fitted_vectors(self._gather(rows), names, self._ids[rows], fit, self._theta)
         # a fitted model is scored with the alpha its bias was learned for; the others with this call's
         alphas = np.where(fitted, fit["alpha"] if fit else alpha, alpha)
-        score = distance.one_to_many(emb.vector, m) - alphas * np.atleast_1d(distance.complexity(m, self.prior))
+        cx = np.atleast_1d(distance.complexity(m, self.prior))
+        score = distance.one_to_many(emb.vector, m) - alphas * cx
         top = np.argsort(score, kind="stable")[:k]
-        return [Hit(names[t], "model", float(score[t]), float(distance.complexity(m[t], self.prior)),
+        return [Hit(names[t], "model", float(score[t]), float(cx[t]),
                     self.metadata(int(rows[t])), "model2vec" if fitted[t] else "asym") for t in top]
 
     def _selection_inputs(self, errors):

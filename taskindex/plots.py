@@ -35,6 +35,14 @@ def _rows(index, where, kind) -> tuple[pd.DataFrame, np.ndarray]:
     return frame, index.vectors(frame["name"].tolist())
 
 
+def distance_matrix(vectors: np.ndarray) -> np.ndarray:
+    """d_sym between every pair, exactly symmetric with a zero diagonal (what clustering and t-SNE expect)."""
+    d = distance.pairwise(vectors)
+    d = (d + d.T) / 2
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
 def _column(frame: pd.DataFrame, column: str) -> pd.Series:
     if column not in frame.columns:
         usable = sorted(c for c in frame.columns if c not in ("id", "created"))
@@ -91,9 +99,7 @@ def plot_matrix(index, color_by: str | None = None, where: dict | None = None, k
 
     frame, vectors = _rows(index, where, kind)
     colour_values = _column(frame, color_by) if color_by else None
-    d = distance.pairwise(vectors)
-    d = (d + d.T) / 2
-    np.fill_diagonal(d, 0.0)
+    d = distance_matrix(vectors)
     tree = linkage(squareform(d, checks=False), method=method)
     n = len(frame)
     size = min(14.0, 4.0 + 0.18 * n)
@@ -130,9 +136,7 @@ def plot_map(index, color_by: str | None = None, where: dict | None = None, kind
         raise TaskIndexError(f"unknown map method {method!r}: use 'tsne' or 'umap'")
     frame, vectors = _rows(index, where, kind)
     colour_values = _column(frame, color_by) if color_by else None
-    d = distance.pairwise(vectors)
-    d = (d + d.T) / 2
-    np.fill_diagonal(d, 0.0)
+    d = distance_matrix(vectors)
     n = len(frame)
     if n < 4:
         xy = _classical_mds(d)  # t-SNE and UMAP need a handful of points; 2-3 rows are placed exactly

@@ -60,9 +60,7 @@ def semantic_structure(index: TaskIndex, permutations: int = 1000, seed: int = 0
     names = frame["name"].tolist()
     datasets = frame["dataset"].astype(str).to_numpy()
     families = np.array([family(n, d) for n, d in zip(names, datasets)])
-    d = distance.pairwise(index.vectors(names))
-    d = (d + d.T) / 2
-    np.fill_diagonal(d, 0.0)
+    d = plots.distance_matrix(index.vectors(names))
     tree = linkage(squareform(d, checks=False), method="average")
     rng = np.random.default_rng(seed)
     out = {"tasks": len(names)}

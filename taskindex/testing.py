@@ -5,6 +5,7 @@ independent of the engine in taskindex.fisher, so that the engine can be checked
   label for the exact expectation), on functional copies of the conv weights.
 * `GroupedNet`: a small network with every kind of conv the engine must handle.
 * `frozen`: eval mode and no parameter requiring grad, as a probe's backbone is.
+* `two_layer_fisher`: the paper's analytic FIM of z = sigmoid(U x), p = sigmoid(w.z + b) (supp. 5).
 
 Nothing in the package imports this module; it needs torch.
 """
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GroupedNet", "frozen", "naive_per_sample", "conv_filter_counts"]
+__all__ = ["GroupedNet", "frozen", "naive_per_sample", "conv_filter_counts", "two_layer_terms", "two_layer_fisher"]
 
 
 def frozen(module: nn.Module) -> nn.Module:
@@ -88,3 +89,21 @@ def naive_per_sample(net: nn.Module, head: nn.Module, x: torch.Tensor, y: torch.
     if per_sample:
         return torch.stack(rows).numpy()
     return torch.stack(rows).sum(0).numpy()
+
+
+def two_layer_terms(x: np.ndarray, u: np.ndarray, w: np.ndarray, b: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Supp. 5 for inputs x (N, d), hidden weights U (K, d), head w (K,) and bias b: with
+    c_ek = w_k^2 z_ek^2 (1 - z_ek)^2 mean_j x_ej^2, image e's squared score for hidden unit k
+    (averaged over its d weights) is (y_e - p_e)^2 c_ek. Returns (p_e, c_ek), float64."""
+    x, u, w = (np.asarray(a, dtype=np.float64) for a in (x, u, w))
+    z = 1.0 / (1.0 + np.exp(-(x @ u.T)))
+    p = 1.0 / (1.0 + np.exp(-(z @ w + b)))
+    c = (w * z * (1 - z)) ** 2 * (x ** 2).mean(1, keepdims=True)
+    return p, c
+
+
+def two_layer_fisher(x: np.ndarray, u: np.ndarray, w: np.ndarray, b: float = 0.0) -> np.ndarray:
+    """Supp. 5: F_k = mean_e p_e (1 - p_e) w_k^2 z_ek^2 (1 - z_ek)^2 mean_j x_ej^2, one value per hidden
+    unit: the expectation over y ~ p of the squared scores of `two_layer_terms`."""
+    p, c = two_layer_terms(x, u, w, b)
+    return ((p * (1 - p))[:, None] * c).mean(0)

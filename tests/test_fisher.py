@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from taskindex.fisher import fisher_pass, variational_precision, weights_per_filter
-from taskindex.testing import GroupedNet, conv_filter_counts, frozen, naive_per_sample
+from taskindex.testing import GroupedNet, conv_filter_counts, frozen, naive_per_sample, two_layer_fisher, two_layer_terms
 
 
 def grouped_net(seed: int) -> tuple[nn.Module, nn.Module]:
@@ -129,20 +129,11 @@ def two_layer(d=6, k=12, n=4000, seed=0):
 
 
 def per_sample_terms(net, w, x) -> tuple[np.ndarray, np.ndarray]:
-    """Supp. 5: with c_ek = w_k^2 z_ek^2 (1 - z_ek)^2 mean_j x_ej^2, image e's squared score for
-    filter k (averaged over its weights) is (y_e - p_e)^2 c_ek. Returns (p_e, c_ek)."""
-    with torch.no_grad():
-        xe = x.flatten(1)
-        z = torch.sigmoid(xe @ net.u.weight.flatten(1).T)
-        p = torch.sigmoid(z @ w)
-        c = (w * z * (1 - z)) ** 2 * (xe ** 2).mean(1, keepdim=True)
-        return p.numpy(), c.numpy()
+    return two_layer_terms(x.flatten(1).numpy(), net.u.weight.flatten(1).numpy(), w.numpy())
 
 
 def analytic_fisher(net, w, x) -> np.ndarray:
-    """Supp. 5: F_(k,j) = mean_e p_e (1 - p_e) w_k^2 z_k^2 (1 - z_k)^2 x_j^2, averaged over j."""
-    p, c = per_sample_terms(net, w, x)
-    return ((p * (1 - p))[:, None] * c).mean(0)
+    return two_layer_fisher(x.flatten(1).numpy(), net.u.weight.flatten(1).numpy(), w.numpy())
 
 
 def test_exact_expectation_matches_the_analytic_two_layer_fisher():

@@ -1,6 +1,7 @@
-"""The paper's claims about what the embedding captures, measured on the shipped index (work in progress).
+"""The paper's claims about what the embedding captures, measured on the shipped index and on the toy tasks.
 
     .venv/bin/python tools/paper_figures.py [--index index_data] [--out docs/figures] [--permutations 1000]
+        [--sizes 32 64 128 256 512 1000] [--seeds 0 1 2] [--json results.json]
 
 Claim 1, semantic structure (paper Fig. 2 left and centre): hierarchical clustering of d_sym between
 the task rows recovers their known grouping (the dataset; the semantic family inside it), scored by
@@ -9,11 +10,13 @@ distance of a task's k nearest tasks by d_sym stays below that of k random tasks
 distance of two tasks: 0 in the same family of the same dataset, 1 same dataset only, 2 otherwise.
 Rows NAME@N (another sample size of task NAME) are left out, so no task meets its own copy.
 
-Claim 3, difficulty (Fig. 2 right): complexity and the norm of the Fisher correlate with the test error
-of a linear classifier on the probe's features (Spearman). Claim 2, domain vs task (Fig. 1): class-vs-rest tasks of one dataset, on independent draws of its images,
+Claim 2, domain vs task (Fig. 1): class-vs-rest tasks of one dataset, on independent draws of its images,
 are told apart by TASK2VEC but not by a domain embedding (the mean of the probe's features).
+Claim 3, difficulty (Fig. 2 right): complexity and the norm of the Fisher correlate with the test error
+of a linear classifier on the probe's features (Spearman).
+Claim 4, sample size (supp. 1.2): the norm and the complexity of one task embedded from n of its images.
 Claim 5, invariances: renamed classes give the same embedding; another number of classes the same size.
-Claims 4 (sample size) and 6 (the toy setting of supp. 5) of the issue are not measured here yet.
+Claim 6, the toy setting of supp. 5 (tools/toy_tasks.py): the library against the closed-form Fisher.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from taskindex import TaskIndex, distance, plots
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import toy_tasks  # noqa: E402  (a sibling tool)
+
+sys.path.pop(0)
 
 ERRORS = Path(__file__).with_name("expert_errors.csv")  # tools/meta_benchmark.py --errors-out
 
@@ -171,6 +179,67 @@ def invariances(probe, **embed_options) -> dict:
             "d_sym_merged": distance.d_sym(a, c)}
 
 
+SIZES = (32, 64, 128, 256, 512, 1000)
+SIZE_TASKS = ("fashion-footwear", "fashion-sandal-vs-rest", "mnist-round", "digits-straight")
+
+
+def sample_size(probe, tasks=SIZE_TASKS, sizes=SIZES, seeds=(0, 1, 2), estimators=("trimmed", "mean"),
+                **embed_options) -> dict:
+    """Claim 4 (supp. 1.2): the norm of the Fisher and the complexity of one task embedded from n of its
+    images, n over `sizes`, each seed an independent draw of the images (and of the head's training)."""
+    from taskindex import embed, samples
+
+    out = {"sizes": list(sizes), "seeds": list(seeds), "tasks": {}}
+    for name in tasks:
+        classes = samples.load(name, max_per_class=1).n_classes
+        per = {}
+        for est in estimators:
+            options = {**embed_options, "estimator": est}
+            if est == "mean":
+                options.pop("trim", None)
+            rows = {"n": [], "norm": [], "complexity": []}
+            for n in sizes:
+                norms, cxs, counts = [], [], []
+                for seed in seeds:
+                    task = samples.load(name, max_per_class=max(1, n // classes), seed=seed)
+                    e = embed(task, probe, seed=seed, max_samples=None, progress=False, **options)
+                    norms.append(float(np.linalg.norm(e.fisher)))
+                    cxs.append(distance.complexity(e))
+                    counts.append(len(task))
+                rows["n"].append(int(np.median(counts)))
+                rows["norm"].append(norms)
+                rows["complexity"].append(cxs)
+            per[est] = rows
+        out["tasks"][name] = per
+    return out
+
+
+def sample_size_figure(result: dict):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
+    for i, (name, per) in enumerate(result["tasks"].items()):
+        for est, style in (("trimmed", "-"), ("mean", ":")):
+            if est not in per:
+                continue
+            r = per[est]
+            cx = np.asarray(r["complexity"])
+            axes[0].errorbar(r["n"], cx.mean(1), yerr=cx.std(1), fmt="o" + style, color=f"C{i}", ms=3, capsize=2,
+                             label=f"{name} ({est})")
+            axes[1].plot(r["n"], np.median(r["norm"], axis=1), "o" + style, color=f"C{i}", ms=3)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("images in the task (n)")
+    axes[0].set_ylabel("complexity  d_sym(t, t0)  (mean, sd over seeds)")
+    axes[1].set_ylabel("norm of the Fisher (median over seeds)")
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.suptitle("The same task embedded from n images", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def neighbour_figure(result: dict):
     from matplotlib.figure import Figure
 
@@ -192,24 +261,60 @@ def main(argv=None) -> int:
     ap.add_argument("--index", default=str(Path(__file__).resolve().parent.parent / "index_data"))
     ap.add_argument("--out", default=None, help="folder for the PNG figures (none: numbers only)")
     ap.add_argument("--permutations", type=int, default=1000)
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="claim 4's task sizes")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="claim 4's draws per size")
+    ap.add_argument("--json", default=None, help="also write every number (and the toy d_sym matrices) here")
     args = ap.parse_args(argv)
-    start = time.perf_counter()
+    start, seconds = time.perf_counter(), {}
+
+    def timed(label, fn, *a, **kw):
+        t = time.perf_counter()
+        value = fn(*a, **kw)
+        seconds[label] = round(time.perf_counter() - t, 1)
+        return value
+
     with TaskIndex.open(args.index, readonly=True) as index:
-        result = {"semantic_structure": semantic_structure(index, args.permutations),
-                  "difficulty": difficulty(index)}
-        probe = index.probe()
-        result["domain_vs_task"] = domain_vs_task(probe, **index.embed_options())
-        result["invariances"] = invariances(probe, **index.embed_options())
+        probe, options = index.probe(), index.embed_options()
+        result = {"semantic_structure": timed("semantic_structure", semantic_structure, index, args.permutations),
+                  "difficulty": timed("difficulty", difficulty, index),
+                  "domain_vs_task": timed("domain_vs_task", domain_vs_task, probe, **options),
+                  "invariances": timed("invariances", invariances, probe, **options),
+                  "sample_size": timed("sample_size", sample_size, probe, sizes=args.sizes, seeds=args.seeds,
+                                       **options),
+                  "toy": timed("toy", toy_tasks.measure)}
         if args.out:
             out = Path(args.out)
             out.mkdir(parents=True, exist_ok=True)
             plots.save(neighbour_figure(result["semantic_structure"]), out / "neighbours.png")
             plots.save(difficulty_figure(result["difficulty"]), out / "difficulty.png")
+            plots.save(sample_size_figure(result["sample_size"]), out / "sample_size.png")
+            plots.save(toy_tasks.map_figure(result["toy"]), out / "toy.png")
             plots.save(plots.plot_matrix(index, color_by="dataset"), out / "matrix.png")
             plots.save(plots.plot_map(index, color_by="dataset"), out / "map.png")
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    print(json.dumps(result, indent=1))
+    result["seconds"] = {**seconds, "total": round(time.perf_counter() - start, 1)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+    print(json.dumps(summary(result), indent=1))
     return 0
+
+
+def summary(result: dict) -> dict:
+    """The numbers README quotes, without the per-task lists and matrices."""
+    drop = {"d_sym", "complexity", "probe_error", "names", "error", "norm"}
+
+    def trim(v):
+        if isinstance(v, dict):
+            return {k: trim(x) for k, x in v.items() if k not in drop}
+        return v
+
+    out = trim(result)
+    for name, per in result["sample_size"]["tasks"].items():
+        out["sample_size"]["tasks"][name] = {
+            est: {"n": r["n"], "complexity_mean": [round(float(np.mean(c)), 4) for c in r["complexity"]],
+                  "complexity_sd": [round(float(np.std(c)), 4) for c in r["complexity"]],
+                  "norm_median": [round(float(np.median(x)), 3) for x in r["norm"]]}
+            for est, r in per.items()}
+    return out
 
 
 if __name__ == "__main__":

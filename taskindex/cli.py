@@ -270,17 +270,21 @@ def _embed_for_index(idx, data: str, max_samples: int, image_column: str, label_
 @click.option("--image-size", type=click.IntRange(min=8), default=None)
 @click.option("--method", type=click.Choice(["montecarlo", "variational"]), default="montecarlo", show_default=True)
 @_estimator_options
+@click.option("--vectors", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="How raw vectors are stored: bfloat16 halves the disk (README, Scale).")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def create(index, probe, weights, image_size, method, estimator, trim, as_json):
+def create(index, probe, weights, image_size, method, estimator, trim, vectors, as_json):
     """Create an empty index at INDEX for one probe, method and estimator."""
     from .index import TaskIndex
 
     with TaskIndex.create(index, probe=probe, weights=None if weights == "random" else weights,
-                          image_size=image_size, method=method, estimator=estimator, trim=trim) as idx:
+                          image_size=image_size, method=method, estimator=estimator, trim=trim,
+                          vectors=vectors) as idx:
         info = idx.info()
     _emit(info, as_json, lambda r: click.echo(f"created {r['path']}: {r['probe']} @ {r['image_size']} px, "
-                                              f"{r['method']}, {r['estimator']}, {r['dim']} filters"))
+                                              f"{r['method']}, {r['estimator']}, {r['dim']} filters, "
+                                              f"{r['vectors']} vectors"))
 
 
 @cli.command()
@@ -616,17 +620,19 @@ def verify(index, as_json):
 
 @cli.command()
 @click.argument("index")
+@click.option("--vectors", type=click.Choice(["float32", "bfloat16"]), default=None,
+              help="Also convert the stored vectors (the upgrade path to bfloat16; default: keep them).")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
-def compact(index, as_json):
+def compact(index, vectors, as_json):
     """Fold INDEX's history into one segment and delete files no version needs."""
     from .index import TaskIndex
 
     with TaskIndex.open(index) as idx:
-        removed = idx.compact()
-        result = {"rows": len(idx), "version": idx.version, "files_removed": removed}
-    _emit(result, as_json, lambda r: click.echo(f"compacted: {r['rows']} rows, version {r['version']}, "
-                                                f"{r['files_removed']} old files removed"))
+        removed = idx.compact(vectors=vectors)
+        result = {"rows": len(idx), "version": idx.version, "files_removed": removed, "vectors": idx.vector_type}
+    _emit(result, as_json, lambda r: click.echo(f"compacted: {r['rows']} rows ({r['vectors']}), version "
+                                                f"{r['version']}, {r['files_removed']} old files removed"))
 
 
 @cli.command()

@@ -3,6 +3,8 @@
     <index>/CURRENT                  "manifest-00000007.json <sha256>": the committed version
     <index>/manifest-00000007.json   format, space, layout, segments, deleted ids, file checksums
     <index>/data/<uuid>.f32          raw float32 vectors of one segment (rows x dim), memory-mapped
+    <index>/data/<uuid>.bf16         the same as bfloat16 (the top half of each float32), where the index keeps
+                                     vectors="bfloat16" (format 2): half the disk, d_sym within 1e-3
     <index>/data/<uuid>.proj.f32     the segment's rows in the candidate space (rows x proj_dim)
     <index>/data/<uuid>.parquet      the segment's metadata rows (removed ones too: TaskIndex.to_arrow() reads live rows)
     <index>/data/<uuid>.npy          prior, projection (no pickle: numpy with allow_pickle=False)
@@ -32,7 +34,9 @@ import numpy as np
 from .errors import IndexCorruptError, IndexLockedError, IndexUsageError
 
 FORMAT = "taskindex-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this code reads: 2 adds bfloat16 vectors; float32 indexes are still written as 1
+# how an index stores its raw vectors: manifest["vectors"] -> segment file suffix
+VECTOR_TYPES = {"float32": ".f32", "bfloat16": ".bf16"}
 # CURRENT's one line: the committed manifest's name and its sha256
 _CURRENT = re.compile(rb"(manifest-\d{8}\.json) ([0-9a-f]{64})\n?")
 # Vector files are hashed on open only while their total stays under this; `verify` always hashes.
@@ -63,6 +67,24 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def encode_vectors(vectors: np.ndarray, vector_type: str) -> bytes:
+    """float32 rows -> the bytes of a segment file. bfloat16 rounds to nearest even and keeps every entry > 0."""
+    v = np.ascontiguousarray(vectors, dtype="<f4")
+    if vector_type == "float32":
+        return v.tobytes()
+    bits = v.view("<u4")
+    half = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
+    half[(half == 0) & (bits != 0)] = 1  # a positive value never becomes 0 (the smallest subnormal instead)
+    return half.tobytes()
+
+
+def decode_vectors(raw: np.ndarray) -> np.ndarray:
+    """Rows of a segment file (float32, or bfloat16 read as uint16) -> float32 rows."""
+    if raw.dtype == np.float32:
+        return np.asarray(raw)
+    return (np.asarray(raw).astype("<u4") << 16).view("<f4")
 
 
 @dataclass
@@ -141,10 +163,12 @@ class Store:
         return np.load(self.path(ref), allow_pickle=False)
 
     def memmap(self, ref: dict, cols: int) -> np.ndarray:
-        rows = ref["size"] // (4 * cols)
+        """The rows of a vector file as stored: float32, or uint16 for .bf16 (decode with decode_vectors)."""
+        dtype = "<u2" if ref["name"].endswith(".bf16") else "<f4"
+        rows = ref["size"] // (np.dtype(dtype).itemsize * cols)
         if rows == 0:
-            return np.zeros((0, cols), np.float32)
-        mm = np.memmap(self.path(ref), dtype="<f4", mode="r", shape=(rows, cols))
+            return np.zeros((0, cols), dtype)
+        mm = np.memmap(self.path(ref), dtype=dtype, mode="r", shape=(rows, cols))
         if hasattr(mm, "_mmap") and hasattr(mmap, "MADV_RANDOM"):
             # rows are read at random: the default read-ahead pulled in megabytes per row
             mm._mmap.madvise(mmap.MADV_RANDOM)
@@ -168,7 +192,9 @@ class Store:
         self._require_lock()
         if self.data.is_dir():
             _fsync_dir(self.data)
-        manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
+        # a float32 index stays readable by taskindex versions that predate bfloat16 storage
+        version = 2 if manifest.get("vectors", "float32") != "float32" else 1
+        manifest = dict(manifest, format=FORMAT, format_version=version)
         raw = json.dumps(manifest, sort_keys=True).encode()
         name = f"manifest-{manifest['version']:08d}.json"
         write_atomic(self.root / name, raw)

@@ -71,7 +71,7 @@ def mask(frame: pd.DataFrame, where: dict | None) -> np.ndarray:
         raise TaskIndexError(f"where must be a dict of column -> condition; got {type(where).__name__}")
     for key, cond in where.items():
         if key not in frame.columns:
-            cols = ", ".join(sorted(c for c in frame.columns if c != "embedding_meta"))
+            cols = ", ".join(sorted(frame.columns))
             raise TaskIndexError(f"unknown metadata column {key!r} in where: the columns are {cols}")
         col = frame[key]
         if isinstance(cond, (list, set, frozenset)):

@@ -29,6 +29,8 @@ from .storage import (HASH_ON_OPEN_BYTES, VECTOR_TYPES, Store, all_refs, decode_
                       sha256_file)
 
 KINDS = ("task", "model")
+ROW_GROUP = 4096  # metadata rows per Parquet row group: `get` decodes one group, not a whole segment
+LAZY = ("embedding_meta",)  # per-row columns left on disk until `get` or `compact` needs them
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
             "embedding_meta")
 
@@ -227,7 +229,9 @@ class TaskIndex:
         for seg in segments:
             self._vectors.append(store.memmap(seg["vectors"], self.dim))
             self._projs.append(store.memmap(seg["proj"], search.PROJ_DIM) if seg.get("proj") else None)
-            frame = pq.read_table(store.path(seg["rows"])).to_pandas(types_mapper=pd.ArrowDtype)
+            file = pq.ParquetFile(store.path(seg["rows"]))
+            columns = [c for c in file.schema_arrow.names if c not in LAZY]
+            frame = file.read(columns=columns).to_pandas(types_mapper=pd.ArrowDtype)
             frame["_seg"] = len(self._vectors) - 1
             frame["_pos"] = np.arange(len(frame))
             frames.append(frame)
@@ -301,19 +305,37 @@ class TaskIndex:
 
     def metadata(self, row: int) -> dict:
         rec = self._rows.iloc[row].to_dict()
-        rec.pop("embedding_meta", None)
         return {k: _clean(v) for k, v in rec.items() if _clean(v) is not None}
 
     def get(self, name: str) -> tuple[Embedding, dict]:
         """The stored embedding and its metadata: bit-identical to what was added in a float32 index,
         rounded to bfloat16 in a bfloat16 one."""
         row = self._row(name)
-        meta = json.loads(self._rows.at[row, "embedding_meta"])
+        meta = json.loads(self._lazy_column(np.array([row]), "embedding_meta")[0])
         return Embedding(self._vector(row), self.prior, self.layout, meta), self.metadata(row)
+
+    def _lazy_column(self, rows: np.ndarray, column: str) -> list:
+        """A column kept on disk, for the given live rows, reading only the row groups that hold them."""
+        out = [None] * len(rows)
+        by_seg: dict[int, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_seg.setdefault(int(self._seg[r]), []).append(i)
+        for seg, members in by_seg.items():
+            file = pq.ParquetFile(self._store.path(self.manifest["segments"][seg]["rows"]))
+            starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
+            members = np.array(members)
+            pos = self._pos[rows[members]]
+            groups = np.searchsorted(starts, pos, side="right") - 1
+            for g in np.unique(groups):
+                sel = np.flatnonzero(groups == g)
+                values = file.read_row_group(int(g), columns=[column]).column(0)
+                for i, v in zip(members[sel], values.take(pa.array(pos[sel] - starts[g])).to_pylist()):
+                    out[i] = v
+        return out
 
     def to_pandas(self) -> pd.DataFrame:
         """Live rows and their metadata (no vectors); one row per name."""
-        return self._rows.drop(columns=["embedding_meta"], errors="ignore").copy()
+        return self._rows.copy()
 
     def to_arrow(self) -> pa.Table:
         """to_pandas() as one Arrow table, for DuckDB and polars: segment files still hold removed rows."""
@@ -409,7 +431,7 @@ class TaskIndex:
             records.append(rec)
         table = pa.Table.from_pandas(pd.DataFrame(records), preserve_index=False)
         sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, row_group_size=ROW_GROUP)
         store = self._store
         manifest = json.loads(json.dumps(self.manifest))
         segment = {"vectors": store.new_file(VECTOR_TYPES[self.vector_type], encoded),
@@ -587,8 +609,9 @@ class TaskIndex:
                 frame = frame.assign(complexity=pd.array(
                     distance.complexity(decode_vectors(decoded.reshape(-1, self.dim)), self.prior),
                     dtype=frame["complexity"].dtype))
+            frame = frame.assign(**{c: self._lazy_column(rows, c) for c in LAZY})
             sink = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, row_group_size=ROW_GROUP)
             manifest["segments"] = [{"vectors": store.new_file(VECTOR_TYPES[vector_type], encoded),
                                      "rows": store.new_file(".parquet", sink.getvalue().to_pybytes()),
                                      "proj": None}]

@@ -330,3 +330,21 @@ def test_inverted_file_above_the_threshold(index, monkeypatch):
     index.remove("r7")
     assert "r7" not in {h.name for h in index.query(index.get("r8")[0], k=900)}
     assert _recall(index, rows, queries=20) >= 0.9
+
+
+def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, synth, monkeypatch):
+    """The per-row embedding JSON is not held in RAM; `get` reads the one Parquet row group holding the row.
+    Small row groups here, so rows sit in different groups of different segments, before and after compact."""
+    import taskindex.index as index_module
+
+    monkeypatch.setattr(index_module, "ROW_GROUP", 7)
+    index.add_many([(f"a{i}", synth.make(i % 20, name=f"a{i}")) for i in range(30)])
+    index.add_many([(f"b{i}", synth.make(i % 20, name=f"b{i}")) for i in range(20)])
+    for i in range(0, 30, 4):
+        index.remove(f"a{i}")
+    assert "embedding_meta" not in index._rows.columns
+    for _ in range(2):
+        for name in index.names():
+            emb, meta = index.get(name)
+            assert emb.meta["task"] == name and meta["name"] == name
+        index.compact()

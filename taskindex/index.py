@@ -304,8 +304,14 @@ class TaskIndex:
         return out
 
     def metadata(self, row: int) -> dict:
-        rec = self._rows.iloc[row].to_dict()
-        return {k: _clean(v) for k, v in rec.items() if _clean(v) is not None}
+        return self._records(np.array([row]))[0]
+
+    def _records(self, rows: np.ndarray) -> list[dict]:
+        """The metadata of many rows in one pandas call (one call per row costs more than the re-rank)."""
+        out = []
+        for rec in self._rows.iloc[rows].to_dict("records"):
+            out.append({k: c for k, v in rec.items() if (c := _clean(v)) is not None})
+        return out
 
     def get(self, name: str) -> tuple[Embedding, dict]:
         """The stored embedding and its metadata: bit-identical to what was added in a float32 index,
@@ -710,6 +716,61 @@ class TaskIndex:
         probe=None,
     ) -> list[Hit]:
         """The k nearest rows. metric 'asym' ranks by d_asym(row -> query), alpha the index's unless given."""
+        alpha, keep, filtered = self._query_plan(k, metric, kind, where, alpha)
+        emb, self_id = self._as_embedding(query, probe)
+        if exact or self._candidates is None:
+            rows = np.flatnonzero(keep)
+        else:
+            point = search.project(emb.vector[None, :], self._projection, query=True)[0]
+            found = self._candidates.search(point, self._want(k, metric, self_id is not None),
+                                            self._ids[keep] if filtered else None)
+            rows = np.searchsorted(self._ids, found)
+        return self._hits([self._rank(emb.vector, rows, self_id, k, metric, alpha)], metric)[0]
+
+    def query_many(
+        self,
+        queries: Iterable | None = None,
+        k: int = 10,
+        metric: str = "sym",
+        kind: str | None = None,
+        where: dict | None = None,
+        exact: bool = False,
+        alpha: float | None = None,
+        probe=None,
+        progress: bool | None = None,
+    ) -> list[list[Hit]]:
+        """`query` for many queries (Embeddings, Tasks or row names; None: every row) with the same answers,
+        batched: one projection and one FAISS search for all, the exact re-rank spread over the cores."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        alpha, keep, filtered = self._query_plan(k, metric, kind, where, alpha)
+        pairs = [self._as_embedding(q, probe) for q in (self.names() if queries is None else queries)]
+        if not pairs:
+            return []
+        vectors = np.stack([e.vector for e, _ in pairs]).astype(np.float32)
+        if exact or self._candidates is None:
+            every = np.flatnonzero(keep)
+            rows = [every] * len(pairs)
+        else:
+            want = self._want(k, metric, any(i is not None for _, i in pairs))
+            points = search.project(vectors, self._projection, query=True)
+            found = self._candidates.search_many(points, want, self._ids[keep] if filtered else None)
+            rows = [np.searchsorted(self._ids, f[f >= 0]) for f in found]
+        workers = max(1, min(len(pairs), os.cpu_count() or 1, 8))
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(pairs), desc="query_many", unit="query",
+                                                       disable=progress is False or len(pairs) < 1000,
+                                                       leave=False) as bar:
+            def one(i):
+                ranked = self._rank(vectors[i], rows[i], pairs[i][1], k, metric, alpha)
+                bar.update()
+                return ranked
+
+            return self._hits(list(pool.map(one, range(len(pairs)))), metric)
+
+    def _query_plan(self, k, metric, kind, where, alpha) -> tuple[float, np.ndarray, bool]:
+        """Checked arguments of a query: (alpha, the rows the filter keeps, whether anything is filtered)."""
         if metric not in ("sym", "asym"):
             raise TaskIndexError(f"unknown metric {metric!r}: use 'sym' or 'asym'")
         if kind not in (None, *KINDS):
@@ -717,33 +778,41 @@ class TaskIndex:
         if not isinstance(k, int) or k < 1:
             raise TaskIndexError(f"k must be a positive integer; got {k!r}")
         alpha = self._alpha(alpha)
-        emb, self_id = self._as_embedding(query, probe)
         keep = filters.mask(self._rows, where) if where else np.ones(len(self), dtype=bool)
         if kind is not None:
             keep &= self._kinds[kind]
-        filtered = where or kind is not None
-        if exact or self._candidates is None:
-            rows = np.flatnonzero(keep)
-        else:
-            want = k * search.OVERFETCH * (2 if metric == "asym" else 1) + (self_id is not None)
-            point = search.project(emb.vector[None, :], self._projection, query=True)[0]
-            found = self._candidates.search(point, want, self._ids[keep] if filtered else None)
-            rows = np.searchsorted(self._ids, found)
+        return alpha, keep, bool(where) or kind is not None
+
+    @staticmethod
+    def _want(k: int, metric: str, drops_self: bool) -> int:
+        """Candidates fetched for k answers: asym re-orders by complexity, so it looks further; a row's own
+        name as the query costs one more (itself, dropped)."""
+        return k * search.OVERFETCH * (2 if metric == "asym" else 1) + int(drops_self)
+
+    def _rank(self, vector: np.ndarray, rows: np.ndarray, self_id, k: int, metric: str,
+              alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """Exact re-rank of candidate rows: float32 d_sym picks the k, float64 gives them their distances.
+        Returns (the k rows, their scores), best first."""
         if self_id is not None:
             rows = rows[self._ids[rows] != self_id]
         if len(rows) == 0:
-            return []
-        dists = np.concatenate([distance.rerank(emb.vector, self._gather(rows[i:i + 2048]))
+            return rows, np.zeros(0)
+        dists = np.concatenate([distance.rerank(vector, self._gather(rows[i:i + 2048]))
                                 for i in range(0, len(rows), 2048)])
         cx = self._complexity[rows]
         score = dists - alpha * cx if metric == "asym" else dists
         top = np.argsort(score, kind="stable")[:k]
         # the k answers get their exact float64 distance (the float32 pass only chose them)
-        exact_d = distance.one_to_many(emb.vector, self._gather(rows[top]))
+        exact_d = distance.one_to_many(vector, self._gather(rows[top]))
         score[top] = exact_d - alpha * cx[top] if metric == "asym" else exact_d
         top = top[np.argsort(score[top], kind="stable")]
-        return [Hit(self._rows.at[int(rows[t]), "name"], self._rows.at[int(rows[t]), "kind"], float(score[t]),
-                    float(cx[t]), self.metadata(int(rows[t])), metric) for t in top]
+        return rows[top], score[top]
+
+    def _hits(self, ranked: list[tuple[np.ndarray, np.ndarray]], metric: str) -> list[list[Hit]]:
+        records = self._records(np.concatenate([r for r, _ in ranked]).astype(np.int64))
+        starts = np.cumsum([0] + [len(r) for r, _ in ranked])
+        return [[Hit(rec["name"], rec["kind"], float(sc), rec["complexity"], rec, metric)
+                 for rec, sc in zip(records[lo:hi], scores)] for lo, hi, (_, scores) in zip(starts, starts[1:], ranked)]
 
     # --- checking ------------------------------------------------------------------------------
 

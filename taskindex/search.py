@@ -98,24 +98,34 @@ class Candidates:
         if len(ids):
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(list(ids), dtype=np.int64)))
 
+    def _params(self, allowed: np.ndarray | None):
+        import faiss
+
+        if allowed is None:
+            return None
+        sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+        return (faiss.SearchParametersIVF(sel=sel, nprobe=self._base.nprobe) if self.kind == "ivf"
+                else faiss.SearchParameters(sel=sel))
+
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
         import faiss
 
-        params = None
-        if allowed is not None:
-            sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-            params = (faiss.SearchParametersIVF(sel=sel, nprobe=self._base.nprobe) if self.kind == "ivf"
-                      else faiss.SearchParameters(sel=sel))
-        k = min(k, self.index.ntotal)
-        if k <= 0:
-            return np.zeros(0, np.int64)
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)  # one query: OpenMP start-up costs more than it saves (bench_query)
         try:
-            _, found = self.index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), k, params=params)
+            found = self.search_many(query[None, :], k, allowed)[0]
         finally:
             faiss.omp_set_num_threads(threads)
-        return found[0][found[0] >= 0]
+        return found[found >= 0]
+
+    def search_many(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+        """(queries, k) row ids, -1 past the end: one FAISS call on all OpenMP threads."""
+        k = min(k, self.index.ntotal)
+        if k <= 0:
+            return np.full((len(queries), 0), -1, np.int64)
+        _, found = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k,
+                                     params=self._params(allowed))
+        return found
 
     def memory_bytes(self) -> int:
         per_row = self._base.d * 4 + 8

@@ -348,3 +348,28 @@ def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, s
             emb, meta = index.get(name)
             assert emb.meta["task"] == name and meta["name"] == name
         index.compact()
+
+
+@pytest.mark.parametrize("metric", ["sym", "asym"])
+def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric):
+    """Past EXACT_ROWS (FAISS candidates, one batched search) and with filters, by embedding and by row name."""
+    rows = Overlapping(index)
+    index.add_many([(f"r{i}", rows.make(), "model" if i % 5 == 0 else "task", {"even": i % 2 == 0})
+                    for i in range(search.EXACT_ROWS + 200)])
+    assert index.info()["candidates"] == "flat"
+    queries = [rows.make() for _ in range(25)] + ["r3", "r10", "r11"]
+    for options in ({}, {"where": {"even": True}}, {"kind": "model"}, {"exact": True}):
+        one = [index.query(q, k=7, metric=metric, **options) for q in queries]
+        many = index.query_many(queries, k=7, metric=metric, **options)
+        assert [[h.to_dict() for h in hits] for hits in many] == [[h.to_dict() for h in hits] for hits in one]
+    assert all(h.name != "r3" for h in many[25])  # a row's own name is never its answer
+
+
+def test_query_many_of_every_row_and_of_nothing(index, synth):
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(60)])
+    every = index.query_many(k=3)
+    assert len(every) == 60
+    assert [h.name for h in every[7]] == [h.name for h in index.query("r7", k=3)]
+    assert index.query_many([], k=3) == []
+    with pytest.raises(TaskIndexError, match="k must be a positive integer"):
+        index.query_many(["r1"], k=0)

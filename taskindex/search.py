@@ -67,11 +67,13 @@ def project(vectors: np.ndarray, projection: np.ndarray, query: bool = False) ->
 class Candidates:
     """FAISS over projected rows, with the row ids of the index (stable through deletes)."""
 
-    def __init__(self, proj: np.ndarray, ids: np.ndarray, seed: int = 0):
+    def __init__(self, proj: np.ndarray, ids: np.ndarray, seed: int = 0, kind: str | None = None):
         import faiss
 
         n, dim = proj.shape
-        self.kind = "flat" if n < IVF_ROWS else "ivf"
+        if kind not in (None, "flat", "ivf"):
+            raise ValueError(f"unknown candidate structure {kind!r}: use 'flat' or 'ivf'")
+        self.kind = kind or ("flat" if n < IVF_ROWS else "ivf")  # IVF_ROWS chosen by tools/bench_query.py
         if self.kind == "flat":
             base = faiss.IndexFlatL2(dim)
             self.index = faiss.IndexIDMap2(base)

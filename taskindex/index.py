@@ -299,8 +299,10 @@ class TaskIndex:
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.dim), np.float32)
-        for i, r in enumerate(rows):
-            out[i] = decode_vectors(self._vectors[self._seg[r]][self._pos[r]])
+        segs = self._seg[rows]
+        for seg in np.unique(segs):  # one fancy-indexed read per segment, decoded at once
+            sel = np.flatnonzero(segs == seg)
+            out[sel] = decode_vectors(self._vectors[seg][self._pos[rows[sel]]])
         return out
 
     def metadata(self, row: int) -> dict:

@@ -263,8 +263,10 @@ class TaskIndex:
 
     def _proj_rows(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), search.PROJ_DIM), np.float32)
-        for i, r in enumerate(rows):
-            out[i] = self._projs[self._seg[r]][self._pos[r]]
+        segs = self._seg[rows]
+        for seg in np.unique(segs):
+            sel = np.flatnonzero(segs == seg)
+            out[sel] = self._projs[seg][self._pos[rows[sel]]]
         return out
 
     @property

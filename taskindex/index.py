@@ -262,11 +262,15 @@ class TaskIndex:
             self._candidates.add(self._proj_rows(new), self._ids[new])
 
     def _proj_rows(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), search.PROJ_DIM), np.float32)
+        return self._read(self._projs, rows, search.PROJ_DIM)
+
+    def _read(self, files: list[np.ndarray], rows: np.ndarray, width: int) -> np.ndarray:
+        """Rows from per-segment files as float32: one fancy-indexed read per segment, decoded at once."""
+        out = np.empty((len(rows), width), np.float32)
         segs = self._seg[rows]
         for seg in np.unique(segs):
             sel = np.flatnonzero(segs == seg)
-            out[sel] = self._projs[seg][self._pos[rows[sel]]]
+            out[sel] = decode_vectors(files[seg][self._pos[rows[sel]]])
         return out
 
     @property
@@ -300,12 +304,7 @@ class TaskIndex:
         return self._gather(np.array([self._row(n) for n in names], dtype=np.int64))
 
     def _gather(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), self.dim), np.float32)
-        segs = self._seg[rows]
-        for seg in np.unique(segs):  # one fancy-indexed read per segment, decoded at once
-            sel = np.flatnonzero(segs == seg)
-            out[sel] = decode_vectors(self._vectors[seg][self._pos[rows[sel]]])
-        return out
+        return self._read(self._vectors, rows, self.dim)
 
     def metadata(self, row: int) -> dict:
         return self._records(np.array([row]))[0]

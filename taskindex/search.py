@@ -80,13 +80,14 @@ class Candidates:
             self.index = faiss.IndexIDMap(base)
             quantizer = None
         else:
-            nlist = int(4 * np.sqrt(n))
+            # sqrt(n) lists trained on 32 rows each: seconds at a million rows (the structure is rebuilt on open)
+            nlist = max(1, int(np.sqrt(n)))
             quantizer = faiss.IndexFlatL2(dim)
             base = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, fp16)
             rng = np.random.default_rng(seed)
-            sample = proj[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+            sample = proj[np.sort(rng.choice(n, size=min(n, 32 * nlist), replace=False))]
             base.train(np.ascontiguousarray(sample))
-            base.nprobe = max(1, nlist // 16)
+            base.nprobe = max(1, nlist // 8)
             self.index = base
         self._quantizer = quantizer  # keep the SWIG owners alive
         self._base = base

@@ -80,11 +80,19 @@ def encode_vectors(vectors: np.ndarray, vector_type: str) -> bytes:
     return half.tobytes()
 
 
-def decode_vectors(raw: np.ndarray) -> np.ndarray:
-    """Rows of a segment file (float32, or bfloat16 read as uint16) -> float32 rows."""
+def decode_vectors(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows of a segment file (float32, or bfloat16 read as uint16) -> float32 rows, into `out` if given
+    (a C-contiguous float32 array of the same shape): one pass, no temporaries."""
+    raw = np.asarray(raw)
+    if out is None:
+        if raw.dtype == np.float32:
+            return raw
+        out = np.empty(raw.shape, np.float32)
     if raw.dtype == np.float32:
-        return np.asarray(raw)
-    return (np.asarray(raw).astype("<u4") << 16).view("<f4")
+        out[...] = raw
+    else:
+        np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
+    return out
 
 
 @dataclass

@@ -410,14 +410,20 @@ def batch_queries(index, perturb: Perturber, m: int) -> dict:
 
 def bench_size(n: int, args, seeds: list[Embedding], image_size: int, baseline_n: int | None) -> dict:
     path = Path(args.workdir) / f"index-{n}"
-    if path.exists():
-        shutil.rmtree(path)
     res = {"n": n}
-    log(f"N = {n:,}: building {path} in batches of {args.batch:,} ({load_line()})")
     rows = Perturber(seeds, args.spread, seed=args.seed)
     queries = Perturber(seeds, args.spread, seed=args.seed + 10_000)
-    b = build(path, n, rows, args.batch, image_size, args.vectors)
-    b["index"].close()
+    reuse = args.reuse and (path / "CURRENT").is_file()
+    if reuse:  # an index a --keep run (or an interrupted one) left: measure it as it is, without the build
+        log(f"N = {n:,}: reusing {path} ({load_line()})")
+        rows = Perturber(seeds, args.spread, seed=args.seed + 20_000)  # the added rows: new draws all the same
+        b = {"build_s": float("nan"), "gen_s": float("nan")}
+    else:
+        if path.exists():
+            shutil.rmtree(path)
+        log(f"N = {n:,}: building {path} in batches of {args.batch:,} ({load_line()})")
+        b = build(path, n, rows, args.batch, image_size, args.vectors)
+        b["index"].close()
     t = time.perf_counter()
     index = TaskIndex.open(path)  # what a user opening it gets: the candidate structure is chosen for its size
     res["open_s"] = time.perf_counter() - t
@@ -509,8 +515,11 @@ def table_rows(r: dict) -> list[tuple[str, str, str, str]]:
         target = TARGETS[key][0] if key in TARGETS else ""
         out.append((metric, value, target, verdict(key, raw, n) if key else ""))
 
-    row("build: add_many in batches (excl. generating rows)",
-        f"{fmt_s(r['build_s'])} ({r['build_s'] / n * 1e3:.2f} ms/row; generation {fmt_s(r['gen_s'])})")
+    if math.isnan(r["build_s"]):
+        row("build: add_many in batches", "not timed here (--reuse of an index built earlier)")
+    else:
+        row("build: add_many in batches (excl. generating rows)",
+            f"{fmt_s(r['build_s'])} ({r['build_s'] / n * 1e3:.2f} ms/row; generation {fmt_s(r['gen_s'])})")
     row("on disk", f"{r['disk_bytes'] / 1e9:.2f} GB ({r['disk_bytes'] / n / KIB:.1f} KiB/row, "
         f"{r.get('vectors', 'float32')} vectors)", "disk_bytes_per_row", r["disk_bytes"] / n)
     row("candidate structure (chosen on open; open time)", f"{r['candidates_kind']} ({fmt_s(r['open_s'])})")
@@ -614,6 +623,8 @@ def main(argv=None) -> int:
     p.add_argument("--latency-queries", type=int, default=200, help="queries timed on the default path")
     p.add_argument("--workdir", default="/tmp/taskindex-bench", help="scratch folder for indexes and seed cache")
     p.add_argument("--keep", action="store_true", help="keep the indexes in --workdir")
+    p.add_argument("--reuse", action="store_true",
+                   help="measure an index of that size already in --workdir (kept by --keep) instead of building it")
     p.add_argument("--markdown", metavar="FILE", help="also write the results as a Markdown section")
     p.add_argument("--batch", type=int, default=5000, help="rows per add_many while building")
     p.add_argument("--spread", default="0.1,1.0", help="range of the per-row log-noise scale s")
@@ -661,7 +672,9 @@ def main(argv=None) -> int:
     baseline_n = 10_000 if 10_000 in args.sizes else (max(small) if small else None)
     for n in args.sizes:
         width = 2 if args.vectors == "bfloat16" else 4
-        need = n * (dim * width + search.PROJ_DIM * 4) * 1.05 + (args.add_bulk + args.add_singles) * dim * 4 + 2e9
+        built = args.reuse and (workdir / f"index-{n}" / "CURRENT").is_file()
+        need = (0 if built else n * (dim * width + search.PROJ_DIM * 4) * 1.05) + (
+            args.add_bulk + args.add_singles) * dim * 4 + 2e9
         free = shutil.disk_usage(workdir).free
         if need > free:
             line = (f"N = {n:,}: SKIPPED, needs ~{need / 1e9:.0f} GB of disk in {workdir} (raw {args.vectors} "

@@ -597,8 +597,9 @@ class TaskIndex:
         manifest["row_count"] = len(self) - 1
         self._commit(manifest)
 
-    def _decoded(self, encoded: bytes) -> np.ndarray:
-        raw = np.frombuffer(encoded, dtype="<u2" if self.vector_type == "bfloat16" else "<f4")
+    def _decoded(self, encoded: bytes, vector_type: str | None = None) -> np.ndarray:
+        """Segment-file bytes back to float32 rows: what the index will read."""
+        raw = np.frombuffer(encoded, dtype="<u2" if (vector_type or self.vector_type) == "bfloat16" else "<f4")
         return decode_vectors(raw.reshape(-1, self.dim))
 
     def compact(self, vectors: str | None = None) -> int:
@@ -622,9 +623,8 @@ class TaskIndex:
                                for i in range(0, len(rows), 4096))
             frame = self._rows
             if vector_type != self.vector_type:  # complexity follows the vectors the index will hold
-                decoded = np.frombuffer(encoded, dtype="<u2" if vector_type == "bfloat16" else "<f4")
                 frame = frame.assign(complexity=pd.array(
-                    distance.complexity(decode_vectors(decoded.reshape(-1, self.dim)), self.prior),
+                    distance.complexity(self._decoded(encoded, vector_type), self.prior),
                     dtype=frame["complexity"].dtype))
             frame = frame.assign(**{c: self._lazy_column(rows, c) for c in LAZY})
             sink = pa.BufferOutputStream()

@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
-import zipfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +78,9 @@ class Embedding:
                 f"method={self.meta.get('method')!r}, dim={self.dim})")
 
     def save(self, path: str | os.PathLike) -> None:
+        import tempfile  # here, not at the top: a query that never saves starts faster
+        import zipfile
+
         path = os.fspath(path)
         header = {"format": FORMAT, "version": FORMAT_VERSION, "layout": self.layout, "meta": self.meta}
         directory = os.path.dirname(os.path.abspath(path))
@@ -103,6 +104,8 @@ class Embedding:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Embedding":
+        import zipfile
+
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise EmbeddingFileError(f"embedding file {path!r} does not exist")

@@ -12,7 +12,6 @@ import operator
 import re
 
 import numpy as np
-import pandas as pd
 
 from .errors import TaskIndexError
 
@@ -62,8 +61,8 @@ def parse_where(clauses) -> dict | None:
     return where or None
 
 
-def mask(frame: pd.DataFrame, where: dict | None) -> np.ndarray:
-    """Boolean mask of the rows of `frame` that satisfy every condition."""
+def mask(frame, where: dict | None) -> np.ndarray:
+    """Boolean mask of the rows of `frame` (a pandas DataFrame) that satisfy every condition."""
     keep = np.ones(len(frame), dtype=bool)
     if not where:
         return keep

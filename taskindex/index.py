@@ -4,6 +4,11 @@ Rows live in append-only segments (raw vectors, projected vectors, Parquet
 metadata); a commit adds a segment and/or deletion marks, so adding k rows writes
 O(k) bytes. Queries go through FAISS candidates over the projected rows and are
 re-ranked with the exact distance on the memory-mapped raw vectors.
+
+Small segments also keep their rows as JSON records (what a query returns), so
+a small index opened read-only, as the CLI's `query` does, loads and answers
+without importing pandas or pyarrow (a third of a second); the Parquet file
+stays the metadata table that filters, pandas, polars and DuckDB read.
 """
 
 from __future__ import annotations
@@ -14,12 +19,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import distance, filters, search
 from .embedding import PRIOR_SCALE, SPACE_DEFAULTS, SPACE_KEYS, Embedding
@@ -28,8 +30,13 @@ from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
 from .storage import (HASH_ON_OPEN_BYTES, VECTOR_TYPES, Store, all_refs, decode_vectors, encode_vectors,
                       sha256_file)
 
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
 KINDS = ("task", "model")
 ROW_GROUP = 4096  # metadata rows per Parquet row group: `get` decodes one group, not a whole segment
+LIGHT_ROWS = 10_000  # segments up to this size also store JSON records; indexes up to it open read-only from them
 LAZY = ("embedding_meta",)  # per-row columns left on disk until `get` or `compact` needs them
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
             "embedding_meta")
@@ -57,15 +64,46 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _clean(value):
-    """Parquet/pandas scalars -> plain JSON-able Python values (NaN -> None)."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value
+def _frame_records(frame: "pd.DataFrame") -> list[dict]:
+    """Metadata rows as plain JSON-able dicts, missing values (None, NA, NaN) left out: what a Hit carries."""
+    import pandas as pd
+
+    def clean(value):
+        if value is None or value is pd.NA or value is pd.NaT:
+            return None
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and np.isnan(value):
+            return None
+        return value
+
+    return [{k: c for k, v in rec.items() if (c := clean(v)) is not None} for rec in frame.to_dict("records")]
+
+
+def _read_frame(source) -> "pd.DataFrame":
+    """A segment's metadata rows, the columns kept on disk (LAZY) left out."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(source)
+    columns = [c for c in file.schema_arrow.names if c not in LAZY]
+    return file.read(columns=columns).to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def _segment_rows(store: Store, frame: "pd.DataFrame") -> dict:
+    """Write a segment's metadata (all columns) as Parquet and, for a small segment, its records as JSON too;
+    returns the manifest entries."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=ROW_GROUP)
+    entries = {"rows": store.new_file(".parquet", sink.getvalue().to_pybytes())}
+    if len(frame) <= LIGHT_ROWS:  # the records as the Parquet file reads back, so both paths give one answer
+        written = _read_frame(io.BytesIO(sink.getvalue().to_pybytes()))
+        entries["records"] = store.new_file(".json", json.dumps(_frame_records(written)).encode())
+    return entries
 
 
 _ITEM_FORM = "(name, embedding), (name, embedding, kind), (name, embedding, kind, metadata) or a dict with those keys"
@@ -191,7 +229,7 @@ class TaskIndex:
         self.close()
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._ids)
 
     def __repr__(self) -> str:
         return (f"TaskIndex({str(self._store.root)!r}, rows={len(self)}, probe={self.space['probe']!r}, "
@@ -216,49 +254,99 @@ class TaskIndex:
         fit = manifest.get("model2vec")
         self._theta = store.load_npy(fit["theta"]) if fit else None
         self._vectors, self._projs = [], []
-        self._rows = pd.DataFrame({"id": pd.Series(dtype="int64"), "name": pd.Series(dtype="object"),
-                                   "kind": pd.Series(dtype="object"), "complexity": pd.Series(dtype="float64")})
         self._seg = self._pos = np.zeros(0, np.int64)
+        self._names, self._by_name = [], {}
         self._candidates = None
-        self._append(manifest["segments"], set(manifest["deleted"]))
+        self._light = None  # a light index's rows as JSON records, one dict a live row
+        segments, deleted = manifest["segments"], set(manifest["deleted"])
+        if self.readonly and manifest["row_count"] <= LIGHT_ROWS and all(s.get("records") for s in segments):
+            self._frame = None  # read from Parquet on first use (filters, to_pandas)
+            self._open_light(segments, deleted)
+        else:
+            self._frame = _live_rows([], set())
+            self._append(segments, deleted)
+
+    @property
+    def _rows(self) -> "pd.DataFrame":
+        """The live rows' metadata as a DataFrame, in row order."""
+        if self._frame is None:
+            frames = self._segment_frames(self.manifest["segments"], 0)
+            self._frame = _live_rows(frames, set(self.manifest["deleted"])).drop(columns=["_seg", "_pos"])
+        return self._frame
+
+    def _segment_frames(self, segments: list[dict], first: int) -> list["pd.DataFrame"]:
+        """Segments' metadata rows, each with its segment number (from `first`) and position in it."""
+        frames = []
+        for i, seg in enumerate(segments, first):
+            frame = _read_frame(self._store.path(seg["rows"]))
+            frame["_seg"] = i
+            frame["_pos"] = np.arange(len(frame))
+            frames.append(frame)
+        return frames
+
+    def _map(self, segments: list[dict]) -> None:
+        for seg in segments:
+            self._vectors.append(self._store.memmap(seg["vectors"], self.dim))
+            self._projs.append(self._store.memmap(seg["proj"], search.PROJ_DIM) if seg.get("proj") else None)
+
+    def _open_light(self, segments: list[dict], deleted: set[int]) -> None:
+        """Load from the segments' JSON records: no pandas, no pyarrow."""
+        self._map(segments)
+        records, seg, pos = [], [], []
+        every = [json.loads(self._store.path(s["records"]).read_bytes()) for s in segments]
+        # as concatenating the segments' tables does (removed rows too): a key that holds a fraction anywhere
+        # holds floats everywhere
+        floats = {k for recs in every for r in recs for k, v in r.items() if isinstance(v, float)}
+        for i, recs in enumerate(every):
+            for j, r in enumerate(recs):
+                if r["id"] not in deleted:
+                    records.append({k: float(v) if k in floats and not isinstance(v, bool) else v
+                                    for k, v in r.items()})
+                    seg.append(i)
+                    pos.append(j)
+        self._light = records
+        self._seg, self._pos = np.array(seg, np.int64), np.array(pos, np.int64)
+        kinds = [r["kind"] for r in records]
+        self._index_rows([r["name"] for r in records], np.array([r["id"] for r in records], np.int64),
+                         {k: np.array([x == k for x in kinds], bool) for k in KINDS},
+                         np.array([r["complexity"] for r in records], np.float64), deleted, len(segments), False)
 
     def _append(self, segments: list[dict], deleted: set[int]) -> None:
         """Bring the in-memory state up to date with new segments and deletions: O(new rows)."""
-        store = self._store
-        frames = []
-        for seg in segments:
-            self._vectors.append(store.memmap(seg["vectors"], self.dim))
-            self._projs.append(store.memmap(seg["proj"], search.PROJ_DIM) if seg.get("proj") else None)
-            file = pq.ParquetFile(store.path(seg["rows"]))
-            columns = [c for c in file.schema_arrow.names if c not in LAZY]
-            frame = file.read(columns=columns).to_pandas(types_mapper=pd.ArrowDtype)
-            frame["_seg"] = len(self._vectors) - 1
-            frame["_pos"] = np.arange(len(frame))
-            frames.append(frame)
-        old = [self._rows.assign(_seg=self._seg, _pos=self._pos)] if len(self._rows) else []
-        rows = pd.concat([*old, *frames], ignore_index=True) if old or frames else self._rows.assign(
-            _seg=self._seg, _pos=self._pos)
-        gone = rows["id"].isin(deleted).to_numpy()
-        rows = _defragment(rows[~gone].reset_index(drop=True))
+        frames = self._segment_frames(segments, len(self._vectors))
+        self._map(segments)
+        old = [self._frame.assign(_seg=self._seg, _pos=self._pos)] if len(self._frame) else []
+        rows = _live_rows([*old, *frames], deleted)
+        # nothing removed from the old rows: extend the name list and map instead of rebuilding them
+        extend = bool(old) and len(rows) == len(self._frame) + sum(map(len, frames))
         self._seg = rows.pop("_seg").to_numpy(np.int64)
         self._pos = rows.pop("_pos").to_numpy(np.int64)
-        self._rows = rows
-        if gone.any() or not old:
-            self._by_name = dict(zip(rows["name"].tolist(), range(len(rows))))
-        else:  # rows were only appended: extend the name map instead of rebuilding it
-            start = len(self._by_name)
-            self._by_name.update(zip(rows["name"].iloc[start:].tolist(), range(start, len(rows))))
-        # plain arrays for the query path: ids ascend with the row order (assigned in commit order)
-        self._ids = rows["id"].to_numpy(dtype=np.int64)
-        self._complexity = rows["complexity"].to_numpy(dtype=np.float64)
-        self._kinds = {k: (rows["kind"] == k).to_numpy(dtype=bool) for k in KINDS}
-        if self._projection is None or len(rows) < search.EXACT_ROWS:
+        self._frame = rows
+        names = rows["name"].iloc[len(self._names) if extend else 0:].tolist()
+        self._index_rows(names, rows["id"].to_numpy(dtype=np.int64),
+                         {k: (rows["kind"] == k).to_numpy(dtype=bool) for k in KINDS},
+                         rows["complexity"].to_numpy(dtype=np.float64), deleted, len(segments), extend)
+
+    def _index_rows(self, names: list[str], ids: np.ndarray, kinds: dict[str, np.ndarray], complexity: np.ndarray,
+                    deleted: set[int], new_segments: int, extend: bool) -> None:
+        """The plain arrays of the query path and the candidate structure, for the live rows in row order;
+        `names` are all of them, or with `extend` those after the ones already known."""
+        if extend:
+            start = len(self._names)
+            self._names.extend(names)
+            self._by_name.update(zip(names, range(start, len(self._names))))
+        else:
+            self._names = names
+            self._by_name = dict(zip(names, range(len(names))))
+        # ids ascend with the row order (assigned in commit order)
+        self._ids, self._kinds, self._complexity = ids, kinds, complexity
+        if self._projection is None or len(ids) < search.EXACT_ROWS:
             self._candidates = None
         elif self._candidates is None:
-            self._candidates = search.Candidates(self._proj_rows(np.arange(len(rows))), self._ids)
+            self._candidates = search.Candidates(self._proj_rows(np.arange(len(ids))), self._ids)
         else:
             self._candidates.remove(deleted)
-            new = np.flatnonzero(self._seg >= len(self._vectors) - len(segments))
+            new = np.flatnonzero(self._seg >= len(self._vectors) - new_segments)
             self._candidates.add(self._proj_rows(new), self._ids[new])
 
     def _proj_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -289,8 +377,8 @@ class TaskIndex:
 
     def names(self, kind: str | None = None) -> list[str]:
         if kind is None:
-            return self._rows["name"].tolist()
-        return self._rows.loc[self._rows["kind"] == kind, "name"].tolist()
+            return list(self._names)
+        return [n for n, keep in zip(self._names, self._kinds[kind]) if keep]
 
     def __contains__(self, name: str) -> bool:
         return name in self._by_name
@@ -319,10 +407,9 @@ class TaskIndex:
 
     def _records(self, rows: np.ndarray) -> list[dict]:
         """The metadata of many rows in one pandas call (one call per row costs more than the re-rank)."""
-        out = []
-        for rec in self._rows.iloc[rows].to_dict("records"):
-            out.append({k: c for k, v in rec.items() if (c := _clean(v)) is not None})
-        return out
+        if self._light is not None:
+            return [dict(self._light[r]) for r in rows]
+        return _frame_records(self._rows.iloc[rows])
 
     def get(self, name: str) -> tuple[Embedding, dict]:
         """The stored embedding and its metadata: bit-identical to what was added in a float32 index,
@@ -333,6 +420,9 @@ class TaskIndex:
 
     def _lazy_column(self, rows: np.ndarray, column: str) -> list:
         """A column kept on disk, for the given live rows, reading only the row groups that hold them."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         out = [None] * len(rows)
         by_seg: dict[int, list[int]] = {}
         for i, r in enumerate(rows):
@@ -350,16 +440,21 @@ class TaskIndex:
                     out[i] = v
         return out
 
-    def to_pandas(self) -> pd.DataFrame:
+    def to_pandas(self) -> "pd.DataFrame":
         """Live rows and their metadata (no vectors); one row per name."""
         return self._rows.copy()
 
-    def to_arrow(self) -> pa.Table:
+    def to_arrow(self) -> "pa.Table":
         """to_pandas() as one Arrow table, for DuckDB and polars: segment files still hold removed rows."""
+        import pyarrow as pa
+
         return pa.Table.from_pandas(self.to_pandas(), preserve_index=False).replace_schema_metadata(None)
 
     def _column_type(self, key: str) -> str | None:
         """'boolean', 'number' or 'string' for a metadata column the index holds values of."""
+        import pandas as pd
+        import pyarrow as pa
+
         dtype = self._rows[key].dtype if key in self._rows.columns else None
         if not isinstance(dtype, pd.ArrowDtype):
             return None
@@ -446,20 +541,19 @@ class TaskIndex:
                    "method": emb.meta.get("method"), "embedding_meta": json.dumps(emb.meta, sort_keys=True)}
             rec.update(meta)
             records.append(rec)
-        table = pa.Table.from_pandas(pd.DataFrame(records), preserve_index=False)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, row_group_size=ROW_GROUP)
+        import pandas as pd
+
         store = self._store
         manifest = json.loads(json.dumps(self.manifest))
         segment = {"vectors": store.new_file(VECTOR_TYPES[self.vector_type], encoded),
-                   "rows": store.new_file(".parquet", sink.getvalue().to_pybytes()), "proj": None}
+                   **_segment_rows(store, pd.DataFrame(records)), "proj": None}
         if self._projection is not None:
             segment["proj"] = store.new_file(".proj.f32", search.project(vectors, self._projection).tobytes())
         manifest["segments"].append(segment)
         if only:
-            replaced = self._rows["id"].astype(int).tolist()
+            replaced = self._ids.tolist()
         else:
-            replaced = [int(self._rows.at[self._by_name[n], "id"]) for n, *_ in batch if n in self._by_name]
+            replaced = [int(self._ids[self._by_name[n]]) for n, *_ in batch if n in self._by_name]
         manifest["deleted"] = sorted(set(manifest["deleted"]) | set(replaced))
         manifest["next_id"] = int(ids[-1]) + 1
         manifest["row_count"] = len(self) + len(batch) - len(replaced)
@@ -474,7 +568,7 @@ class TaskIndex:
         meta = dict(metadata or {})
         if isinstance(source, str):
             row = self._row(source) if source in self._by_name else None
-            if row is None or self._rows.at[row, "kind"] != "task":
+            if row is None or not self._kinds["task"][row]:
                 raise IndexUsageError(f"model {name!r}: source task {source!r} is not a task row of this index; "
                                       "add the task first, pass its Embedding, or source=None for a black box")
             emb = self.get(source)[0]
@@ -537,7 +631,7 @@ class TaskIndex:
         emb, _ = self._as_embedding(query, probe)
         if len(rows) == 0:
             return []
-        names = self._rows["name"].iloc[rows].tolist()
+        names = [self._names[r] for r in rows]
         fit = self.manifest.get("model2vec")
         m, fitted = selection.fitted_vectors(self._gather(rows), names, self._ids[rows], fit, self._theta)
         # a fitted model is scored with the alpha its bias was learned for; the others with this call's
@@ -593,7 +687,7 @@ class TaskIndex:
         self._writable()
         row = self._row(name)
         manifest = json.loads(json.dumps(self.manifest))
-        manifest["deleted"] = sorted(set(manifest["deleted"]) | {int(self._rows.at[row, "id"])})
+        manifest["deleted"] = sorted(set(manifest["deleted"]) | {int(self._ids[row])})
         manifest["row_count"] = len(self) - 1
         self._commit(manifest)
 
@@ -621,17 +715,16 @@ class TaskIndex:
         if len(rows):
             encoded = b"".join(encode_vectors(self._gather(rows[i:i + 4096]), vector_type)
                                for i in range(0, len(rows), 4096))
+            import pandas as pd
+
             frame = self._rows
             if vector_type != self.vector_type:  # complexity follows the vectors the index will hold
                 frame = frame.assign(complexity=pd.array(
                     distance.complexity(self._decoded(encoded, vector_type), self.prior),
                     dtype=frame["complexity"].dtype))
             frame = frame.assign(**{c: self._lazy_column(rows, c) for c in LAZY})
-            sink = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, row_group_size=ROW_GROUP)
             manifest["segments"] = [{"vectors": store.new_file(VECTOR_TYPES[vector_type], encoded),
-                                     "rows": store.new_file(".parquet", sink.getvalue().to_pybytes()),
-                                     "proj": None}]
+                                     **_segment_rows(store, frame), "proj": None}]
         self._commit(manifest, retrain=True)
         removed = 0
         for p in store.unreferenced(self.manifest):
@@ -669,6 +762,8 @@ class TaskIndex:
 
         Runs when the index doubles while small, so its cost stays O(1) per added row.
         """
+        import pyarrow.parquet as pq
+
         store = self._store
         deleted = set(manifest["deleted"])
         segs = [(s, store.memmap(s["vectors"], self.dim),
@@ -692,9 +787,9 @@ class TaskIndex:
         if isinstance(query, Embedding):
             self._check_embedding(query)
             return query, None
-        if isinstance(query, str):
+        if isinstance(query, str):  # the stored vector: a query needs no provenance read from disk
             row = self._row(query)
-            return self.get(query)[0], int(self._rows.at[row, "id"])
+            return Embedding(self._vector(row), self.prior, self.layout, dict(self.space)), int(self._ids[row])
         from .tasks import Task  # imports torch: only when a task must be embedded
 
         if isinstance(query, Task):
@@ -842,9 +937,8 @@ class TaskIndex:
         return verify(self._store.root)
 
     def info(self) -> dict:
-        counts = self._rows["kind"].value_counts().to_dict() if len(self) else {}
         return {"path": str(self._store.root), "version": self.version, "rows": len(self),
-                "tasks": int(counts.get("task", 0)), "models": int(counts.get("model", 0)), "dim": self.dim,
+                "tasks": int(self._kinds["task"].sum()), "models": int(self._kinds["model"].sum()), "dim": self.dim,
                 "vectors": self.vector_type,
                 **self.space, "segments": len(self.manifest["segments"]),
                 "deleted_rows": len(self.manifest["deleted"]),
@@ -853,12 +947,26 @@ class TaskIndex:
                 "created": self.manifest["created"]}
 
 
+def _live_rows(frames: list["pd.DataFrame"], deleted: set[int]) -> "pd.DataFrame":
+    """Segments' rows in order, removed ones dropped (an empty frame has the columns every row has)."""
+    import pandas as pd
+
+    if not frames:
+        return pd.DataFrame({"id": pd.Series(dtype="int64"), "name": pd.Series(dtype="object"),
+                             "kind": pd.Series(dtype="object"), "complexity": pd.Series(dtype="float64"),
+                             "_seg": pd.Series(dtype="int64"), "_pos": pd.Series(dtype="int64")})
+    rows = pd.concat(frames, ignore_index=True)
+    return _defragment(rows[~rows["id"].isin(deleted).to_numpy()].reset_index(drop=True))
+
+
 MAX_CHUNKS = 16  # Arrow chunks per metadata column before they are joined: a take across 200 chunks cost 23 ms
 
 
-def _defragment(frame: pd.DataFrame) -> pd.DataFrame:
+def _defragment(frame: "pd.DataFrame") -> "pd.DataFrame":
     """Join the Arrow chunks that concatenating segments leaves once a column has more than MAX_CHUNKS, so the
     cost of joining stays amortised O(1) per added row and a hit's metadata is one take per column."""
+    import pandas as pd
+
     for col in frame.columns:
         values = frame[col].array
         if isinstance(values, pd.arrays.ArrowExtensionArray):

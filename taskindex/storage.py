@@ -7,6 +7,8 @@
                                      vectors="bfloat16" (format 2): half the disk, d_sym within 1e-3
     <index>/data/<uuid>.proj.f32     the segment's rows in the candidate space (rows x proj_dim)
     <index>/data/<uuid>.parquet      the segment's metadata rows (removed ones too: TaskIndex.to_arrow() reads live rows)
+    <index>/data/<uuid>.json         the same rows as JSON records, for segments of up to 10,000 rows: a small index
+                                     opened read-only loads from them without pandas or pyarrow
     <index>/data/<uuid>.npy          prior, projection (no pickle: numpy with allow_pickle=False)
     <index>/LOCK                     flock'ed by the one writer; the kernel releases it when it dies
 
@@ -25,7 +27,6 @@ import json
 import mmap
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -187,7 +188,7 @@ class Store:
     def new_file(self, suffix: str, data: bytes) -> dict:
         """Write an immutable data file (fsync'ed) and return its manifest entry."""
         self.data.mkdir(parents=True, exist_ok=True)
-        name = f"{uuid.uuid4().hex}{suffix}"
+        name = f"{os.urandom(16).hex()}{suffix}"  # a random 128-bit name: no two writers collide
         path = self.data / name
         with open(path, "xb") as f:
             f.write(data)
@@ -258,7 +259,7 @@ def all_refs(manifest: dict) -> list[dict]:
     if manifest.get("model2vec"):
         refs.append(manifest["model2vec"]["theta"])
     for seg in manifest["segments"]:
-        refs += [seg[k] for k in ("vectors", "proj", "rows") if seg.get(k)]
+        refs += [seg[k] for k in ("vectors", "proj", "rows", "records") if seg.get(k)]
     return refs
 
 

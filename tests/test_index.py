@@ -194,7 +194,8 @@ def test_commit_writes_only_what_changed(index, synth, tmp_path):
     index.add("one", synth.make(3))
     new = [p for p in data.iterdir() if p.name not in before]
     written = sum(p.stat().st_size for p in new)
-    assert len(new) == 2  # vectors + metadata of the new row (no projection yet below EXACT_ROWS)
+    # vectors + metadata (Parquet and JSON records) of the new row (no projection yet below EXACT_ROWS)
+    assert sorted(p.suffix for p in new) == [".f32", ".json", ".parquet"]
     assert written < 3 * 4 * index.dim + 20_000 < size_before / 10
 
 
@@ -266,11 +267,15 @@ def test_damaged_files_are_reported_by_verify_and_open_naming_the_file(index, sy
 
 
 READER = r"""
-import sys, numpy as np
+import sys, time, numpy as np
 from taskindex.index import TaskIndex
 path, rounds = sys.argv[1], int(sys.argv[2])
 seen = set()
-for _ in range(rounds):
+deadline = time.monotonic() + 120
+done = 0
+# at least `rounds` opens, and on until the index changed once (a fast reader can finish before the first commit)
+while done < rounds or (len(seen) < 2 and time.monotonic() < deadline):
+    done += 1
     with TaskIndex.open(path, readonly=True) as idx:
         frame = idx.to_pandas()
         assert len(frame) == idx.manifest["row_count"], "row count differs from its manifest"

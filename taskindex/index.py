@@ -28,7 +28,7 @@ from .embedding import PRIOR_SCALE, SPACE_DEFAULTS, SPACE_KEYS, Embedding
 from .estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
 from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
 from .storage import (HASH_ON_OPEN_BYTES, VECTOR_TYPES, Store, all_refs, decode_vectors, encode_vectors,
-                      sha256_file)
+                      prefetch, sha256_file)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -363,8 +363,10 @@ class TaskIndex:
         cuts = [0, *(np.flatnonzero(np.diff(segs[order])) + 1), len(rows)]
         for lo, hi in zip(cuts, cuts[1:]):
             if hi > lo:
-                seg = segs[order[lo]]
-                decode_vectors(files[seg][self._pos[rows[order[lo:hi]]]], out=buf[lo:hi])
+                seg, pos = segs[order[lo]], self._pos[rows[order[lo:hi]]]
+                if files is self._vectors:
+                    prefetch(files[seg], pos)
+                decode_vectors(files[seg][pos], out=buf[lo:hi])
         if not ordered:
             out[order] = buf
         return out

@@ -96,6 +96,22 @@ def decode_vectors(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray
     return out
 
 
+def prefetch(rows: np.ndarray, pos: np.ndarray) -> None:
+    """Ask the kernel to start reading the pages of rows `pos` (ascending) of a memory-mapped file, one madvise
+    per run of consecutive rows. The map reads at random (MADV_RANDOM: one 4 KiB page a fault), so rows not in
+    the page cache are then fetched together instead of a page at a time: 200 random rows of 42 KiB from disk
+    took 36 ms instead of 218 (bench_query), and 0.7 ms more where they were cached."""
+    mm = getattr(rows, "_mmap", None)
+    if mm is None or not hasattr(mmap, "MADV_WILLNEED") or not len(pos):
+        return
+    row_bytes = rows.strides[0]  # Store.memmap maps whole files from their first byte
+    cuts = [0, *(np.flatnonzero(np.diff(pos) != 1) + 1), len(pos)]
+    for lo, hi in zip(cuts, cuts[1:]):
+        start = int(pos[lo]) * row_bytes
+        aligned = start - start % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_WILLNEED, aligned, start + (hi - lo) * row_bytes - aligned)
+
+
 @dataclass
 class FileRef:
     """A data file as the manifest records it."""

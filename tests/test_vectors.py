@@ -13,7 +13,7 @@ from taskindex.cli import cli, default_index_path
 from taskindex.errors import TaskIndexError
 from taskindex.index import TaskIndex, verify
 from taskindex.indexkit import Overlapping, wide_probe
-from taskindex.storage import decode_vectors, encode_vectors
+from taskindex.storage import Store, decode_vectors, encode_vectors, prefetch
 
 
 def test_bfloat16_rounds_to_nearest_and_keeps_every_entry_positive():
@@ -26,6 +26,37 @@ def test_bfloat16_rounds_to_nearest_and_keeps_every_entry_positive():
     assert rel.max() <= 2 ** -8  # half a unit of bfloat16's 8-bit significand
     assert back[0, 1] == 1.0 and back[0, 2] == 1.0
     assert np.array_equal(decode_vectors(np.frombuffer(encode_vectors(v, "float32"), "<f4").reshape(v.shape)), v)
+
+
+def test_prefetch_asks_for_each_run_of_rows_from_its_page_start(tmp_path):
+    """Rows of a real probe's width (42,016 bytes as bfloat16) start off page boundaries; madvise refuses
+    those, so each run's range must begin on its page."""
+    import mmap
+
+    v = np.exp(np.random.default_rng(0).normal(size=(40, 21008))).astype(np.float32)
+    store = Store(tmp_path)
+    ref = store.new_file(".bf16", encode_vectors(v, "bfloat16"))
+    rows = store.memmap(ref, 21008)
+    pos = np.array([0, 1, 2, 7, 30, 31])
+    prefetch(rows, pos)  # the real call: raises on a misaligned range
+    assert np.array_equal(decode_vectors(rows[pos]), decode_vectors(np.frombuffer(
+        encode_vectors(v[pos], "bfloat16"), "<u2").reshape(len(pos), -1)))
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def madvise(self, advice, start, length):
+            self.calls.append((advice, start, length))
+
+    fake = type("Rows", (), {"_mmap": Recorder(), "strides": rows.strides})()
+    prefetch(fake, pos)
+    row, page = rows.strides[0], mmap.PAGESIZE
+    want = []
+    for first, count in ((0, 3), (7, 1), (30, 2)):
+        start = first * row
+        want.append((mmap.MADV_WILLNEED, start - start % page, start % page + count * row))
+    assert fake._mmap.calls == want
 
 
 def _copy(src: TaskIndex, path, vectors: str) -> TaskIndex:

@@ -265,6 +265,10 @@ class TaskIndex:
         else:
             self._frame = _live_rows([], set())
             self._append(segments, deleted)
+        if self._candidates is not None:  # a large open leaves freed decode buffers behind
+            from .memory import release_freed
+
+            release_freed()
 
     @property
     def _rows(self) -> "pd.DataFrame":

@@ -92,6 +92,21 @@ class Candidates:
         self._quantizer = quantizer  # keep the SWIG owners alive
         self._base = base
         self.add(proj, ids)
+        if self.kind == "ivf":
+            self._repack()
+
+    def _repack(self) -> None:
+        """Copy the inverted lists into exactly sized ones: adding grows each list's arrays geometrically,
+        which left ~100 B a row of unused capacity at 100k rows."""
+        import faiss
+
+        old = self._base.invlists
+        new = faiss.ArrayInvertedLists(old.nlist, old.code_size)
+        for i in range(old.nlist):
+            if n := old.list_size(i):
+                new.add_entries(i, n, old.get_ids(i), old.get_codes(i))
+        self._base.replace_invlists(new, True)
+        new.this.disown()  # the index owns it now
 
     def add(self, proj: np.ndarray, ids: np.ndarray) -> None:
         if len(ids):

@@ -14,6 +14,7 @@ stays the metadata table that filters, pandas, polars and DuckDB read.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import time
@@ -28,7 +29,7 @@ from .embedding import PRIOR_SCALE, SPACE_DEFAULTS, SPACE_KEYS, Embedding
 from .estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
 from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
 from .storage import (HASH_ON_OPEN_BYTES, VECTOR_TYPES, Store, all_refs, decode_vectors, encode_vectors,
-                      prefetch, sha256_file)
+                      read_rows, sha256_file)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -367,10 +368,7 @@ class TaskIndex:
         cuts = [0, *(np.flatnonzero(np.diff(segs[order])) + 1), len(rows)]
         for lo, hi in zip(cuts, cuts[1:]):
             if hi > lo:
-                seg, pos = segs[order[lo]], self._pos[rows[order[lo:hi]]]
-                if files is self._vectors:
-                    prefetch(files[seg], pos)
-                decode_vectors(files[seg][pos], out=buf[lo:hi])
+                read_rows(files[segs[order[lo]]], self._pos[rows[order[lo:hi]]], buf[lo:hi])
         if not ordered:
             out[order] = buf
         return out
@@ -778,13 +776,16 @@ class TaskIndex:
         live = [(i, j) for i, (_, _, ids) in enumerate(segs) for j in np.flatnonzero(~np.isin(ids, list(deleted)))]
         rng = np.random.default_rng(0)
         pick = rng.choice(len(live), size=min(len(live), search.PCA_SAMPLE), replace=False)
-        sample = np.stack([decode_vectors(segs[live[p][0]][1][live[p][1]]) for p in sorted(pick)])
+        chosen = [live[p] for p in sorted(pick)]  # in segment order
+        sample = np.concatenate([_rows_of(segs[i][1], [j for _, j in group])
+                                 for i, group in itertools.groupby(chosen, key=lambda t: t[0])])
         projection = search.train_projection(sample)
         manifest["projection"] = store.new_file(".npy", _npy_bytes(projection))
         manifest["projection_rows"] = len(live)
         for seg, vecs, _ in segs:
-            proj = np.concatenate([search.project(decode_vectors(vecs[i:i + 4096]), projection)
-                                   for i in range(0, len(vecs), 4096)]) if len(vecs) else np.zeros((0, 1))
+            blocks = [np.arange(i, min(i + 4096, len(vecs))) for i in range(0, len(vecs), 4096)]
+            proj = (np.concatenate([search.project(_rows_of(vecs, b), projection) for b in blocks]) if blocks
+                    else np.zeros((0, 1)))
             seg["proj"] = store.new_file(".proj.f32", proj.astype("<f4").tobytes())
 
     # --- search --------------------------------------------------------------------------------
@@ -951,6 +952,13 @@ class TaskIndex:
                 "candidates": self._candidates.kind if self._candidates is not None else "exact",
                 "alpha": self.alpha, "model2vec": self._fit_coverage(),
                 "created": self.manifest["created"]}
+
+
+def _rows_of(rows: np.ndarray, pos) -> np.ndarray:
+    """Rows of one memory-mapped segment file as float32."""
+    out = np.empty((len(pos), rows.shape[1]), np.float32)
+    read_rows(rows, np.asarray(pos, dtype=np.int64), out)
+    return out
 
 
 def _live_rows(frames: list["pd.DataFrame"], deleted: set[int]) -> "pd.DataFrame":

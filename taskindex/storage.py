@@ -112,6 +112,27 @@ def prefetch(rows: np.ndarray, pos: np.ndarray) -> None:
         mm.madvise(mmap.MADV_WILLNEED, aligned, start + (hi - lo) * row_bytes - aligned)
 
 
+DENSE_ROWS = 64  # a run of at least this many rows, with at most as many gaps, is read with one read call
+
+
+def read_rows(rows: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
+    """Rows `pos` (ascending) of a memory-mapped segment file, decoded into `out` (float32).
+
+    A dense stretch (an exact scan, or opening the projections) is read with one read call, which the file's
+    read-ahead serves at 190 MB/s from disk where the random-access map faults 30 MB/s; scattered rows (a query's
+    candidates) go through the map after `prefetch` (bench_query)."""
+    pos = np.asarray(pos, dtype=np.int64)
+    path = getattr(rows, "filename", None)
+    if (path is not None and len(pos) >= DENSE_ROWS and pos[-1] - pos[0] < 2 * len(pos)
+            and bool(np.all(pos[1:] > pos[:-1]))):
+        span = np.fromfile(path, dtype=rows.dtype, count=int(pos[-1] - pos[0] + 1) * rows.shape[1],
+                           offset=int(pos[0]) * rows.strides[0]).reshape(-1, rows.shape[1])
+        decode_vectors(span if len(span) == len(pos) else span[pos - pos[0]], out=out)
+        return
+    prefetch(rows, pos)
+    decode_vectors(rows[pos], out=out)
+
+
 @dataclass
 class FileRef:
     """A data file as the manifest records it."""

@@ -13,7 +13,7 @@ from taskindex.cli import cli, default_index_path
 from taskindex.errors import TaskIndexError
 from taskindex.index import TaskIndex, verify
 from taskindex.indexkit import Overlapping, wide_probe
-from taskindex.storage import Store, decode_vectors, encode_vectors, prefetch
+from taskindex.storage import Store, decode_vectors, encode_vectors, prefetch, read_rows
 
 
 def test_bfloat16_rounds_to_nearest_and_keeps_every_entry_positive():
@@ -57,6 +57,20 @@ def test_prefetch_asks_for_each_run_of_rows_from_its_page_start(tmp_path):
         start = first * row
         want.append((mmap.MADV_WILLNEED, start - start % page, start % page + count * row))
     assert fake._mmap.calls == want
+
+
+@pytest.mark.parametrize("vectors", ["float32", "bfloat16"])
+def test_read_rows_gives_the_rows_dense_or_scattered(tmp_path, vectors):
+    """A dense stretch is read with one read call, scattered rows through the map: both give the rows."""
+    v = np.exp(np.random.default_rng(1).normal(size=(500, 301))).astype(np.float32)
+    store = Store(tmp_path)
+    rows = store.memmap(store.new_file(".f32" if vectors == "float32" else ".bf16", encode_vectors(v, vectors)), 301)
+    want = decode_vectors(np.asarray(rows))
+    for pos in (np.arange(500), np.arange(37, 300), np.flatnonzero(np.arange(500) % 3 != 1),  # dense, with gaps
+                np.array([3, 4, 90, 91, 92, 400]), np.arange(0, 500, 7), np.array([9, 2, 5]), np.array([], int)):
+        out = np.full((len(pos), 301), np.nan, np.float32)
+        read_rows(rows, pos, out)
+        assert np.array_equal(out, want[pos]), pos[:5]
 
 
 def _copy(src: TaskIndex, path, vectors: str) -> TaskIndex:

@@ -362,11 +362,12 @@ def baselines(index, queries: list[Embedding], subset: int, reps: int) -> dict:
 
 def add_timings(index, perturb: Perturber, singles: int, bulk: int) -> dict:
     one = []
+    tag = f"v{index.version}"  # a --reuse of a kept index adds new names beside the earlier runs' rows
     for i, (emb, j) in enumerate(perturb.embeddings(singles)):
         t = time.perf_counter()
-        index.add(f"extra{i}", emb, "task", {"seed": j})
+        index.add(f"extra{i}-{tag}", emb, "task", {"seed": j})
         one.append(time.perf_counter() - t)
-    rows = [(f"bulk{i}", emb, "task", {"seed": j}) for i, (emb, j) in enumerate(perturb.embeddings(bulk))]
+    rows = [(f"bulk{i}-{tag}", emb, "task", {"seed": j}) for i, (emb, j) in enumerate(perturb.embeddings(bulk))]
     t = time.perf_counter()
     index.add_many(rows)
     many = time.perf_counter() - t

@@ -78,14 +78,19 @@ def _pairwise_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
                 np.divide(q, r, out=r)
             if zero.any():
                 r[zero] = 0.5
-            # with u = 1 - r: sum(u^2) = n - 2 sum(r) + sum(r^2) and sum(r u) = sum(r) - sum(r^2)
-            sr = r.sum(axis=1, dtype=np.float64)
-            srr = np.einsum("ij,ij->i", r, r, dtype=np.float64)
-            suu = r.shape[1] - 2.0 * sr + srr
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cos = np.where((srr > 0) & (suu > 0), (sr - srr) / np.sqrt(srr * np.maximum(suu, 0.0)), 0.0)
-            out[i, lo:lo + rows] = np.clip(1.0 - cos, 0.0, 1.0)
+            out[i, lo:lo + rows] = _from_sums(r.sum(axis=1, dtype=np.float64),
+                                              np.einsum("ij,ij->i", r, r, dtype=np.float64), r.shape[1])
     return out
+
+
+def _from_sums(sr: np.ndarray, srr: np.ndarray, n: int) -> np.ndarray:
+    """d_sym from sum(r) and sum(r^2) over the n entries: with u = 1 - r, sum(u^2) = n - 2 sum(r) + sum(r^2)
+    and sum(r u) = sum(r) - sum(r^2)."""
+    sr, srr = np.asarray(sr, np.float64), np.asarray(srr, np.float64)
+    suu = np.maximum(n - 2.0 * sr + srr, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where((srr > 0) & (suu > 0), (sr - srr) / np.sqrt(srr * suu), 0.0)
+    return np.clip(1.0 - cos, 0.0, 1.0)
 
 
 def rerank(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -99,13 +104,15 @@ def rerank(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
     for lo in range(0, len(rows), step):
         r = q + rows[lo:lo + step]
         np.divide(q, r, out=r)  # entries are > 0, so r is never 0/0
-        sr = r.sum(axis=1).astype(np.float64)
-        srr = np.einsum("ij,ij->i", r, r).astype(np.float64)
-        suu = np.maximum(r.shape[1] - 2.0 * sr + srr, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cos = np.where((srr > 0) & (suu > 0), (sr - srr) / np.sqrt(srr * suu), 0.0)
-        out[lo:lo + step] = np.clip(1.0 - cos, 0.0, 1.0)
+        out[lo:lo + step] = _from_sums(r.sum(axis=1), np.einsum("ij,ij->i", r, r), r.shape[1])
     return out
+
+
+def rerank_torch(queries, rows):
+    """`rerank` for pairs of torch tensors on any device: d_sym between queries[i] and rows[i], (P, d) each,
+    float32 sums; returns a float64 numpy array. The index's batch path on a GPU."""
+    r = queries / (queries + rows)
+    return _from_sums(r.sum(1).double().cpu().numpy(), (r * r).sum(1).double().cpu().numpy(), r.shape[1])
 
 
 def pairwise(a, b=None) -> np.ndarray:

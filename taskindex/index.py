@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 KINDS = ("task", "model")
 ROW_GROUP = 4096  # metadata rows per Parquet row group: `get` decodes one group, not a whole segment
 LIGHT_ROWS = 10_000  # segments up to this size also store JSON records; indexes up to it open read-only from them
+TORCH_BLOCK = 1024  # candidate rows, and query-row pairs, on the device at once in query_many's torch path
 LAZY = ("embedding_meta",)  # per-row columns left on disk until `get` or `compact` needs them
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
             "embedding_meta")
@@ -851,9 +852,14 @@ class TaskIndex:
         alpha: float | None = None,
         probe=None,
         progress: bool | None = None,
+        device: str | None = None,
     ) -> list[list[Hit]]:
         """`query` for many queries (Embeddings, Tasks or row names; None: every row) with the same answers,
-        batched: one projection and one FAISS search for all, the exact re-rank spread over the cores."""
+        batched: one projection and one FAISS search for all, then the exact re-rank of the candidates.
+
+        device: where the re-rank runs. None: numpy threads over the cores, or a CUDA GPU where torch is
+        already imported and sees one; a torch device ('cuda', 'cuda:1', 'cpu') runs it in torch there,
+        each candidate row read once for the whole batch."""
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm.auto import tqdm
@@ -871,16 +877,49 @@ class TaskIndex:
             points = search.project(vectors, self._projection, query=True)
             found = self._candidates.search_many(points, want, self._ids[keep] if filtered else None)
             rows = [np.searchsorted(self._ids, f[f >= 0]) for f in found]
+        device = _torch_device(device)
         workers = max(1, min(len(pairs), os.cpu_count() or 1, 8))
         with ThreadPoolExecutor(workers) as pool, tqdm(total=len(pairs), desc="query_many", unit="query",
                                                        disable=progress is False or len(pairs) < 1000,
                                                        leave=False) as bar:
+            if device is not None:
+                ranked = self._rank_torch(device, vectors, rows, [i for _, i in pairs], k, metric, alpha, bar)
+                return self._hits(ranked, metric)
+
             def one(i):
                 ranked = self._rank(vectors[i], rows[i], pairs[i][1], k, metric, alpha)
                 bar.update()
                 return ranked
 
             return self._hits(list(pool.map(one, range(len(pairs)))), metric)
+
+    def _rank_torch(self, device: str, vectors: np.ndarray, rows: list[np.ndarray], self_ids: list, k: int,
+                    metric: str, alpha: float, bar) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The re-rank of a batch with torch on `device`: every candidate row is read once for the whole batch,
+        in blocks of TORCH_BLOCK rows moved to the device, and scored against all the queries that want it."""
+        import torch
+
+        rows = [self._own(r, s) for r, s in zip(rows, self_ids)]
+        owner = np.repeat(np.arange(len(rows)), [len(r) for r in rows])  # one (query, row) pair per candidate
+        wanted = np.concatenate([np.zeros(0, np.int64)] + rows)
+        dists = np.empty(len(wanted))
+        union = np.unique(wanted)
+        at = np.searchsorted(union, wanted)
+        by_row = np.argsort(at, kind="stable")
+        q = torch.as_tensor(vectors, device=device)
+        for lo in range(0, len(union), TORCH_BLOCK):
+            block = torch.as_tensor(self._gather(union[lo:lo + TORCH_BLOCK]), device=device)
+            here = by_row[np.searchsorted(at[by_row], lo):np.searchsorted(at[by_row], lo + TORCH_BLOCK)]
+            for p in range(0, len(here), TORCH_BLOCK):
+                pairs = here[p:p + TORCH_BLOCK]
+                dists[pairs] = distance.rerank_torch(q[torch.as_tensor(owner[pairs], device=device)],
+                                                     block[torch.as_tensor(at[pairs] - lo, device=device)])
+        cuts = np.cumsum([0] + [len(r) for r in rows])
+        out = []
+        for i, r in enumerate(rows):
+            out.append(self._top(vectors[i], r, dists[cuts[i]:cuts[i + 1]], k, metric, alpha))
+            bar.update()
+        return out
 
     def _query_plan(self, k, metric, kind, where, alpha) -> tuple[float, np.ndarray, bool]:
         """Checked arguments of a query: (alpha, the rows the filter keeps, whether anything is filtered)."""
@@ -902,17 +941,25 @@ class TaskIndex:
         name as the query costs one more (itself, dropped)."""
         return k * search.OVERFETCH * (2 if metric == "asym" else 1) + int(drops_self)
 
+    def _own(self, rows: np.ndarray, self_id) -> np.ndarray:
+        """Candidate rows in index order (each segment's rows read in one pass), the query's own row left out."""
+        rows = np.sort(rows)
+        return rows[self._ids[rows] != self_id] if self_id is not None else rows
+
     def _rank(self, vector: np.ndarray, rows: np.ndarray, self_id, k: int, metric: str,
               alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """Exact re-rank of candidate rows: float32 d_sym picks the k, float64 gives them their distances.
         Returns (the k rows, their scores), best first."""
-        rows = np.sort(rows)  # index order reads each segment's rows in one pass
-        if self_id is not None:
-            rows = rows[self._ids[rows] != self_id]
+        rows = self._own(rows, self_id)
+        dists = np.concatenate([np.zeros(0)] + [distance.rerank(vector, self._gather(rows[i:i + 2048]))
+                                                for i in range(0, len(rows), 2048)])
+        return self._top(vector, rows, dists, k, metric, alpha)
+
+    def _top(self, vector: np.ndarray, rows: np.ndarray, dists: np.ndarray, k: int, metric: str,
+             alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of the re-ranked rows, with their float64 scores."""
         if len(rows) == 0:
             return rows, np.zeros(0)
-        dists = np.concatenate([distance.rerank(vector, self._gather(rows[i:i + 2048]))
-                                for i in range(0, len(rows), 2048)])
         cx = self._complexity[rows]
         score = dists - alpha * cx if metric == "asym" else dists
         top = np.argsort(score, kind="stable")[:k]
@@ -988,6 +1035,24 @@ def _defragment(frame: "pd.DataFrame") -> "pd.DataFrame":
             if chunked.num_chunks > MAX_CHUNKS:
                 frame[col] = pd.arrays.ArrowExtensionArray(chunked.combine_chunks())
     return frame
+
+
+def _torch_device(device) -> str | None:
+    """query_many's device: None for numpy; a CUDA GPU by default only where torch is loaded already."""
+    import sys
+
+    if device is None:
+        torch = sys.modules.get("torch")
+        return "cuda" if torch is not None and torch.cuda.is_available() else None
+    import torch
+
+    device = str(device)
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise TaskIndexError(f"device {device!r} is not usable here ({str(exc).splitlines()[0]}): "
+                             "pass device=None for numpy, or 'cpu'") from None
+    return device
 
 
 def _check_vector_type(vectors) -> None:

@@ -97,13 +97,16 @@ def test_bad_vectors_are_refused():
 
 
 def test_the_float32_rerank_chooses_as_the_float64_distance_does():
-    """The index's candidate re-rank accumulates in float32: against a float64 per-pair reference on vectors
-    spanning 30 orders of magnitude it stays within 1e-5, so it orders rows as d_sym does."""
+    """The index's candidate re-rank accumulates in float32 (numpy, and torch for query_many on a device):
+    against a float64 per-pair reference on vectors spanning 30 orders of magnitude it stays within 1e-5,
+    so it orders rows as d_sym does."""
     rng = np.random.default_rng(3)
     q = np.exp(rng.uniform(-35, 35, 21008)).astype(np.float32)
     rows = (q * np.exp(rng.normal(0, rng.uniform(0.05, 2.0, (300, 1)), (300, 21008)))).astype(np.float32)
     ref = np.array([1 - np.dot(a := q / (q + r.astype(np.float64)), 1 - a) / np.linalg.norm(a) / np.linalg.norm(1 - a)
                     for r in rows.astype(np.float64)])
-    fast = distance.rerank(q, rows)
-    assert np.abs(fast - ref).max() < 1e-5
-    assert np.array_equal(np.argsort(fast)[:10], np.argsort(ref)[:10])
+    torch = pytest.importorskip("torch")
+    for fast in (distance.rerank(q, rows),
+                 distance.rerank_torch(torch.as_tensor(q).expand(len(rows), -1), torch.as_tensor(rows))):
+        assert np.abs(fast - ref).max() < 1e-5
+        assert np.array_equal(np.argsort(fast)[:10], np.argsort(ref)[:10])

@@ -371,8 +371,13 @@ def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, s
 
 
 @pytest.mark.parametrize("metric", ["sym", "asym"])
-def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric):
-    """Past EXACT_ROWS (FAISS candidates, one batched search) and with filters, by embedding and by row name."""
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric, device, monkeypatch):
+    """Past EXACT_ROWS (FAISS candidates, one batched search) and with filters, by embedding and by row name;
+    device='cpu' runs the batch re-rank in torch (the GPU path, on the CPU), in blocks of 100 rows."""
+    import taskindex.index as index_module
+
+    monkeypatch.setattr(index_module, "TORCH_BLOCK", 100)
     rows = Overlapping(index)
     index.add_many([(f"r{i}", rows.make(), "model" if i % 5 == 0 else "task", {"even": i % 2 == 0})
                     for i in range(search.EXACT_ROWS + 200)])
@@ -380,9 +385,15 @@ def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric):
     queries = [rows.make() for _ in range(25)] + ["r3", "r10", "r11"]
     for options in ({}, {"where": {"even": True}}, {"kind": "model"}, {"exact": True}):
         one = [index.query(q, k=7, metric=metric, **options) for q in queries]
-        many = index.query_many(queries, k=7, metric=metric, **options)
+        many = index.query_many(queries, k=7, metric=metric, device=device, **options)
         assert [[h.to_dict() for h in hits] for hits in many] == [[h.to_dict() for h in hits] for hits in one]
     assert all(h.name != "r3" for h in many[25])  # a row's own name is never its answer
+
+
+def test_query_many_names_a_device_it_cannot_use(index, synth):
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(5)])
+    with pytest.raises(TaskIndexError, match="device 'nope' is not usable here"):
+        index.query_many(["r1"], k=2, device="nope")
 
 
 def test_query_many_of_every_row_and_of_nothing(index, synth):

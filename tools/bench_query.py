@@ -424,8 +424,9 @@ def other_structure(index, qs: list[Embedding], truth: list[set], lq: list[Embed
             "build_s": build_s, "bytes_per_row": mem / len(index)}
 
 
-def batch_queries(index, perturb: Perturber, m: int) -> dict:
-    """query_many of m fresh queries against m single queries, side by side, and whether they agree."""
+def batch_queries(index, perturb: Perturber, m: int, device: str | None) -> dict:
+    """query_many of m fresh queries against m single queries, side by side, and whether they agree; with
+    `device`, query_many on that torch device too."""
     qs = [e for e, _ in perturb.embeddings(m)]
     index.query_many(qs[:20], k=K)  # warm-up
     t = time.perf_counter()
@@ -435,7 +436,14 @@ def batch_queries(index, perturb: Perturber, m: int) -> dict:
     one = [index.query(q, k=K) for q in qs]
     one_s = time.perf_counter() - t
     same = sum([h.name for h in a] == [h.name for h in b] for a, b in zip(one, many))
-    return {"many_n": m, "many_s": many_s, "singles_s": one_s, "many_speedup": one_s / many_s, "many_same": same}
+    out = {"many_n": m, "many_s": many_s, "singles_s": one_s, "many_speedup": one_s / many_s, "many_same": same}
+    if device:
+        index.query_many(qs[:20], k=K, device=device)  # warm-up (torch's first call)
+        t = time.perf_counter()
+        on = index.query_many(qs, k=K, progress=False, device=device)
+        out.update(device=device, device_s=time.perf_counter() - t,
+                   device_same=sum([h.name for h in a] == [h.name for h in b] for a, b in zip(one, on)))
+    return out
 
 
 def bench_size(n: int, args, seeds: list[Embedding], image_size: int, baseline_n: int | None) -> dict:
@@ -504,7 +512,7 @@ def bench_size(n: int, args, seeds: list[Embedding], image_size: int, baseline_n
     if index._candidates is not None:
         res["alternative"] = other_structure(index, qs, truth, lq)
     if args.many_queries:
-        res.update(batch_queries(index, queries, args.many_queries))
+        res.update(batch_queries(index, queries, args.many_queries, args.many_device))
 
     if baseline_n == n:
         log(f"  baselines: pairwise loop on {args.loop_rows} rows, numpy brute force over {n:,} rows")
@@ -573,6 +581,10 @@ def table_rows(r: dict) -> list[tuple[str, str, str, str]]:
         row(f"query_many of {r['many_n']:,} against {r['many_n']:,} single queries",
             f"{fmt_s(r['many_s'])} vs {fmt_s(r['singles_s'])}: {r['many_speedup']:.1f}x "
             f"({r['many_same']} of {r['many_n']} answers identical)", "many_speedup", r["many_speedup"])
+    if "device_s" in r:
+        row(f"  the same with device={r['device']!r} (torch)",
+            f"{fmt_s(r['device_s'])}: {r['singles_s'] / r['device_s']:.1f}x "
+            f"({r['device_same']} of {r['many_n']} answers identical to single queries)")
     bd = r.get("breakdown")
     if bd:
         row("  split (medians): project / FAISS / id map / gather / re-rank / exact top-k / rest",
@@ -679,6 +691,7 @@ def main(argv=None) -> int:
     p.add_argument("--add-bulk", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vectors", choices=("float32", "bfloat16"), default="bfloat16", help="raw vector storage")
+    p.add_argument("--many-device", help="also time query_many on this torch device (cuda, cpu)")
     p.add_argument("--many-queries", type=int, default=1000, help="batch size of the query_many comparison (0: skip)")
     p.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -352,6 +352,39 @@ def test_inverted_lists_repacked_to_size_still_hold_every_row():
     assert set(ivf.search(queries[0], 1)) == {1}
 
 
+def test_unfiltered_ivf_searches_go_to_the_gpu_copy_and_the_rest_stay_on_the_cpu(monkeypatch):
+    """Without a GPU here, a CPU clone stands in for FAISS's GPU copy: the dispatch, the fallbacks (filters,
+    flat, no GPU) and the refresh after rows change are what is tested, not FAISS's GPU kernels."""
+    import faiss
+
+    copies = []
+
+    class Copy:
+        def __init__(self, index):
+            self.index, self.calls = faiss.clone_index(index), 0
+            copies.append(self)
+
+        def search(self, x, k):
+            self.calls += 1
+            return self.index.search(x, k)
+
+    rng = np.random.default_rng(2)
+    proj = rng.normal(size=(2000, 8)).astype(np.float32)
+    queries = rng.normal(size=(5, 8)).astype(np.float32)
+    ivf = search.Candidates(proj, np.arange(2000), kind="ivf")
+    cpu = ivf.search_many(queries, 10)  # no GPU here: the CPU structure answers
+    monkeypatch.setattr(search, "to_gpu", Copy)
+    ivf._gpu = None
+    assert np.array_equal(ivf.search_many(queries, 10), cpu) and copies[-1].calls == 1
+    allowed = np.arange(0, 2000, 2)
+    assert set(ivf.search_many(queries, 10, allowed).ravel()) <= set(allowed) and copies[-1].calls == 1
+    ivf.remove([int(cpu[0, 0])])
+    assert int(cpu[0, 0]) not in ivf.search_many(queries, 10) and len(copies) == 2  # a fresh copy
+    flat = search.Candidates(proj, np.arange(2000), kind="flat")
+    flat.search_many(queries, 10)
+    assert len(copies) == 2  # flat float16 codes have no GPU index: the CPU answers
+
+
 def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, synth, monkeypatch):
     """The per-row embedding JSON is not held in RAM; `get` reads the one Parquet row group holding the row.
     Small row groups here, so rows sit in different groups of different segments, before and after compact."""

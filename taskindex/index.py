@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 KINDS = ("task", "model")
 ROW_GROUP = 4096  # metadata rows per Parquet row group: `get` decodes one group, not a whole segment
 LIGHT_ROWS = 10_000  # segments up to this size also store JSON records; indexes up to it open read-only from them
+RERANK_TIE = 1e-4  # float32 re-rank scores this close to the k-th are settled in float64
 TORCH_BLOCK = 1024  # candidate rows, and query-row pairs, on the device at once in query_many's torch path
 LAZY = ("embedding_meta",)  # per-row columns left on disk until `get` or `compact` needs them
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
@@ -962,11 +963,14 @@ class TaskIndex:
             return rows, np.zeros(0)
         cx = self._complexity[rows]
         score = dists - alpha * cx if metric == "asym" else dists
-        top = np.argsort(score, kind="stable")[:k]
-        # the k answers get their exact float64 distance (the float32 pass only chose them)
+        order = np.argsort(score, kind="stable")
+        # the float32 pass is within ~1e-5 of d_sym: every row it puts within RERANK_TIE of the k-th gets its
+        # exact float64 distance, and the k best of those are the answer (numpy and torch sums then agree)
+        cut = score[order[min(k, len(order)) - 1]] + RERANK_TIE
+        top = order[:max(k, int(np.searchsorted(score[order], cut, side="right")))]
         exact_d = distance.one_to_many(vector, self._gather(rows[top]))
         score[top] = exact_d - alpha * cx[top] if metric == "asym" else exact_d
-        top = top[np.argsort(score[top], kind="stable")]
+        top = top[np.argsort(score[top], kind="stable")][:k]
         return rows[top], score[top]
 
     def _hits(self, ranked: list[tuple[np.ndarray, np.ndarray]], metric: str) -> list[list[Hit]]:

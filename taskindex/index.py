@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 KINDS = ("task", "model")
 ROW_GROUP = 4096  # metadata rows per Parquet row group: `get` decodes one group, not a whole segment
 LIGHT_ROWS = 10_000  # segments up to this size also store JSON records; indexes up to it open read-only from them
-RERANK_TIE = 1e-4  # float32 re-rank scores this close to the k-th are settled in float64
+RERANK_TIE = 2e-5  # float32 re-rank scores this close to the k-th are settled in float64 (its error: 1e-5)
 TORCH_BLOCK = 1024  # candidate rows, and query-row pairs, on the device at once in query_many's torch path
 LAZY = ("embedding_meta",)  # per-row columns left on disk until `get` or `compact` needs them
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",

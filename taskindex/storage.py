@@ -100,7 +100,7 @@ def prefetch(rows: np.ndarray, pos: np.ndarray) -> None:
     """Ask the kernel to start reading the pages of rows `pos` (ascending) of a memory-mapped file, one madvise
     per run of consecutive rows. The map reads at random (MADV_RANDOM: one 4 KiB page a fault), so rows not in
     the page cache are then fetched together instead of a page at a time: 200 random rows of 42 KiB from disk
-    took 36 ms instead of 218 (bench_query), and 0.7 ms more where they were cached."""
+    took 112 ms instead of 475, and 1.3 ms more where they were cached (tools/bench_reads.py)."""
     mm = getattr(rows, "_mmap", None)
     if mm is None or not hasattr(mmap, "MADV_WILLNEED") or not len(pos):
         return
@@ -119,8 +119,8 @@ def read_rows(rows: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
     """Rows `pos` (ascending) of a memory-mapped segment file, decoded into `out` (float32).
 
     A dense stretch (an exact scan, or opening the projections) is read with one read call, which the file's
-    read-ahead serves at 190 MB/s from disk where the random-access map faults 30 MB/s; scattered rows (a query's
-    candidates) go through the map after `prefetch` (bench_query)."""
+    read-ahead serves at 731 MB/s from disk where the random-access map faults 30 MB/s; scattered rows (a query's
+    candidates) go through the map after `prefetch` (tools/bench_reads.py)."""
     pos = np.asarray(pos, dtype=np.int64)
     path = getattr(rows, "filename", None)
     if (path is not None and len(pos) >= DENSE_ROWS and pos[-1] - pos[0] < 2 * len(pos)

@@ -102,9 +102,10 @@ def _segment_rows(store: Store, frame: "pd.DataFrame") -> dict:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, row_group_size=ROW_GROUP)
-    entries = {"rows": store.new_file(".parquet", sink.getvalue().to_pybytes())}
+    data = sink.getvalue().to_pybytes()
+    entries = {"rows": store.new_file(".parquet", data)}
     if len(frame) <= LIGHT_ROWS:  # the records as the Parquet file reads back, so both paths give one answer
-        written = _read_frame(io.BytesIO(sink.getvalue().to_pybytes()))
+        written = _read_frame(io.BytesIO(data))
         entries["records"] = store.new_file(".json", json.dumps(_frame_records(written)).encode())
     return entries
 
@@ -360,8 +361,8 @@ class TaskIndex:
         return self._read(self._projs, rows, search.PROJ_DIM)
 
     def _read(self, files: list[np.ndarray], rows: np.ndarray, width: int) -> np.ndarray:
-        """Rows from per-segment files as float32: one fancy-indexed read per segment, decoded straight into
-        the output (rows in index order, as _rank passes them, need no reordering)."""
+        """Rows from per-segment files as float32: one `read_rows` per segment, decoded straight into the
+        output (rows in index order, as _rank passes them, need no reordering)."""
         out = np.empty((len(rows), width), np.float32)
         segs = self._seg[rows]
         order = np.argsort(segs, kind="stable")
@@ -412,7 +413,8 @@ class TaskIndex:
         return self._records(np.array([row]))[0]
 
     def _records(self, rows: np.ndarray) -> list[dict]:
-        """The metadata of many rows in one pandas call (one call per row costs more than the re-rank)."""
+        """The metadata of many rows: from a light index's records, else in one pandas call (one call per row
+        costs more than the re-rank)."""
         if self._light is not None:
             return [dict(self._light[r]) for r in rows]
         return _frame_records(self._rows.iloc[rows])
@@ -879,14 +881,13 @@ class TaskIndex:
             found = self._candidates.search_many(points, want, self._ids[keep] if filtered else None)
             rows = [np.searchsorted(self._ids, f[f >= 0]) for f in found]
         device = _torch_device(device)
-        workers = max(1, min(len(pairs), os.cpu_count() or 1, 8))
-        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(pairs), desc="query_many", unit="query",
-                                                       disable=progress is False or len(pairs) < 1000,
-                                                       leave=False) as bar:
-            if device is not None:
-                ranked = self._rank_torch(device, vectors, rows, [i for _, i in pairs], k, metric, alpha, bar)
-                return self._hits(ranked, metric)
-
+        bar = tqdm(total=len(pairs), desc="query_many", unit="query", disable=progress is False or len(pairs) < 1000,
+                   leave=False)
+        if device is not None:
+            with bar:
+                return self._hits(self._rank_torch(device, vectors, rows, [i for _, i in pairs], k, metric, alpha,
+                                                   bar), metric)
+        with ThreadPoolExecutor(max(1, min(len(pairs), os.cpu_count() or 1, 8))) as pool, bar:
             def one(i):
                 ranked = self._rank(vectors[i], rows[i], pairs[i][1], k, metric, alpha)
                 bar.update()
@@ -907,10 +908,11 @@ class TaskIndex:
         union = np.unique(wanted)
         at = np.searchsorted(union, wanted)
         by_row = np.argsort(at, kind="stable")
+        at_sorted = at[by_row]
         q = torch.as_tensor(vectors, device=device)
         for lo in range(0, len(union), TORCH_BLOCK):
             block = torch.as_tensor(self._gather(union[lo:lo + TORCH_BLOCK]), device=device)
-            here = by_row[np.searchsorted(at[by_row], lo):np.searchsorted(at[by_row], lo + TORCH_BLOCK)]
+            here = by_row[np.searchsorted(at_sorted, lo):np.searchsorted(at_sorted, lo + TORCH_BLOCK)]
             for p in range(0, len(here), TORCH_BLOCK):
                 pairs = here[p:p + TORCH_BLOCK]
                 dists[pairs] = distance.rerank_torch(q[torch.as_tensor(owner[pairs], device=device)],

@@ -423,6 +423,23 @@ def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric, devi
     assert all(h.name != "r3" for h in many[25])  # a row's own name is never its answer
 
 
+def test_near_ties_of_the_float32_pass_are_settled_in_float64(index, synth):
+    """Rows whose float32 scores sit within RERANK_TIE of the k-th get their float64 distance before the cut:
+    here the pass's scores (stand-ins) put the farther row first by less than the tie."""
+    import taskindex.index as index_module
+
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(4)])
+    q = synth.make(0).vector
+    rows = np.arange(4)
+    exact = distance.one_to_many(q, index.vectors([f"r{i}" for i in rows]))
+    near, far = np.argsort(exact)[:2]
+    fake = np.full(4, 0.9)
+    fake[far], fake[near] = 0.5, 0.5 + 1e-5  # the float32 pass's error bound, inside the tie margin
+    assert index_module.RERANK_TIE > 1e-5
+    top, scores = index._top(q, rows, fake, 1, "sym", 0.0)
+    assert list(top) == [near] and scores[0] == pytest.approx(exact[near], abs=1e-12)
+
+
 def test_query_many_names_a_device_it_cannot_use(index, synth):
     index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(5)])
     with pytest.raises(TaskIndexError, match="device 'nope' is not usable here"):

@@ -386,12 +386,15 @@ def _target_options(f):
 @click.option("--kind", type=click.Choice(["task", "model"]), default=None)
 @click.option("--where", multiple=True, help="Filter: key=value, key!=value, key>=3, 'key in a,b' (repeatable).")
 @click.option("--exact", is_flag=True, help="Brute-force exact distances over every row.")
+@click.option("--refine", type=click.IntRange(min=1), default=None,
+              help="Candidates re-ranked exactly per result: more is slower, with higher recall "
+                   "(default: the index's for its size, see `info`).")
 @click.option("--alpha", type=click.FloatRange(min=0), default=None,
               help="Complexity weight of --metric asym (default: the index's, see `taskindex alpha`).")
 @click.option("--json", "as_json", is_flag=True)
 @_api_errors
 def query(args, embedding_file, row_name, max_samples, image_column, label_column, k, metric, kind, where, exact,
-          alpha, as_json):
+          refine, alpha, as_json):
     """Nearest rows: query [INDEX] (DATA | --embedding FILE | --name NAME).
 
     Without INDEX the shipped default index is used.
@@ -405,7 +408,8 @@ def query(args, embedding_file, row_name, max_samples, image_column, label_colum
     with TaskIndex.open(index, readonly=True) as idx:
         start = time.perf_counter()
         q = _target(idx, rest, embedding_file, row_name, max_samples, image_column, label_column)
-        hits = idx.query(q, k=k, metric=metric, kind=kind, where=where_dict, exact=exact, alpha=alpha)
+        hits = idx.query(q, k=k, metric=metric, kind=kind, where=where_dict, exact=exact, alpha=alpha,
+                         refine=refine)
         seconds = time.perf_counter() - start
     if as_json:
         click.echo(json.dumps({"index": index, "metric": metric, "seconds": seconds,

@@ -96,16 +96,24 @@ def _from_sums(sr: np.ndarray, srr: np.ndarray, n: int) -> np.ndarray:
 def rerank(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """d_sym from one trusted vector to trusted rows (an index's own, checked > 0 when added), accumulated in
     float32: 4x faster than `one_to_many` and within ~1e-5 of it, which is enough to choose the k best
-    (the index gives those their float64 distance)."""
+    (the index gives those their float64 distance). One cache-sized buffer is reused for every block."""
     q = np.asarray(query, np.float32)
-    rows = np.asarray(rows, np.float32)
-    out = np.empty(len(rows))
-    step = max(1, _CHUNK_BYTES // (4 * max(1, rows.shape[1])))
-    for lo in range(0, len(rows), step):
-        r = q + rows[lo:lo + step]
+    rows = np.asarray(rows)
+    n, dim = rows.shape
+    sr, srr = np.empty(n, np.float32), np.empty(n, np.float32)
+    step = chunk_rows(dim, n)
+    buf = np.empty((step, dim), np.float32)
+    for lo in range(0, n, step):
+        r = np.add(q, rows[lo:lo + step], out=buf[:min(step, n - lo)])
         np.divide(q, r, out=r)  # entries are > 0, so r is never 0/0
-        out[lo:lo + step] = _from_sums(r.sum(axis=1), np.einsum("ij,ij->i", r, r), r.shape[1])
-    return out
+        sr[lo:lo + step] = r.sum(axis=1)
+        srr[lo:lo + step] = np.einsum("ij,ij->i", r, r)
+    return _from_sums(sr, srr, dim)
+
+
+def chunk_rows(dim: int, n: int) -> int:
+    """Rows of `dim` float32 that fill _CHUNK_BYTES: blocks of this size stay in the CPU's cache."""
+    return max(1, min(n, _CHUNK_BYTES // (4 * max(1, dim))))
 
 
 def rerank_torch(queries, rows):

@@ -39,6 +39,7 @@ KINDS = ("task", "model")
 ROW_GROUP = 4096  # metadata rows per Parquet row group: `get` decodes one group, not a whole segment
 LIGHT_ROWS = 10_000  # segments up to this size also store JSON records; indexes up to it open read-only from them
 RERANK_TIE = 2e-5  # float32 re-rank scores this close to the k-th are settled in float64 (its error: 1e-5)
+RERANK_ROWS = 2048  # rows read and re-ranked at once (an exact query's scan goes block by block)
 TORCH_BLOCK = 1024  # candidate rows, and query-row pairs, on the device at once in query_many's torch path
 LAZY = ("embedding_meta",)  # per-row columns left on disk until `get` or `compact` needs them
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
@@ -245,9 +246,10 @@ class TaskIndex:
         """Read a committed version from disk, checking its files."""
         store = self._store
         vector_bytes = sum(s["vectors"]["size"] for s in manifest["segments"])
-        for ref in all_refs(manifest):
+        for ref in all_refs(manifest):  # .npy files are hashed as load_npy reads them (MODEL2VEC's on first use)
             is_vectors = ref["name"].endswith((".f32", ".bf16")) and not ref["name"].endswith(".proj.f32")
-            store.check(ref, full=not is_vectors or vector_bytes <= HASH_ON_OPEN_BYTES)
+            store.check(ref, full=not ref["name"].endswith(".npy") and (not is_vectors
+                                                                        or vector_bytes <= HASH_ON_OPEN_BYTES))
         self.manifest = manifest
         self.space = {**SPACE_DEFAULTS, **manifest["space"]}
         self.dim = manifest["dim"]
@@ -255,8 +257,7 @@ class TaskIndex:
         self.layout = [tuple(x) for x in manifest["layout"]]
         self.prior = store.load_npy(manifest["prior"])
         self._projection = store.load_npy(manifest["projection"]) if manifest.get("projection") else None
-        fit = manifest.get("model2vec")
-        self._theta = store.load_npy(fit["theta"]) if fit else None
+        self._fit = None  # (theta's file name, theta): MODEL2VEC's parameters, read when a selection needs them
         self._vectors, self._projs = [], []
         self._seg = self._pos = np.zeros(0, np.int64)
         self._names, self._by_name = [], {}
@@ -273,6 +274,15 @@ class TaskIndex:
             from .memory import release_freed
 
             release_freed()
+
+    @property
+    def _theta(self) -> np.ndarray | None:
+        fit = self.manifest.get("model2vec")
+        if not fit:
+            return None
+        if self._fit is None or self._fit[0] != fit["theta"]["name"]:
+            self._fit = (fit["theta"]["name"], self._store.load_npy(fit["theta"]))
+        return self._fit[1]
 
     @property
     def _rows(self) -> "pd.DataFrame":
@@ -752,9 +762,6 @@ class TaskIndex:
             self._train_projection(manifest)
         manifest["version"] = self.version + 1
         self._store.commit(manifest)
-        if manifest.get("model2vec") != self.manifest.get("model2vec"):
-            fit = manifest.get("model2vec")
-            self._theta = self._store.load_npy(fit["theta"]) if fit else None
         if (manifest.get("projection") != self.manifest.get("projection")
                 or len(manifest["segments"]) < len(self.manifest["segments"])
                 or manifest.get("vectors") != self.manifest.get("vectors")):
@@ -831,15 +838,20 @@ class TaskIndex:
         exact: bool = False,
         alpha: float | None = None,
         probe=None,
+        refine: int | None = None,
     ) -> list[Hit]:
-        """The k nearest rows. metric 'asym' ranks by d_asym(row -> query), alpha the index's unless given."""
+        """The k nearest rows. metric 'asym' ranks by d_asym(row -> query), alpha the index's unless given.
+
+        refine: candidates re-ranked with the exact distance per result wanted (more: higher recall, slower);
+        None: the index's default for its size (`info()["refine"]`)."""
         alpha, keep, filtered = self._query_plan(k, metric, kind, where, alpha)
+        want = self._want(k, metric, refine)
         emb, self_id = self._as_embedding(query, probe)
         if exact or self._candidates is None:
             rows = np.flatnonzero(keep)
         else:
             point = search.project(emb.vector[None, :], self._projection, query=True)[0]
-            found = self._candidates.search(point, self._want(k, metric, self_id is not None),
+            found = self._candidates.search(point, want + int(self_id is not None),
                                             self._ids[keep] if filtered else None)
             rows = np.searchsorted(self._ids, found)
         return self._hits([self._rank(emb.vector, rows, self_id, k, metric, alpha)], metric)[0]
@@ -856,6 +868,7 @@ class TaskIndex:
         probe=None,
         progress: bool | None = None,
         device: str | None = None,
+        refine: int | None = None,
     ) -> list[list[Hit]]:
         """`query` for many queries (Embeddings, Tasks or row names; None: every row) with the same answers,
         batched: one projection and one FAISS search for all, then the exact re-rank of the candidates.
@@ -868,6 +881,7 @@ class TaskIndex:
         from tqdm.auto import tqdm
 
         alpha, keep, filtered = self._query_plan(k, metric, kind, where, alpha)
+        want = self._want(k, metric, refine)
         pairs = [self._as_embedding(q, probe) for q in (self.names() if queries is None else queries)]
         if not pairs:
             return []
@@ -876,7 +890,7 @@ class TaskIndex:
             every = np.flatnonzero(keep)
             rows = [every] * len(pairs)
         else:
-            want = self._want(k, metric, any(i is not None for _, i in pairs))
+            want += int(any(i is not None for _, i in pairs))
             points = search.project(vectors, self._projection, query=True)
             found = self._candidates.search_many(points, want, self._ids[keep] if filtered else None)
             rows = [np.searchsorted(self._ids, f[f >= 0]) for f in found]
@@ -938,11 +952,14 @@ class TaskIndex:
             keep &= self._kinds[kind]
         return alpha, keep, bool(where) or kind is not None
 
-    @staticmethod
-    def _want(k: int, metric: str, drops_self: bool) -> int:
-        """Candidates fetched for k answers: asym re-orders by complexity, so it looks further; a row's own
-        name as the query costs one more (itself, dropped)."""
-        return k * search.OVERFETCH * (2 if metric == "asym" else 1) + int(drops_self)
+    def _want(self, k: int, metric: str, refine: int | None) -> int:
+        """Candidates fetched for k answers (a row's own name as the query costs one more: itself, dropped):
+        asym re-orders by complexity, so it looks further."""
+        if refine is None:
+            refine = search.default_refine(len(self))
+        elif isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 1:
+            raise TaskIndexError(f"refine must be a positive integer (candidates per result); got {refine!r}")
+        return k * int(refine) * (2 if metric == "asym" else 1)
 
     def _own(self, rows: np.ndarray, self_id) -> np.ndarray:
         """Candidate rows in index order (each segment's rows read in one pass), the query's own row left out."""
@@ -954,9 +971,9 @@ class TaskIndex:
         """Exact re-rank of candidate rows: float32 d_sym picks the k, float64 gives them their distances.
         Returns (the k rows, their scores), best first."""
         rows = self._own(rows, self_id)
-        dists = np.concatenate([np.zeros(0)] + [distance.rerank(vector, self._gather(rows[i:i + 2048]))
-                                                for i in range(0, len(rows), 2048)])
-        return self._top(vector, rows, dists, k, metric, alpha)
+        dists = [np.zeros(0)] + [distance.rerank(vector, self._gather(rows[i:i + RERANK_ROWS]))
+                                 for i in range(0, len(rows), RERANK_ROWS)]  # an exact scan: a block at a time
+        return self._top(vector, rows, np.concatenate(dists), k, metric, alpha)
 
     def _top(self, vector: np.ndarray, rows: np.ndarray, dists: np.ndarray, k: int, metric: str,
              alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -1003,6 +1020,7 @@ class TaskIndex:
                 **self.space, "segments": len(self.manifest["segments"]),
                 "deleted_rows": len(self.manifest["deleted"]),
                 "candidates": self._candidates.kind if self._candidates is not None else "exact",
+                "refine": search.default_refine(len(self)) if self._candidates is not None else None,
                 "alpha": self.alpha, "model2vec": self._fit_coverage(),
                 "created": self.manifest["created"]}
 

@@ -17,7 +17,16 @@ PROJ_DIM = 256          # stored floats per row: PROJ_DIM - 1 PCA coordinates + 
 EXACT_ROWS = 512        # below this every row is a candidate: brute force is the plan
 PCA_SAMPLE = 4096       # rows used to train the projection
 IVF_ROWS = 100_000      # flat below, IVF from here: at 100k IVF had the recall of flat (1.0) at 17 ms p50 against 21
-OVERFETCH = 20          # candidates re-ranked per result wanted (10 gave recall@10 0.985 at 100k)
+# Candidates re-ranked exactly per result wanted (LanceDB's refine_factor). A query's true neighbours sit deeper
+# in the candidate ranking the more rows lie near it: at 100k rows the deepest of 300 true neighbours (30 queries)
+# was 81st, at 1M 200 candidates found 0.885 of them (tools/bench_query.py).
+REFINE = 10
+REFINE_LARGE = 20       # from REFINE_ROWS rows on
+REFINE_ROWS = 200_000
+
+
+def default_refine(rows: int) -> int:
+    return REFINE if rows < REFINE_ROWS else REFINE_LARGE
 GPU_MAX_K = 2048        # the most neighbours a FAISS GPU index returns per query
 
 

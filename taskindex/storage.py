@@ -112,6 +112,17 @@ def prefetch(rows: np.ndarray, pos: np.ndarray) -> None:
         mm.madvise(mmap.MADV_WILLNEED, aligned, start + (hi - lo) * row_bytes - aligned)
 
 
+def _read_into(path, offset: int, out: np.ndarray) -> None:
+    view = memoryview(out).cast("B")
+    with open(path, "rb", buffering=0) as f:
+        done = 0
+        while done < len(view):
+            got = os.preadv(f.fileno(), [view[done:]], offset + done)
+            if not got:
+                raise IndexCorruptError(f"{path} ended early: the file was truncated (restore it from a backup)")
+            done += got
+
+
 DENSE_ROWS = 64  # a run of at least this many rows, with at most as many gaps, is read with one read call
 
 
@@ -125,12 +136,19 @@ def read_rows(rows: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
     path = getattr(rows, "filename", None)
     if (path is not None and len(pos) >= DENSE_ROWS and pos[-1] - pos[0] < 2 * len(pos)
             and bool(np.all(pos[1:] > pos[:-1]))):
-        span = np.fromfile(path, dtype=rows.dtype, count=int(pos[-1] - pos[0] + 1) * rows.shape[1],
-                           offset=int(pos[0]) * rows.strides[0]).reshape(-1, rows.shape[1])
-        decode_vectors(span if len(span) == len(pos) else span[pos - pos[0]], out=out)
-        return
-    prefetch(rows, pos)
-    decode_vectors(rows[pos], out=out)
+        if rows.dtype == np.float32 and pos[-1] - pos[0] + 1 == len(pos):  # no gaps, no decoding: read in place
+            _read_into(path, int(pos[0]) * rows.strides[0], out)
+            return
+        src = np.fromfile(path, dtype=rows.dtype, count=int(pos[-1] - pos[0] + 1) * rows.shape[1],
+                          offset=int(pos[0]) * rows.strides[0]).reshape(-1, rows.shape[1])
+        pos = pos - pos[0]
+    else:
+        prefetch(rows, pos)
+        src = rows
+    if src.dtype == np.float32:
+        np.take(src, pos, axis=0, out=out)  # no temporary
+    else:
+        decode_vectors(src[pos], out=out)
 
 
 @dataclass

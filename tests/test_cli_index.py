@@ -55,6 +55,12 @@ def test_query_ls_info_json(built):
     assert {x["name"] for x in rows} == {"one", "two", "three"} and rows[0]["owner"] == "ana"
     info = json.loads(r.invoke(cli, ["info", idx, "--json"]).output)
     assert info["rows"] == 3 and info["models"] == 1 and info["dim"] == 4800
+    assert info["candidates"] == "exact" and info["refine"] is None  # 3 rows: every row is re-ranked
+    refined = json.loads(r.invoke(cli, ["query", idx, "--name", "one", "--refine", "3", "--json"]).output)
+    assert [h["name"] for h in refined["hits"]] == [h["name"] for h in json.loads(
+        r.invoke(cli, ["query", idx, "--name", "one", "--json"]).output)["hits"]]
+    bad = r.invoke(cli, ["query", idx, "--name", "one", "--refine", "0"])
+    assert bad.exit_code == 2 and "Invalid value for '--refine'" in bad.output and "Traceback" not in bad.output
     assert r.invoke(cli, ["verify", idx]).output.strip() == "ok"
 
 

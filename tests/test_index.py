@@ -175,9 +175,32 @@ def test_candidate_stage_agrees_with_exact_dsym(index):
     assert index.query(late, k=10)[0].name == "late"
 
 
+def test_refine_sets_the_candidates_reranked(index, monkeypatch):
+    """refine x k candidates come from FAISS (twice that for asym, one more for a row's own name); with every
+    row a candidate the answer is the exact one, distances included."""
+    rows = Overlapping(index)
+    index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS + 300)])
+    asked = []
+    real = search.Candidates.search
+    monkeypatch.setattr(search.Candidates, "search", lambda self, point, k, allowed=None: (
+        asked.append(k), real(self, point, k, allowed))[1])
+    q = rows.make()
+    index.query(q, k=5, refine=3)
+    index.query("r7", k=5, refine=3)
+    index.query(q, k=5, refine=3, metric="asym")
+    index.query(q, k=5)
+    default = search.default_refine(len(index))
+    assert asked == [15, 16, 30, 5 * default] and index.info()["refine"] == default
+    every = index.query(q, k=10, refine=len(index))
+    assert [(h.name, h.distance) for h in every] == [(h.name, h.distance) for h in index.query(q, k=10, exact=True)]
+    for bad in (0, -2, 2.5, True, "3"):
+        with pytest.raises(TaskIndexError, match="refine must be a positive integer"):
+            index.query(q, k=5, refine=bad)
+
+
 @pytest.mark.xfail(strict=True, reason="known defect: queries carry 0 in the residual coordinate, so a row the "
                    "PCA was not trained on sits at its own residual norm from its own embedding and can miss "
-                   "the 20 candidates of k=1")
+                   "the refine x k candidates of k=1")
 def test_a_row_added_after_training_is_its_own_nearest_neighbour_at_k1(index):
     rows = Overlapping(index)
     index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS + 300)])

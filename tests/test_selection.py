@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -20,6 +21,7 @@ from clikit import assert_user_error
 
 from taskindex import Embedding, TaskIndex, TaskIndexError, distance, model2vec
 from taskindex.cli import cli
+from taskindex.errors import IndexCorruptError
 
 FAST = {"max_steps": 20, "patience": 20}  # a fit that only needs to exist, not to be good
 
@@ -313,6 +315,24 @@ def test_fit_persists_across_reopen_and_compact(tmp_path, tiny_probe):
     idx.close()
     with TaskIndex.open(tmp_path / "i", readonly=True) as again:
         assert again.model2vec == fit and key(again.select_model("q")) == hits and again.verify() == []
+
+
+def test_an_altered_fit_file_fails_the_selection_that_reads_it_not_a_plain_query(tmp_path, tiny_probe):
+    """MODEL2VEC's parameters are read, and checked, on the first selection: a query never pays for them."""
+    idx, _ = small_index(tmp_path, tiny_probe)
+    for j in range(3):
+        idx.add_model(f"m{j}", f"t{j}")
+    idx.fit_model2vec(error_table([f"t{i}" for i in range(6)], ["m0", "m1", "m2"]), **FAST)
+    theta = tmp_path / "i" / "data" / idx.manifest["model2vec"]["theta"]["name"]
+    idx.close()
+    raw = bytearray(theta.read_bytes())
+    raw[-1] ^= 0x01  # same size, one bit flipped in the last float
+    theta.write_bytes(bytes(raw))
+    with TaskIndex.open(tmp_path / "i", readonly=True) as again:
+        assert again.query("q", k=2)
+        with pytest.raises(IndexCorruptError, match=re.escape(theta.name)):
+            again.select_model("q")
+        assert any(theta.name in problem for problem in again.verify())
 
 
 # --- 4. alpha ------------------------------------------------------------------------------------------

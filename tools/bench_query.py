@@ -285,7 +285,8 @@ def breakdown(index, queries: list[Embedding]) -> dict | None:
             point = (search.project(q.vector[None, :], index._projection, query=True) if as_query
                      else search.project(q.vector[None, :], index._projection))[0]
             t1 = time.perf_counter()
-            found = cand.search(point, K * search.OVERFETCH)
+            found = cand.search(point, index._want(K, "sym", None) if hasattr(index, "_want")
+                                else K * search.OVERFETCH)  # (OVERFETCH: before per-size refine factors)
             t2 = time.perf_counter()
             rows = (np.array([index._by_id[i] for i in found.tolist()], dtype=np.int64) if hasattr(index, "_by_id")
                     else np.searchsorted(index._ids, found))
@@ -424,6 +425,19 @@ def other_structure(index, qs: list[Embedding], truth: list[set], lq: list[Embed
             "build_s": build_s, "bytes_per_row": mem / len(index)}
 
 
+def refine_sweep(index, factors: list[int], qs: list[Embedding], truth: list[set], lq: list[Embedding]) -> list:
+    """Recall@10 (on the recall queries) and p50 (on the latency queries) for each candidates-per-result factor."""
+    out = []
+    for r in factors:
+        log(f"  refine={r}")
+        found = [{h.name for h in index.query(q, k=K, refine=r)} for q in qs]
+        recall = [len(f & t) / K for f, t in zip(found, truth)]
+        lat = [timed_query(index, q, refine=r)[1] for q in lq]
+        out.append({"refine": r, "recall": float(np.mean(recall)), "recall_min": float(np.min(recall)),
+                    "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3})
+    return out
+
+
 def batch_queries(index, perturb: Perturber, m: int, device: str | None) -> dict:
     """query_many of m fresh queries against m single queries, side by side, and whether they agree; with
     `device`, query_many on that torch device too."""
@@ -508,6 +522,8 @@ def bench_size(n: int, args, seeds: list[Embedding], image_size: int, baseline_n
     lat = [timed_query(index, q)[1] for q in lq]
     res.update(p50_ms=pct(lat, 50) * 1e3, p99_ms=pct(lat, 99) * 1e3, mean_ms=float(np.mean(lat)) * 1e3,
                latency_queries=len(lat), load_query=os.getloadavg()[0])
+    if args.refine:
+        res["refine"] = refine_sweep(index, args.refine, qs, truth, lq)
     res["breakdown"] = breakdown(index, lq[:min(50, len(lq))])
     if index._candidates is not None:
         res["alternative"] = other_structure(index, qs, truth, lq)
@@ -585,6 +601,9 @@ def table_rows(r: dict) -> list[tuple[str, str, str, str]]:
         row(f"  the same with device={r['device']!r} (torch)",
             f"{fmt_s(r['device_s'])}: {r['singles_s'] / r['device_s']:.1f}x "
             f"({r['device_same']} of {r['many_n']} answers identical to single queries)")
+    for sw in r.get("refine", []):
+        row(f"  refine={sw['refine']} ({sw['refine'] * K} candidates): recall@10, p50 / p99",
+            f"{sw['recall']:.4f} (min {sw['recall_min']:.2f}), {fmt_ms(sw['p50_ms'])} / {fmt_ms(sw['p99_ms'])}")
     bd = r.get("breakdown")
     if bd:
         row("  split (medians): project / FAISS / id map / gather / re-rank / exact top-k / rest",
@@ -690,6 +709,10 @@ def main(argv=None) -> int:
     p.add_argument("--add-singles", type=int, default=20)
     p.add_argument("--add-bulk", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refine", type=lambda t: [int(x) for x in t.split(",")], default=[],
+                   help="also measure recall@10 and latency at these candidates-per-result factors, e.g. 5,10,20")
+    p.add_argument("--seed-rows", type=int, default=None,
+                   help="perturb only the first N seeds: at 100k rows, 7 seeds give the rows per seed of 1M and 66")
     p.add_argument("--vectors", choices=("float32", "bfloat16"), default="bfloat16", help="raw vector storage")
     p.add_argument("--many-device", help="also time query_many on this torch device (cuda, cpu)")
     p.add_argument("--many-queries", type=int, default=1000, help="batch size of the query_many comparison (0: skip)")
@@ -714,6 +737,9 @@ def main(argv=None) -> int:
     print(f"start: {load_line()}")
 
     seeds, seeds_line = load_seeds(args)
+    if args.seed_rows:
+        seeds = seeds[:args.seed_rows]
+        seeds_line += f"; only the first {len(seeds)} used (--seed-rows)"
     image_size = int(seeds[0].meta["image_size"])
     print(f"seeds: {seeds_line}; dim {seeds[0].dim}")
     print(f"rows: F_seed x exp(N(0, s)) per filter + prior, s log-uniform in [{args.spread[0]}, {args.spread[1]}] "

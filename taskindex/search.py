@@ -18,16 +18,15 @@ EXACT_ROWS = 512        # below this every row is a candidate: brute force is th
 PCA_SAMPLE = 4096       # rows used to train the projection
 IVF_ROWS = 100_000      # flat below, IVF from here: at 100k IVF had the recall of flat (1.0) at 17 ms p50 against 21
 # Candidates re-ranked exactly per result wanted (LanceDB's refine_factor). A query's true neighbours sit deeper
-# in the candidate ranking the more rows lie near it: at 100k rows the deepest of 300 true neighbours (30 queries)
-# was 81st, at 1M 200 candidates found 0.885 of them (tools/bench_query.py).
-REFINE = 10
-REFINE_LARGE = 20       # from REFINE_ROWS rows on
-REFINE_ROWS = 200_000
+# in the candidate ranking the more rows lie near it, so the factor grows with the index (tools/bench_query.py,
+# recall@10 of 20-30 queries): with 1.5k rows per seed task (100k rows) 5 gave 0.98 and 10 gave 1.000; with
+# 14k per seed (the rows per seed of 1M, in 100k rows) 10 gave 0.73, 20 0.895, 40 0.970 and 80 1.000.
+REFINE_MIN, REFINE_MAX = 10, 40
+REFINE_MAX_ROWS = 1_000_000  # the factor rises linearly from REFINE_MIN to REFINE_MAX here; beyond, shard
 
 
 def default_refine(rows: int) -> int:
-    return REFINE if rows < REFINE_ROWS else REFINE_LARGE
-GPU_MAX_K = 2048        # the most neighbours a FAISS GPU index returns per query
+    return int(min(REFINE_MAX, max(REFINE_MIN, round(REFINE_MAX * rows / REFINE_MAX_ROWS))))
 
 
 def to_gpu(index):

@@ -17,6 +17,8 @@ PROJ_DIM = 256          # stored floats per row: PROJ_DIM - 1 PCA coordinates + 
 EXACT_ROWS = 512        # below this every row is a candidate: brute force is the plan
 PCA_SAMPLE = 4096       # rows used to train the projection
 IVF_ROWS = 100_000      # flat below, IVF from here: at 100k IVF had the recall of flat (1.0) at 17 ms p50 against 21
+GPU_MAX_K = 2048        # the most neighbours a FAISS GPU index returns per query
+
 # Candidates re-ranked exactly per result wanted (LanceDB's refine_factor). A query's true neighbours sit deeper
 # in the candidate ranking the more rows lie near it, so the factor grows with the index (tools/bench_query.py,
 # recall@10 of 20-30 queries): with 1.5k rows per seed task (100k rows) 5 gave 0.98 and 10 gave 1.000; with

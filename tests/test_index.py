@@ -439,7 +439,7 @@ def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric, devi
                     for i in range(search.EXACT_ROWS + 200)])
     assert index.info()["candidates"] == "flat"
     queries = [rows.make() for _ in range(25)] + ["r3", "r10", "r11"]
-    for options in ({}, {"where": {"even": True}}, {"kind": "model"}, {"exact": True}):
+    for options in ({}, {"where": {"even": True}}, {"kind": "model"}, {"exact": True}, {"refine": 1}):
         one = [index.query(q, k=7, metric=metric, **options) for q in queries]
         many = index.query_many(queries, k=7, metric=metric, device=device, **options)
         assert [[h.to_dict() for h in hits] for hits in many] == [[h.to_dict() for h in hits] for hits in one]

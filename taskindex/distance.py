@@ -101,7 +101,7 @@ def rerank(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows)
     n, dim = rows.shape
     sr, srr = np.empty(n, np.float32), np.empty(n, np.float32)
-    step = chunk_rows(dim, n)
+    step = max(1, min(n, _CHUNK_BYTES // (4 * max(1, dim))))
     buf = np.empty((step, dim), np.float32)
     for lo in range(0, n, step):
         r = np.add(q, rows[lo:lo + step], out=buf[:min(step, n - lo)])
@@ -109,11 +109,6 @@ def rerank(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
         sr[lo:lo + step] = r.sum(axis=1)
         srr[lo:lo + step] = np.einsum("ij,ij->i", r, r)
     return _from_sums(sr, srr, dim)
-
-
-def chunk_rows(dim: int, n: int) -> int:
-    """Rows of `dim` float32 that fill _CHUNK_BYTES: blocks of this size stay in the CPU's cache."""
-    return max(1, min(n, _CHUNK_BYTES // (4 * max(1, dim))))
 
 
 def rerank_torch(queries, rows):

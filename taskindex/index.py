@@ -894,7 +894,8 @@ class TaskIndex:
             found = self._candidates.search_many(points, want + int(any(i is not None for _, i in pairs)),
                                                  self._ids[keep] if filtered else None)
             # each query keeps the candidates `query` would fetch for it (one more only for a row's own name)
-            rows = [np.searchsorted(self._ids, f[f >= 0][:want + int(i is not None)]) for f, (_, i) in zip(found, pairs)]
+            rows = [np.searchsorted(self._ids, f[f >= 0][:want + int(i is not None)])
+                    for f, (_, i) in zip(found, pairs)]
         device = _torch_device(device)
         bar = tqdm(total=len(pairs), desc="query_many", unit="query", disable=progress is False or len(pairs) < 1000,
                    leave=False)

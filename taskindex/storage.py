@@ -115,11 +115,13 @@ def prefetch(rows: np.ndarray, pos: np.ndarray) -> None:
 
 
 def _read_into(path, offset: int, out: np.ndarray) -> None:
+    """Bytes of a file from `offset` straight into `out`: no temporary array to copy from."""
     view = memoryview(out).cast("B")
     with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
         done = 0
         while done < len(view):
-            got = os.preadv(f.fileno(), [view[done:]], offset + done)
+            got = f.readinto(view[done:])
             if not got:
                 raise IndexCorruptError(f"{path} ended early: the file was truncated (restore it from a backup)")
             done += got

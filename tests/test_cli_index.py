@@ -38,7 +38,7 @@ def built(tmp_path_factory, folder):
     return root
 
 
-def test_query_ls_info_json(built):
+def test_query_ls_info_json(built, monkeypatch):
     r = CliRunner()
     idx = str(built / "idx")
     out = json.loads(r.invoke(cli, ["query", idx, "--name", "one", "--json"]).output)
@@ -56,9 +56,15 @@ def test_query_ls_info_json(built):
     info = json.loads(r.invoke(cli, ["info", idx, "--json"]).output)
     assert info["rows"] == 3 and info["models"] == 1 and info["dim"] == 4800
     assert info["candidates"] == "exact" and info["refine"] is None  # 3 rows: every row is re-ranked
+    from taskindex.index import TaskIndex
+
+    asked, real_query = [], TaskIndex.query
+    monkeypatch.setattr(TaskIndex, "query", lambda self, q, **kw: (asked.append(kw.get("refine")),
+                                                                    real_query(self, q, **kw))[1])
     refined = json.loads(r.invoke(cli, ["query", idx, "--name", "one", "--refine", "3", "--json"]).output)
-    assert [h["name"] for h in refined["hits"]] == [h["name"] for h in json.loads(
-        r.invoke(cli, ["query", idx, "--name", "one", "--json"]).output)["hits"]]
+    plain = json.loads(r.invoke(cli, ["query", idx, "--name", "one", "--json"]).output)
+    assert asked == [3, None] and [h["name"] for h in refined["hits"]] == [h["name"] for h in plain["hits"]]
+    monkeypatch.undo()
     bad = r.invoke(cli, ["query", idx, "--name", "one", "--refine", "0"])
     assert bad.exit_code == 2 and "Invalid value for '--refine'" in bad.output and "Traceback" not in bad.output
     assert r.invoke(cli, ["verify", idx]).output.strip() == "ok"

@@ -110,3 +110,13 @@ def test_the_float32_rerank_chooses_as_the_float64_distance_does():
                  distance.rerank_torch(torch.as_tensor(q).expand(len(rows), -1), torch.as_tensor(rows))):
         assert np.abs(fast - ref).max() < 1e-5
         assert np.array_equal(np.argsort(fast)[:10], np.argsort(ref)[:10])
+
+
+def test_the_float64_rerank_is_the_per_pair_distance():
+    """The index gives its k answers their distance with `rerank(..., float64)`: on the same vectors it must
+    agree with the per-pair float64 reference to rounding, not to the float32 pass's 1e-5."""
+    rng = np.random.default_rng(4)
+    q = np.exp(rng.uniform(-35, 35, 21008)).astype(np.float32)
+    rows = (q * np.exp(rng.normal(0, rng.uniform(0.05, 2.0, (40, 1)), (40, 21008)))).astype(np.float32)
+    ref = np.array([paper_d_sym(q.astype(np.float64), r) for r in rows.astype(np.float64)])
+    assert np.abs(distance.rerank(q, rows, np.float64) - ref).max() < 1e-12

@@ -68,20 +68,16 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _frame_records(frame: "pd.DataFrame") -> list[dict]:
-    """Metadata rows as plain JSON-able dicts, missing values (None, NA, NaN) left out: what a Hit carries."""
-    import pandas as pd
+def _arrow_records(table: "pa.Table") -> list[dict]:
+    """Metadata rows as plain JSON-able dicts, missing values (null, NaN) left out: what a Hit carries."""
+    return [{k: v for k, v in rec.items() if v is not None and v == v} for rec in table.to_pylist()]
 
-    def clean(value):
-        if value is None or value is pd.NA or value is pd.NaT:
-            return None
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, float) and np.isnan(value):
-            return None
-        return value
 
-    return [{k: c for k, v in rec.items() if (c := clean(v)) is not None} for rec in frame.to_dict("records")]
+def _frame_table(frame: "pd.DataFrame") -> "pa.Table":
+    """A metadata frame as Arrow (zero-copy for its Arrow columns), without pandas' schema metadata."""
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
 
 
 def _read_frame(source) -> "pd.DataFrame":
@@ -107,7 +103,7 @@ def _segment_rows(store: Store, frame: "pd.DataFrame") -> dict:
     entries = {"rows": store.new_file(".parquet", data)}
     if len(frame) <= LIGHT_ROWS:  # the records as the Parquet file reads back, so both paths give one answer
         written = _read_frame(io.BytesIO(data))
-        entries["records"] = store.new_file(".json", json.dumps(_frame_records(written)).encode())
+        entries["records"] = store.new_file(".json", json.dumps(_arrow_records(_frame_table(written))).encode())
     return entries
 
 
@@ -263,6 +259,7 @@ class TaskIndex:
         self._names, self._by_name = [], {}
         self._candidates = None
         self._light = None  # a light index's rows as JSON records, one dict a live row
+        self._arrow = None  # (the frame, to_arrow() of it)
         segments, deleted = manifest["segments"], set(manifest["deleted"])
         if self.readonly and manifest["row_count"] <= LIGHT_ROWS and all(s.get("records") for s in segments):
             self._frame = None  # read from Parquet on first use (filters, to_pandas)
@@ -423,11 +420,13 @@ class TaskIndex:
         return self._records(np.array([row]))[0]
 
     def _records(self, rows: np.ndarray) -> list[dict]:
-        """The metadata of many rows: from a light index's records, else in one pandas call (one call per row
-        costs more than the re-rank)."""
+        """The metadata of many rows: from a light index's records, else one Arrow take (pandas' iloc cost
+        2.5 ms for 10 hits at 100k rows, the take 0.2 ms)."""
         if self._light is not None:
             return [dict(self._light[r]) for r in rows]
-        return _frame_records(self._rows.iloc[rows])
+        import pyarrow as pa
+
+        return _arrow_records(self.to_arrow().take(pa.array(rows, pa.int64())))
 
     def get(self, name: str) -> tuple[Embedding, dict]:
         """The stored embedding and its metadata: bit-identical to what was added in a float32 index,
@@ -463,10 +462,12 @@ class TaskIndex:
         return self._rows.copy()
 
     def to_arrow(self) -> "pa.Table":
-        """to_pandas() as one Arrow table, for DuckDB and polars: segment files still hold removed rows."""
-        import pyarrow as pa
-
-        return pa.Table.from_pandas(self.to_pandas(), preserve_index=False).replace_schema_metadata(None)
+        """to_pandas() as one Arrow table, for DuckDB and polars (the segment files still hold removed rows);
+        made once per version: Arrow tables are immutable."""
+        frame = self._rows
+        if self._arrow is None or self._arrow[0] is not frame:
+            self._arrow = (frame, _frame_table(frame))
+        return self._arrow[1]
 
     def _column_type(self, key: str) -> str | None:
         """'boolean', 'number' or 'string' for a metadata column the index holds values of."""
@@ -973,13 +974,16 @@ class TaskIndex:
         """Exact re-rank of candidate rows: float32 d_sym picks the k, float64 gives them their distances.
         Returns (the k rows, their scores), best first."""
         rows = self._own(rows, self_id)
-        dists = [np.zeros(0)] + [distance.rerank(vector, self._gather(rows[i:i + RERANK_ROWS]))
-                                 for i in range(0, len(rows), RERANK_ROWS)]  # an exact scan: a block at a time
+        if len(rows) <= RERANK_ROWS:  # the usual query: its candidates stay in memory for the float64 pass
+            raw = self._gather(rows)
+            return self._top(vector, rows, distance.rerank(vector, raw), k, metric, alpha, raw)
+        dists = [distance.rerank(vector, self._gather(rows[i:i + RERANK_ROWS]))
+                 for i in range(0, len(rows), RERANK_ROWS)]  # an exact scan: a block at a time
         return self._top(vector, rows, np.concatenate(dists), k, metric, alpha)
 
     def _top(self, vector: np.ndarray, rows: np.ndarray, dists: np.ndarray, k: int, metric: str,
-             alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        """The k best of the re-ranked rows, with their float64 scores."""
+             alpha: float, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k best of the re-ranked rows, with their float64 scores (`raw`: the rows' vectors, if at hand)."""
         if len(rows) == 0:
             return rows, np.zeros(0)
         cx = self._complexity[rows]
@@ -989,7 +993,7 @@ class TaskIndex:
         # exact float64 distance, and the k best of those are the answer (numpy and torch sums then agree)
         cut = score[order[min(k, len(order)) - 1]] + RERANK_TIE
         top = order[:max(k, int(np.searchsorted(score[order], cut, side="right")))]
-        exact_d = distance.one_to_many(vector, self._gather(rows[top]))
+        exact_d = distance.rerank(vector, raw[top] if raw is not None else self._gather(rows[top]), np.float64)
         score[top] = exact_d - alpha * cx[top] if metric == "asym" else exact_d
         top = top[np.argsort(score[top], kind="stable")][:k]
         return rows[top], score[top]

@@ -623,6 +623,24 @@ def verify(index, as_json):
 
 
 @cli.command()
+@click.argument("index", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@_api_errors
+def warm(index, as_json):
+    """Read INDEX's vectors into the OS page cache, so the first queries of any process do not wait on the disk."""
+    import time
+
+    from .index import TaskIndex
+
+    path = index or default_index_path()
+    start = time.perf_counter()
+    with TaskIndex.open(path, readonly=True) as idx:
+        nbytes = idx.warm()
+    result = {"index": path, "bytes": nbytes, "seconds": round(time.perf_counter() - start, 3)}
+    _emit(result, as_json, lambda r: click.echo(f"warmed {r['bytes'] / 2**20:,.1f} MiB in {r['seconds']:.1f} s"))
+
+
+@cli.command()
 @click.argument("index")
 @click.option("--vectors", type=click.Choice(["float32", "bfloat16"]), default=None,
               help="Also convert the stored vectors (the upgrade path to bfloat16; default: keep them).")

@@ -29,7 +29,7 @@ from .embedding import PRIOR_SCALE, SPACE_DEFAULTS, SPACE_KEYS, Embedding
 from .estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
 from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
 from .storage import (HASH_ON_OPEN_BYTES, VECTOR_TYPES, Store, all_refs, decode_vectors, encode_vectors,
-                      read_rows, sha256_file)
+                      read_rows, sha256_file, warm)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -405,6 +405,16 @@ class TaskIndex:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise IndexUsageError(f"no row named {name!r} in the index{hint}: see `taskindex ls`")
         return self._by_name[name]
+
+    def warm(self, progress: bool | None = None) -> int:
+        """Read the stored vectors into memory (the OS page cache, mapped into this process) before queries
+        need them: what a server does before it takes traffic, for an index that fits in RAM (a fresh query
+        otherwise waits on the disk for rows it has not read). Returns the bytes; safe to interrupt."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=sum(v.nbytes for v in self._vectors), unit="B", unit_scale=True, desc="warm", leave=False,
+                  disable=None if progress is None else not progress) as bar:
+            return sum(warm(v, bar.update) for v in self._vectors)
 
     def _vector(self, row: int) -> np.ndarray:
         return decode_vectors(self._vectors[self._seg[row]][self._pos[row]])

@@ -81,6 +81,20 @@ def test_rm_and_compact(built, tmp_path):
     assert json.loads(r.invoke(cli, ["info", str(idx), "--json"]).output)["segments"] == 1
 
 
+def test_warm_reads_every_vector_file_of_the_committed_version(built):
+    """`taskindex warm` (TaskIndex.warm) reads each segment's vectors once: the bytes are the manifest's."""
+    from taskindex.index import TaskIndex
+
+    idx = str(built / "idx")
+    with TaskIndex.open(idx, readonly=True) as index:
+        stored = sum(s["vectors"]["size"] for s in index.manifest["segments"])
+    out = CliRunner().invoke(cli, ["warm", idx, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["bytes"] == stored > 0
+    assert CliRunner().invoke(cli, ["warm", idx]).output.startswith("warmed ")
+    user_error(CliRunner().invoke(cli, ["warm", str(built / "nowhere")]), "does not exist")
+
+
 def test_default_index_is_used_without_an_index_argument(built, monkeypatch):
     monkeypatch.setenv("TASKINDEX_INDEX", str(built / "idx"))
     out = json.loads(CliRunner().invoke(cli, ["query", "--name", "two", "--json"]).output)

@@ -13,6 +13,7 @@ from taskindex.cli import cli, default_index_path
 from taskindex.errors import TaskIndexError
 from taskindex.index import TaskIndex, verify
 from taskindex.indexkit import Overlapping, wide_probe
+from taskindex import storage
 from taskindex.storage import Store, decode_vectors, encode_vectors, prefetch, read_rows
 
 
@@ -26,6 +27,35 @@ def test_bfloat16_rounds_to_nearest_and_keeps_every_entry_positive():
     assert rel.max() <= 2 ** -8  # half a unit of bfloat16's 8-bit significand
     assert back[0, 1] == 1.0 and back[0, 2] == 1.0
     assert np.array_equal(decode_vectors(np.frombuffer(encode_vectors(v, "float32"), "<f4").reshape(v.shape)), v)
+
+
+def _mapped_kib(path) -> int:
+    """Resident KiB of this process's map of `path` (/proc/self/smaps)."""
+    lines = open("/proc/self/smaps").read().splitlines()
+    for i, line in enumerate(lines):
+        if line.endswith(str(path)):
+            return next(int(x.split()[1]) for x in lines[i + 1:] if x.startswith("Rss:"))
+    raise AssertionError(f"{path} is not mapped")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "uname") or __import__("os").uname().sysname != "Linux",
+                    reason="reads /proc/self/smaps")
+@pytest.mark.parametrize("populate", [True, False], ids=["populate", "read-ahead-and-touch"])
+def test_warm_maps_every_page_of_a_vector_file(tmp_path, monkeypatch, populate):
+    """A fresh map of a segment holds nothing (MADV_RANDOM, nothing read); after warm() every page is mapped
+    in this process, by the kernel's populate call or, on older kernels, by touching each page."""
+    if not populate:
+        monkeypatch.setattr(storage, "MADV_POPULATE_READ", None)
+    monkeypatch.setattr(storage, "WARM_CHUNK", 1 << 20)  # several chunks
+    v = np.exp(np.random.default_rng(0).normal(size=(300, 21008))).astype(np.float32)
+    store = Store(tmp_path)
+    ref = store.new_file(".bf16", encode_vectors(v, "bfloat16"))
+    rows = store.memmap(ref, 21008)
+    assert _mapped_kib(store.path(ref)) == 0
+    told = []
+    assert storage.warm(rows, told.append) == rows.nbytes == ref["size"]
+    assert sum(told) == rows.nbytes and len(told) == -(-rows.nbytes // (1 << 20))
+    assert _mapped_kib(store.path(ref)) * 1024 >= rows.nbytes - 4096
 
 
 def test_prefetch_asks_for_each_row_from_its_page_start(tmp_path):

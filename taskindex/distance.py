@@ -112,6 +112,42 @@ def rerank(query: np.ndarray, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
     return _from_sums(sr, srr, dim)
 
 
+def rerank_pairs(queries: np.ndarray, qi: np.ndarray, rows: np.ndarray, ri: np.ndarray, dtype=np.float32,
+                 threads: int = 1) -> np.ndarray:
+    """`rerank` for a batch: d_sym between queries[qi[p]] and rows[ri[p]] for every pair p (trusted vectors),
+    accumulated in `dtype`, a cache-sized chunk of pairs at a time in each of `threads` threads (numpy lets go
+    of the GIL in every step)."""
+    n, dim = len(qi), rows.shape[1]
+    out = np.empty(n)
+    step = max(1, _CHUNK_BYTES // (2 * np.dtype(dtype).itemsize * max(1, dim)))
+    ones = np.ones(dim, dtype)
+
+    def take(src: np.ndarray, idx: np.ndarray, buf: np.ndarray) -> np.ndarray:
+        if src.dtype == buf.dtype:  # no temporary (mode="clip": the indices are valid, so none is checked)
+            return np.take(src, idx, axis=0, out=buf, mode="clip")
+        buf[...] = src[idx]
+        return buf
+
+    def part(lo: int, hi: int) -> None:
+        qbuf, xbuf = np.empty((2, min(step, hi - lo), dim), dtype)
+        for a in range(lo, hi, step):
+            m = min(step, hi - a)
+            q, x = take(queries, qi[a:a + m], qbuf[:m]), take(rows, ri[a:a + m], xbuf[:m])
+            np.add(q, x, out=x)
+            np.divide(q, x, out=x)  # entries are > 0, so never 0/0
+            out[a:a + m] = _from_sums(np.vecdot(x, ones), np.vecdot(x, x), dim)
+
+    cuts = np.linspace(0, n, max(1, min(threads, -(-n // step))) + 1).astype(int).tolist()
+    if len(cuts) == 2:
+        part(0, n)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(cuts) - 1) as pool:
+            list(pool.map(part, cuts[:-1], cuts[1:]))
+    return out
+
+
 def rerank_torch(queries, rows):
     """`rerank` for pairs of torch tensors on any device: d_sym between queries[i] and rows[i], (P, d) each,
     float32 sums; returns a float64 numpy array. The index's batch path on a GPU."""

@@ -40,7 +40,8 @@ ROW_GROUP = 4096  # metadata rows per Parquet row group: `get` decodes one group
 LIGHT_ROWS = 10_000  # segments up to this size also store JSON records; indexes up to it open read-only from them
 RERANK_TIE = 2e-5  # float32 re-rank scores this close to the k-th are settled in float64 (its error: 1e-5)
 RERANK_ROWS = 2048  # rows read and re-ranked at once (an exact query's scan goes block by block)
-TORCH_BLOCK = 1024  # candidate rows, and query-row pairs, on the device at once in query_many's torch path
+PAIR_BLOCK = 1024  # candidate rows read at once, and (query, row) pairs on a torch device, in query_many
+BATCH_PAIRS = 1 << 21  # candidate pairs of the queries query_many ranks together (~30 MB of bookkeeping)
 LAZY = ("embedding_meta",)  # per-row columns left on disk until `get` or `compact` needs them
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
             "embedding_meta")
@@ -887,8 +888,6 @@ class TaskIndex:
         device: where the re-rank runs. None: numpy threads over the cores, or a CUDA GPU where torch is
         already imported and sees one; a torch device ('cuda', 'cuda:1', 'cpu') runs it in torch there,
         each candidate row read once for the whole batch."""
-        from concurrent.futures import ThreadPoolExecutor
-
         from tqdm.auto import tqdm
 
         alpha, keep, filtered = self._query_plan(k, metric, kind, where, alpha)
@@ -908,48 +907,64 @@ class TaskIndex:
             rows = [np.searchsorted(self._ids, f[f >= 0][:want + int(i is not None)])
                     for f, (_, i) in zip(found, pairs)]
         device = _torch_device(device)
-        bar = tqdm(total=len(pairs), desc="query_many", unit="query", disable=progress is False or len(pairs) < 1000,
-                   leave=False)
-        if device is not None:
-            with bar:
-                return self._hits(self._rank_torch(device, vectors, rows, [i for _, i in pairs], k, metric, alpha,
-                                                   bar), metric)
-        with ThreadPoolExecutor(max(1, min(len(pairs), os.cpu_count() or 1, 8))) as pool, bar:
-            def one(i):
-                ranked = self._rank(vectors[i], rows[i], pairs[i][1], k, metric, alpha)
-                bar.update()
-                return ranked
+        self_ids = [i for _, i in pairs]
+        out = []
+        with tqdm(total=len(pairs), desc="query_many", unit="query", leave=False,
+                  disable=progress is False or len(pairs) < 1000) as bar:
+            lo = 0
+            while lo < len(pairs):  # queries in chunks of about BATCH_PAIRS candidate pairs
+                sizes = np.cumsum([len(r) for r in rows[lo:]])
+                hi = lo + max(1, int(np.searchsorted(sizes, BATCH_PAIRS, side="right")))
+                out += self._rank_many(vectors, list(range(lo, hi)), rows[lo:hi], self_ids[lo:hi], k, metric, alpha,
+                                       device)
+                bar.update(hi - lo)
+                lo = hi
+        return self._hits(out, metric)
 
-            return self._hits(list(pool.map(one, range(len(pairs)))), metric)
-
-    def _rank_torch(self, device: str, vectors: np.ndarray, rows: list[np.ndarray], self_ids: list, k: int,
-                    metric: str, alpha: float, bar) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The re-rank of a batch with torch on `device`: every candidate row is read once for the whole batch,
-        in blocks of TORCH_BLOCK rows moved to the device, and scored against all the queries that want it."""
-        import torch
-
+    def _rank_many(self, vectors: np.ndarray, which: list[int], rows: list[np.ndarray], self_ids: list, k: int,
+                   metric: str, alpha: float, device: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`_rank` for a batch of queries (vectors[which]): each candidate row is read once for all the queries
+        that want it, and the float32 pass, then the float64 pass of the rows each query must settle, score
+        (query, row) pairs a block of rows at a time, so a batch reads far fewer rows than its queries one by
+        one (tools/bench_query.py times both). The float32 pass runs in torch on `device` where one is given."""
         rows = [self._own(r, s) for r, s in zip(rows, self_ids)]
-        owner = np.repeat(np.arange(len(rows)), [len(r) for r in rows])  # one (query, row) pair per candidate
-        wanted = np.concatenate([np.zeros(0, np.int64)] + rows)
+        counts = [len(r) for r in rows]
+        owner = np.repeat(np.asarray(which, np.int64), counts)
+        dists = self._score_pairs(vectors, owner, np.concatenate([np.zeros(0, np.int64), *rows]), np.float32, device)
+        cuts = np.cumsum([0, *counts])
+        plans = [self._settle(r, dists[a:b], k, metric, alpha) for r, a, b in zip(rows, cuts, cuts[1:])]
+        counts = [len(top) for _, top in plans]
+        exact = self._score_pairs(vectors, np.repeat(np.asarray(which, np.int64), counts),
+                                  np.concatenate([np.zeros(0, np.int64), *(r[t] for r, (_, t) in zip(rows, plans))]),
+                                  np.float64, None)
+        cuts = np.cumsum([0, *counts])
+        return [self._finish(r, score, top, exact[a:b], k, metric, alpha)
+                for r, (score, top), a, b in zip(rows, plans, cuts, cuts[1:])]
+
+    def _score_pairs(self, vectors: np.ndarray, owner: np.ndarray, wanted: np.ndarray, dtype,
+                     device: str | None) -> np.ndarray:
+        """d_sym of each pair (vectors[owner[p]], row wanted[p]), the rows read in index order, PAIR_BLOCK at once."""
         dists = np.empty(len(wanted))
-        union = np.unique(wanted)
-        at = np.searchsorted(union, wanted)
+        union, at = np.unique(wanted, return_inverse=True)
         by_row = np.argsort(at, kind="stable")
         at_sorted = at[by_row]
-        q = torch.as_tensor(vectors, device=device)
-        for lo in range(0, len(union), TORCH_BLOCK):
-            block = torch.as_tensor(self._gather(union[lo:lo + TORCH_BLOCK]), device=device)
-            here = by_row[np.searchsorted(at_sorted, lo):np.searchsorted(at_sorted, lo + TORCH_BLOCK)]
-            for p in range(0, len(here), TORCH_BLOCK):
-                pairs = here[p:p + TORCH_BLOCK]
+        if device is not None:
+            import torch
+
+            q = torch.as_tensor(vectors, device=device)
+        for lo in range(0, len(union), PAIR_BLOCK):
+            block = self._gather(union[lo:lo + PAIR_BLOCK])
+            here = by_row[np.searchsorted(at_sorted, lo):np.searchsorted(at_sorted, lo + PAIR_BLOCK)]
+            if device is None:
+                dists[here] = distance.rerank_pairs(vectors, owner[here], block, at[here] - lo, dtype,
+                                                    threads=os.cpu_count() or 1)
+                continue
+            block = torch.as_tensor(block, device=device)
+            for p in range(0, len(here), PAIR_BLOCK):
+                pairs = here[p:p + PAIR_BLOCK]
                 dists[pairs] = distance.rerank_torch(q[torch.as_tensor(owner[pairs], device=device)],
                                                      block[torch.as_tensor(at[pairs] - lo, device=device)])
-        cuts = np.cumsum([0] + [len(r) for r in rows])
-        out = []
-        for i, r in enumerate(rows):
-            out.append(self._top(vectors[i], r, dists[cuts[i]:cuts[i + 1]], k, metric, alpha))
-            bar.update()
-        return out
+        return dists
 
     def _query_plan(self, k, metric, kind, where, alpha) -> tuple[float, np.ndarray, bool]:
         """Checked arguments of a query: (alpha, the rows the filter keeps, whether anything is filtered)."""
@@ -994,17 +1009,26 @@ class TaskIndex:
     def _top(self, vector: np.ndarray, rows: np.ndarray, dists: np.ndarray, k: int, metric: str,
              alpha: float, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k best of the re-ranked rows, with their float64 scores (`raw`: the rows' vectors, if at hand)."""
+        score, top = self._settle(rows, dists, k, metric, alpha)
+        exact = distance.rerank(vector, raw[top] if raw is not None else self._gather(rows[top]), np.float64)
+        return self._finish(rows, score, top, exact, k, metric, alpha)
+
+    def _settle(self, rows: np.ndarray, dists: np.ndarray, k: int, metric: str,
+                alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, the positions that need their float64 distance). The float32 pass is within ~1e-5 of
+        d_sym: every row it puts within RERANK_TIE of the k-th gets its exact distance before the cut, so
+        the k best of those are the answer (numpy and torch sums then agree)."""
         if len(rows) == 0:
-            return rows, np.zeros(0)
-        cx = self._complexity[rows]
-        score = dists - alpha * cx if metric == "asym" else dists
+            return dists, np.zeros(0, np.int64)
+        score = dists - alpha * self._complexity[rows] if metric == "asym" else dists.copy()
         order = np.argsort(score, kind="stable")
-        # the float32 pass is within ~1e-5 of d_sym: every row it puts within RERANK_TIE of the k-th gets its
-        # exact float64 distance, and the k best of those are the answer (numpy and torch sums then agree)
         cut = score[order[min(k, len(order)) - 1]] + RERANK_TIE
-        top = order[:max(k, int(np.searchsorted(score[order], cut, side="right")))]
-        exact_d = distance.rerank(vector, raw[top] if raw is not None else self._gather(rows[top]), np.float64)
-        score[top] = exact_d - alpha * cx[top] if metric == "asym" else exact_d
+        return score, order[:max(k, int(np.searchsorted(score[order], cut, side="right")))]
+
+    def _finish(self, rows: np.ndarray, score: np.ndarray, top: np.ndarray, exact: np.ndarray, k: int, metric: str,
+                alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """The k best rows, best first, and their scores, once `top` has its float64 distances `exact`."""
+        score[top] = exact - alpha * self._complexity[rows[top]] if metric == "asym" else exact
         top = top[np.argsort(score[top], kind="stable")][:k]
         return rows[top], score[top]
 

@@ -430,10 +430,12 @@ def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, s
 @pytest.mark.parametrize("device", [None, "cpu"])
 def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric, device, monkeypatch):
     """Past EXACT_ROWS (FAISS candidates, one batched search) and with filters, by embedding and by row name;
-    device='cpu' runs the batch re-rank in torch (the GPU path, on the CPU), in blocks of 100 rows."""
+    device='cpu' runs the batch re-rank in torch (the GPU path, on the CPU). Rows are read in blocks of 100
+    and the queries ranked in chunks of about 500 candidate pairs, so both cut through the batch."""
     import taskindex.index as index_module
 
-    monkeypatch.setattr(index_module, "TORCH_BLOCK", 100)
+    monkeypatch.setattr(index_module, "PAIR_BLOCK", 100)
+    monkeypatch.setattr(index_module, "BATCH_PAIRS", 500)
     rows = Overlapping(index)
     index.add_many([(f"r{i}", rows.make(), "model" if i % 5 == 0 else "task", {"even": i % 2 == 0})
                     for i in range(search.EXACT_ROWS + 200)])

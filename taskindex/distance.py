@@ -113,10 +113,10 @@ def rerank(query: np.ndarray, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
 
 
 def rerank_pairs(queries: np.ndarray, qi: np.ndarray, rows: np.ndarray, ri: np.ndarray, dtype=np.float32,
-                 threads: int = 1) -> np.ndarray:
+                 pool=None, threads: int = 1) -> np.ndarray:
     """`rerank` for a batch: d_sym between queries[qi[p]] and rows[ri[p]] for every pair p (trusted vectors),
-    accumulated in `dtype`, a cache-sized chunk of pairs at a time in each of `threads` threads (numpy lets go
-    of the GIL in every step)."""
+    accumulated in `dtype`, a cache-sized chunk of pairs at a time, split over `threads` threads of `pool` (a
+    ThreadPoolExecutor; numpy lets go of the GIL in every step)."""
     n, dim = len(qi), rows.shape[1]
     out = np.empty(n)
     step = max(1, _CHUNK_BYTES // (2 * np.dtype(dtype).itemsize * max(1, dim)))
@@ -137,14 +137,11 @@ def rerank_pairs(queries: np.ndarray, qi: np.ndarray, rows: np.ndarray, ri: np.n
             np.divide(q, x, out=x)  # entries are > 0, so never 0/0
             out[a:a + m] = _from_sums(np.vecdot(x, ones), np.vecdot(x, x), dim)
 
-    cuts = np.linspace(0, n, max(1, min(threads, -(-n // step))) + 1).astype(int).tolist()
+    cuts = np.linspace(0, n, max(1, min(threads if pool is not None else 1, -(-n // step))) + 1).astype(int).tolist()
     if len(cuts) == 2:
         part(0, n)
     else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(cuts) - 1) as pool:
-            list(pool.map(part, cuts[:-1], cuts[1:]))
+        list(pool.map(part, cuts[:-1], cuts[1:]))
     return out
 
 

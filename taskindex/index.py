@@ -13,6 +13,7 @@ stays the metadata table that filters, pandas, polars and DuckDB read.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import json
@@ -41,7 +42,7 @@ LIGHT_ROWS = 10_000  # segments up to this size also store JSON records; indexes
 RERANK_TIE = 2e-5  # float32 re-rank scores this close to the k-th are settled in float64 (its error: 1e-5)
 RERANK_ROWS = 2048  # rows read and re-ranked at once (an exact query's scan goes block by block)
 PAIR_BLOCK = 1024  # candidate rows read at once, and (query, row) pairs on a torch device, in query_many
-BATCH_PAIRS = 1 << 21  # candidate pairs of the queries query_many ranks together (~30 MB of bookkeeping)
+BATCH_PAIRS = 1 << 21  # candidate pairs of the queries query_many ranks together (~150 MB of bookkeeping)
 LAZY = ("embedding_meta",)  # per-row columns left on disk until `get` or `compact` needs them
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
             "embedding_meta")
@@ -497,6 +498,9 @@ class TaskIndex:
     def _check_embedding(self, emb: Embedding) -> None:
         if not isinstance(emb, Embedding):
             raise TaskIndexError(f"expected a taskindex.Embedding; got {type(emb).__name__}")
+        if not np.isfinite(emb.vector).all() or (emb.vector < 0).any():  # the re-rank trusts what passes here
+            raise TaskIndexError(f"embedding {emb.meta.get('task')!r} has negative or non-finite entries: a Fisher "
+                                 "diagonal is finite and >= 0, so re-embed the task")
         diff = [f"{k}: {emb.space[k]!r} vs index {self.space.get(k)!r}" for k in SPACE_KEYS
                 if emb.space[k] != self.space.get(k)]
         if diff:
@@ -888,6 +892,8 @@ class TaskIndex:
         device: where the re-rank runs. None: numpy threads over the cores, or a CUDA GPU where torch is
         already imported and sees one; a torch device ('cuda', 'cuda:1', 'cpu') runs it in torch there,
         each candidate row read once for the whole batch."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm.auto import tqdm
 
         alpha, keep, filtered = self._query_plan(k, metric, kind, where, alpha)
@@ -909,41 +915,45 @@ class TaskIndex:
         device = _torch_device(device)
         self_ids = [i for _, i in pairs]
         out = []
-        with tqdm(total=len(pairs), desc="query_many", unit="query", leave=False,
-                  disable=progress is False or len(pairs) < 1000) as bar:
+        ends = np.cumsum([len(r) for r in rows])
+        threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        with (ThreadPoolExecutor(threads) if device is None and threads > 1 else contextlib.nullcontext()) as pool, \
+                tqdm(total=len(pairs), desc="query_many", unit="query", leave=False,
+                     disable=progress is False or len(pairs) < 1000) as bar:
             lo = 0
             while lo < len(pairs):  # queries in chunks of about BATCH_PAIRS candidate pairs
-                sizes = np.cumsum([len(r) for r in rows[lo:]])
-                hi = lo + max(1, int(np.searchsorted(sizes, BATCH_PAIRS, side="right")))
-                out += self._rank_many(vectors, list(range(lo, hi)), rows[lo:hi], self_ids[lo:hi], k, metric, alpha,
-                                       device)
+                hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + BATCH_PAIRS, side="right")))
+                out += self._rank_many(vectors[lo:hi], rows[lo:hi], self_ids[lo:hi], k, metric, alpha, device,
+                                       (pool, threads))
                 bar.update(hi - lo)
                 lo = hi
         return self._hits(out, metric)
 
-    def _rank_many(self, vectors: np.ndarray, which: list[int], rows: list[np.ndarray], self_ids: list, k: int,
-                   metric: str, alpha: float, device: str | None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """`_rank` for a batch of queries (vectors[which]): each candidate row is read once for all the queries
-        that want it, and the float32 pass, then the float64 pass of the rows each query must settle, score
-        (query, row) pairs a block of rows at a time, so a batch reads far fewer rows than its queries one by
-        one (tools/bench_query.py times both). The float32 pass runs in torch on `device` where one is given."""
+    def _rank_many(self, vectors: np.ndarray, rows: list[np.ndarray], self_ids: list, k: int, metric: str,
+                   alpha: float, device: str | None, workers: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`_rank` for a batch of queries: each candidate row is read once for all the queries that want it,
+        and the float32 pass, then the float64 pass of the rows each query must settle, score (query, row)
+        pairs a block of rows at a time, so a batch reads far fewer rows than its queries one by one
+        (tools/bench_query.py times both). The float32 pass runs in torch on `device` where one is given."""
         rows = [self._own(r, s) for r, s in zip(rows, self_ids)]
         counts = [len(r) for r in rows]
-        owner = np.repeat(np.asarray(which, np.int64), counts)
-        dists = self._score_pairs(vectors, owner, np.concatenate([np.zeros(0, np.int64), *rows]), np.float32, device)
+        owner = np.repeat(np.arange(len(rows)), counts)
+        dists = self._score_pairs(vectors, owner, np.concatenate([np.zeros(0, np.int64), *rows]), np.float32, device,
+                                  workers)
         cuts = np.cumsum([0, *counts])
         plans = [self._settle(r, dists[a:b], k, metric, alpha) for r, a, b in zip(rows, cuts, cuts[1:])]
         counts = [len(top) for _, top in plans]
-        exact = self._score_pairs(vectors, np.repeat(np.asarray(which, np.int64), counts),
+        exact = self._score_pairs(vectors, np.repeat(np.arange(len(rows)), counts),
                                   np.concatenate([np.zeros(0, np.int64), *(r[t] for r, (_, t) in zip(rows, plans))]),
-                                  np.float64, None)
+                                  np.float64, None, workers)
         cuts = np.cumsum([0, *counts])
         return [self._finish(r, score, top, exact[a:b], k, metric, alpha)
                 for r, (score, top), a, b in zip(rows, plans, cuts, cuts[1:])]
 
-    def _score_pairs(self, vectors: np.ndarray, owner: np.ndarray, wanted: np.ndarray, dtype,
-                     device: str | None) -> np.ndarray:
-        """d_sym of each pair (vectors[owner[p]], row wanted[p]), the rows read in index order, PAIR_BLOCK at once."""
+    def _score_pairs(self, vectors: np.ndarray, owner: np.ndarray, wanted: np.ndarray, dtype, device: str | None,
+                     workers: tuple) -> np.ndarray:
+        """d_sym of each pair (vectors[owner[p]], row wanted[p]), the rows read in index order, PAIR_BLOCK at once;
+        workers: (a thread pool or None, its threads) for numpy."""
         dists = np.empty(len(wanted))
         union, at = np.unique(wanted, return_inverse=True)
         by_row = np.argsort(at, kind="stable")
@@ -956,8 +966,7 @@ class TaskIndex:
             block = self._gather(union[lo:lo + PAIR_BLOCK])
             here = by_row[np.searchsorted(at_sorted, lo):np.searchsorted(at_sorted, lo + PAIR_BLOCK)]
             if device is None:
-                dists[here] = distance.rerank_pairs(vectors, owner[here], block, at[here] - lo, dtype,
-                                                    threads=os.cpu_count() or 1)
+                dists[here] = distance.rerank_pairs(vectors, owner[here], block, at[here] - lo, dtype, *workers)
                 continue
             block = torch.as_tensor(block, device=device)
             for p in range(0, len(here), PAIR_BLOCK):

@@ -108,7 +108,7 @@ def prefetch(rows: np.ndarray, pos: np.ndarray) -> None:
     if mm is None or not hasattr(mmap, "MADV_WILLNEED"):
         return
     row_bytes = rows.strides[0]  # Store.memmap maps whole files from their first byte
-    start = pos * row_bytes
+    start = np.asarray(pos, np.int64) * row_bytes
     aligned = start - start % mmap.PAGESIZE
     for at, size in zip(aligned.tolist(), (start + row_bytes - aligned).tolist()):  # plain ints: 3x cheaper
         mm.madvise(mmap.MADV_WILLNEED, at, size)
@@ -121,8 +121,8 @@ WARM_CHUNK = 64 << 20
 
 def warm(rows: np.ndarray, done=lambda nbytes: None) -> int:
     """Read a memory-mapped vector file into the page cache and map its pages into this process, a chunk at a
-    time (`done` is told each chunk's bytes): queries then neither wait on the disk nor fault a page in.
-    Where the kernel cannot populate a map, each chunk is read ahead and its pages touched. Returns the bytes."""
+    time (`done` is told each chunk's bytes): queries then neither wait on the disk nor fault a page in. Each
+    chunk is read ahead first; where the kernel cannot populate a map, its pages are touched. Returns the bytes."""
     mm = getattr(rows, "_mmap", None)
     if mm is None:
         return 0
@@ -130,14 +130,14 @@ def warm(rows: np.ndarray, done=lambda nbytes: None) -> int:
     pages = rows.reshape(-1).view(np.uint8)
     for at in range(0, rows.nbytes, WARM_CHUNK):
         n = min(WARM_CHUNK, rows.nbytes - at)
+        mm.madvise(mmap.MADV_WILLNEED, at, n)  # read ahead: the map is MADV_RANDOM, which faults 4 KiB at a time
         if populate:
             try:
                 mm.madvise(MADV_POPULATE_READ, at, n)
             except OSError:  # an older kernel
                 populate = False
         if not populate:
-            mm.madvise(mmap.MADV_WILLNEED, at, n)
-            int(pages[at:at + n:mmap.PAGESIZE].sum())  # one byte a page: each is read, then mapped
+            int(pages[at:at + n:mmap.PAGESIZE].sum())  # one byte a page: each is mapped
         done(n)
     return int(rows.nbytes)
 

@@ -120,3 +120,22 @@ def test_the_float64_rerank_is_the_per_pair_distance():
     rows = (q * np.exp(rng.normal(0, rng.uniform(0.05, 2.0, (40, 1)), (40, 21008)))).astype(np.float32)
     ref = np.array([paper_d_sym(q.astype(np.float64), r) for r in rows.astype(np.float64)])
     assert np.abs(distance.rerank(q, rows, np.float64) - ref).max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rerank_pairs_scores_each_pair_as_rerank_does_over_threads_and_chunks(dtype, monkeypatch):
+    """query_many's scorer: pairs in any order, several per query and per row, chunks of 3 pairs split over 3
+    threads; each pair's distance is `rerank` of its query and row."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(distance, "_CHUNK_BYTES", 3 * 2 * np.dtype(dtype).itemsize * 300)  # 3 pairs a chunk
+    rng = np.random.default_rng(5)
+    queries = np.exp(rng.normal(size=(6, 300))).astype(np.float32)
+    rows = np.exp(rng.normal(size=(9, 300))).astype(np.float32)
+    qi, ri = rng.integers(6, size=40), rng.integers(9, size=40)
+    want = np.array([distance.rerank(queries[a], rows[b:b + 1], dtype)[0] for a, b in zip(qi, ri)])
+    with ThreadPoolExecutor(3) as pool:
+        got = distance.rerank_pairs(queries, qi, rows, ri, dtype, pool, threads=3)
+    assert np.array_equal(got, want)
+    assert np.array_equal(distance.rerank_pairs(queries, qi, rows, ri, dtype), want)
+    assert distance.rerank_pairs(queries, qi[:0], rows, ri[:0], dtype).shape == (0,)

@@ -465,6 +465,47 @@ def test_near_ties_of_the_float32_pass_are_settled_in_float64(index, synth):
     assert list(top) == [near] and scores[0] == pytest.approx(exact[near], abs=1e-12)
 
 
+def test_a_query_vector_that_is_no_fisher_diagonal_is_refused(index, synth):
+    """The re-rank trusts its vectors; a NaN or negative entry is refused before it, by query and query_many."""
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(5)])
+    for bad in (np.nan, -1.0, np.inf):
+        emb = synth.make(0)
+        emb.vector[3] = bad
+        with pytest.raises(TaskIndexError, match="negative or non-finite"):
+            index.query(emb, k=2)
+        with pytest.raises(TaskIndexError, match="negative or non-finite"):
+            index.query_many([synth.make(1), emb], k=2)
+
+
+def test_hits_carry_the_metadata_of_the_version_they_come_from(index):
+    """A hit's metadata is read from a table cached per version: each write (add, upsert, remove, compact)
+    must show in the next answer, in query and query_many."""
+    rows = Overlapping(index)
+    index.add_many([(f"r{i}", rows.make(), "task", {"tag": "old"}) for i in range(search.EXACT_ROWS + 20)])
+    q = rows.make()
+    first = index.query(q, k=3)[0]
+    assert first.metadata["tag"] == "old" and index.to_arrow().num_rows == len(index)
+    index.upsert(first.name, index.get(first.name)[0], metadata={"tag": "new", "n": 2})
+    for hits in (index.query(q, k=3), index.query_many([q], k=3)[0]):
+        assert hits[0].name == first.name and hits[0].metadata["tag"] == "new" and hits[0].metadata["n"] == 2
+    index.remove(first.name)
+    assert first.name not in {h.name for h in index.query(q, k=3)} and index.to_arrow().num_rows == len(index)
+    index.compact()
+    assert index.query(q, k=1)[0].metadata["tag"] == "old"
+
+
+def test_query_many_with_no_candidates_for_some_queries(index):
+    """A filter no row passes gives every query no hits, and a batch mixing such queries with others keeps
+    each query's answer."""
+    rows = Overlapping(index)
+    index.add_many([(f"r{i}", rows.make(), "task", {"even": i % 2 == 0}) for i in range(search.EXACT_ROWS + 20)])
+    qs = [rows.make() for _ in range(3)]
+    assert index.query_many(qs, k=4, where={"even": "no such value"}) == [[], [], []]
+    assert index.query(qs[0], k=4, where={"even": "no such value"}) == []
+    many = index.query_many([*qs, "r1"], k=4, kind="model")  # no model rows at all
+    assert many == [[], [], [], []]
+
+
 def test_query_many_names_a_device_it_cannot_use(index, synth):
     index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(5)])
     with pytest.raises(TaskIndexError, match="device 'nope' is not usable here"):

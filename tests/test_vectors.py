@@ -40,7 +40,7 @@ def _mapped_kib(path) -> int:
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "uname") or __import__("os").uname().sysname != "Linux",
                     reason="reads /proc/self/smaps")
-@pytest.mark.parametrize("populate", [True, False], ids=["populate", "read-ahead-and-touch"])
+@pytest.mark.parametrize("populate", [True, False], ids=["populate", "touch"])
 def test_warm_maps_every_page_of_a_vector_file(tmp_path, monkeypatch, populate):
     """A fresh map of a segment holds nothing (MADV_RANDOM, nothing read); after warm() every page is mapped
     in this process, by the kernel's populate call or, on older kernels, by touching each page."""

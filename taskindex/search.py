@@ -23,7 +23,8 @@ GPU_MAX_K = 2048        # the most neighbours a FAISS GPU index returns per quer
 # in the candidate ranking the more rows lie near it, so the factor grows with the index (tools/bench_query.py,
 # recall@10 of 20-30 queries): with 1.5k rows per seed task (100k rows) 5 gave 0.98 and 10 gave 1.000 (0.957
 # and 0.997 on held-out queries); with 14k per seed (1M's rows per seed, in 100k rows) 10 gave 0.73, 20 0.895,
-# 40 0.970 and 80 1.000. At 1M itself 40 gave 0.960 at 48 ms p50, 60 gave 0.970 at 67 ms (README, "Query").
+# 40 0.970 and 80 1.000. At 1M itself 40 gave 0.960 and 60 0.970 (dev queries), so 80 is the factor there: on
+# held-out queries it gave 0.995 at 35 ms p50 (README, "Query").
 REFINE_MIN, REFINE_MAX = 10, 80
 REFINE_MAX_ROWS = 1_000_000  # the factor rises linearly from REFINE_MIN to REFINE_MAX here; beyond, shard
 

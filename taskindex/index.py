@@ -866,9 +866,9 @@ class TaskIndex:
         if exact or self._candidates is None:
             rows = np.flatnonzero(keep)
         else:
-            point = search.project(emb.vector[None, :], self._projection, query=True)[0]
-            found = self._candidates.search(point, want + int(self_id is not None),
-                                            self._ids[keep] if filtered else None)
+            own = int(self_id is not None)
+            found = self._candidates.nearest(search.project(emb.vector[None, :], self._projection), want + own,
+                                             k + own, self._ids[keep] if filtered else None)[0]
             rows = np.searchsorted(self._ids, found)
         return self._hits([self._rank(emb.vector, rows, self_id, k, metric, alpha)], metric)[0]
 
@@ -906,12 +906,11 @@ class TaskIndex:
             every = np.flatnonzero(keep)
             rows = [every] * len(pairs)
         else:
-            points = search.project(vectors, self._projection, query=True)
-            found = self._candidates.search_many(points, want + int(any(i is not None for _, i in pairs)),
-                                                 self._ids[keep] if filtered else None)
-            # each query keeps the candidates `query` would fetch for it (one more only for a row's own name)
-            rows = [np.searchsorted(self._ids, f[f >= 0][:want + int(i is not None)])
-                    for f, (_, i) in zip(found, pairs)]
+            # each query gets the candidates `query` would fetch for it (one more only for a row's own name)
+            own = np.array([i is not None for _, i in pairs], dtype=np.int64)
+            found = self._candidates.nearest(search.project(vectors, self._projection), want + own, k + own,
+                                             self._ids[keep] if filtered else None)
+            rows = [np.searchsorted(self._ids, f) for f in found]
         device = _torch_device(device)
         self_ids = [i for _, i in pairs]
         out = []

@@ -64,14 +64,15 @@ def train_projection(vectors: np.ndarray, dim: int = PROJ_DIM - 1) -> np.ndarray
     return out
 
 
-def project(vectors: np.ndarray, projection: np.ndarray, query: bool = False) -> np.ndarray:
+def project(vectors: np.ndarray, projection: np.ndarray) -> np.ndarray:
     """PCA coordinates plus one more: the norm of what the PCA does not capture.
 
-    ||z_q - z_r||^2 = ||P(z_q - z_r)||^2 + ||R z_q - R z_r||^2, and the residuals of
-    different rows are nearly orthogonal, so the second term is about
-    ||R z_q||^2 + ||R z_r||^2. Rows store ||R z_r|| and queries 0 in the last
-    coordinate: plain L2 search then adds the row's residual energy, which ranks
-    near-duplicate rows by how far they really are, where PCA alone sees only noise.
+    ||z_q - z_r||^2 = ||P(z_q - z_r)||^2 + ||R z_q - R z_r||^2, and the last term lies
+    between (||R z_q|| - ||R z_r||)^2 (residuals parallel) and (||R z_q|| + ||R z_r||)^2;
+    for rows drawn apart their residuals are nearly orthogonal, about ||R z_q||^2 + ||R z_r||^2.
+    `Candidates.nearest` searches both ways: with the query's last coordinate at 0 (orthogonal:
+    near-duplicate rows ranked by how far they really are, where PCA alone sees only noise) and
+    with it kept (parallel: a lower bound, so a row the PCA was not trained on still finds itself).
     """
     z = centred_log(vectors) - projection[0]
     # one query: one BLAS dot a component, 1.2 ms (einsum 1.7); BLAS's threaded matrix-vector product takes
@@ -79,11 +80,8 @@ def project(vectors: np.ndarray, projection: np.ndarray, query: bool = False) ->
     coords = np.vecdot(projection[1:], z[0])[None, :] if len(z) == 1 else z @ projection[1:].T
     out = np.empty((len(z), coords.shape[1] + 1), np.float32)
     out[:, :-1] = coords
-    if query:
-        out[:, -1] = 0.0
-    else:
-        resid = np.einsum("ij,ij->i", z, z, dtype=np.float64) - np.einsum("ij,ij->i", coords, coords, dtype=np.float64)
-        out[:, -1] = np.sqrt(np.maximum(resid, 0.0))
+    resid = np.einsum("ij,ij->i", z, z, dtype=np.float64) - np.einsum("ij,ij->i", coords, coords, dtype=np.float64)
+    out[:, -1] = np.sqrt(np.maximum(resid, 0.0))
     return out
 
 
@@ -152,6 +150,27 @@ class Candidates:
         sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
         return (faiss.SearchParametersIVF(sel=sel, nprobe=self._base.nprobe) if self.kind == "ivf"
                 else faiss.SearchParameters(sel=sel))
+
+    def nearest(self, points: np.ndarray, far, near, allowed: np.ndarray | None = None) -> list[np.ndarray]:
+        """Each query's candidate row ids: its far[i] nearest with its residual taken as orthogonal to every
+        row's (last coordinate 0), then, of its near[i] nearest by the lower bound (residuals parallel), those
+        not found already. The second list holds a row whose residual matches the query's however large it
+        is: the query's own row, or a near-duplicate added after the PCA was trained, which the first list,
+        favouring the rows the PCA fits best, can miss. far, near: an int, or one a query."""
+        points = np.ascontiguousarray(points, dtype=np.float32)
+        far, near = (np.broadcast_to(np.asarray(x, dtype=np.int64), len(points)) for x in (far, near))
+        orthogonal = points.copy()
+        orthogonal[:, -1] = 0.0
+
+        def find(p: np.ndarray, k: int):  # one query: `search`, on one OpenMP thread
+            return [self.search(p[0], k, allowed)] if len(p) == 1 else self.search_many(p, k, allowed)
+
+        first, second = find(orthogonal, int(far.max(initial=0))), find(points, int(near.max(initial=0)))
+        out = []
+        for a, b, fa, ne in zip(first, second, far, near):
+            a, b = a[a >= 0][:fa], b[b >= 0][:ne]
+            out.append(np.concatenate([a, b[~np.isin(b, a)]]))
+        return out
 
     def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
         import faiss

@@ -176,8 +176,9 @@ def test_candidate_stage_agrees_with_exact_dsym(index):
 
 
 def test_refine_sets_the_candidates_reranked(index, monkeypatch):
-    """refine x k candidates come from FAISS (twice that for asym, one more for a row's own name); with every
-    row a candidate the answer is the exact one, distances included."""
+    """refine x k candidates come from FAISS (twice that for asym, one more for a row's own name), then k by
+    the residual's lower bound (k + 1 for a row's own name); with every row a candidate the answer is the
+    exact one, distances included."""
     rows = Overlapping(index)
     index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS + 300)])
     asked = []
@@ -190,7 +191,7 @@ def test_refine_sets_the_candidates_reranked(index, monkeypatch):
     index.query(q, k=5, refine=3, metric="asym")
     index.query(q, k=5)
     default = search.default_refine(len(index))
-    assert asked == [15, 16, 30, 5 * default] and index.info()["refine"] == default
+    assert asked == [15, 5, 16, 6, 30, 5, 5 * default, 5] and index.info()["refine"] == default
     every = index.query(q, k=10, refine=len(index))
     assert [(h.name, h.distance) for h in every] == [(h.name, h.distance) for h in index.query(q, k=10, exact=True)]
     for bad in (0, -2, 2.5, True, "3"):
@@ -198,10 +199,9 @@ def test_refine_sets_the_candidates_reranked(index, monkeypatch):
             index.query(q, k=5, refine=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: queries carry 0 in the residual coordinate, so a row the "
-                   "PCA was not trained on sits at its own residual norm from its own embedding and can miss "
-                   "the refine x k candidates of k=1")
 def test_a_row_added_after_training_is_its_own_nearest_neighbour_at_k1(index):
+    """The PCA fits its training rows best, so by the orthogonal-residual ranking alone a later row sits at its
+    own residual norm from itself and misses the 10 candidates of k=1; the lower-bound list finds it."""
     rows = Overlapping(index)
     index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS + 300)])
     late = [rows.make() for _ in range(21)][-1]
@@ -373,6 +373,22 @@ def test_inverted_lists_repacked_to_size_still_hold_every_row():
     assert np.array_equal(ivf.search_many(queries, 10), flat.search_many(queries, 10))
     ivf.add(queries[:2], np.array([1, 2]))  # the repacked lists still grow
     assert set(ivf.search(queries[0], 1)) == {1}
+
+
+def test_nearest_joins_the_orthogonal_and_the_lower_bound_lists():
+    """Rows 0-2 sit on the query's PCA coordinates with no residual; row 3 is the query itself, residual and
+    all. With the residual orthogonal, rows 0-2 come first and row 3 last; by the lower bound row 3 is at 0."""
+    proj = np.zeros((4, 3), np.float32)
+    proj[:3, 0] = [0.1, 0.2, 0.3]
+    proj[3, 2] = 1.0
+    cand = search.Candidates(proj, np.array([10, 11, 12, 13]), kind="flat")
+    query = proj[3:4]
+    assert [f.tolist() for f in cand.nearest(query, 3, 0)] == [[10, 11, 12]]
+    assert [f.tolist() for f in cand.nearest(query, 3, 1)] == [[10, 11, 12, 13]]
+    assert [f.tolist() for f in cand.nearest(query, 4, 2)] == [[10, 11, 12, 13]]  # no row twice
+    two = np.concatenate([query, query])
+    assert [f.tolist() for f in cand.nearest(two, np.array([1, 2]), np.array([1, 0]))] == [[10, 13], [10, 11]]
+    assert [f.tolist() for f in cand.nearest(two, 2, 1, allowed=np.array([11, 12]))] == [[11, 12], [11, 12]]
 
 
 def test_unfiltered_ivf_searches_go_to_the_gpu_copy_and_the_rest_stay_on_the_cpu(monkeypatch):

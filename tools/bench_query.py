@@ -300,8 +300,9 @@ def breakdown(index, queries: list[Embedding]) -> dict | None:
             point = (search.project(q.vector[None, :], index._projection, query=True) if as_query
                      else search.project(q.vector[None, :], index._projection))[0]
             t1 = time.perf_counter()
-            found = cand.search(point, index._want(K, "sym", None) if hasattr(index, "_want")
-                                else K * search.OVERFETCH)  # (OVERFETCH: before per-size refine factors)
+            want = index._want(K, "sym", None) if hasattr(index, "_want") else K * search.OVERFETCH  # (before refine)
+            found = (cand.nearest(point[None, :], want, K)[0] if hasattr(cand, "nearest")  # (before the lower bound)
+                     else cand.search(point, want))
             t2 = time.perf_counter()
             rows = (np.array([index._by_id[i] for i in found.tolist()], dtype=np.int64) if hasattr(index, "_by_id")
                     else np.searchsorted(index._ids, found))

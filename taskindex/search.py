@@ -17,6 +17,8 @@ PROJ_DIM = 256          # stored floats per row: PROJ_DIM - 1 PCA coordinates + 
 EXACT_ROWS = 512        # below this every row is a candidate: brute force is the plan
 PCA_SAMPLE = 4096       # rows used to train the projection
 IVF_ROWS = 100_000      # flat below, IVF from here: at 100k IVF had the recall of flat (1.0) at 17 ms p50 against 21
+BOUND_PROBES = 12      # percent of the IVF probes the lower-bound search makes: a row's own list comes first
+                       # (its cost against the first search: tools/bench_candidates.py)
 GPU_MAX_K = 2048        # the most neighbours a FAISS GPU index returns per query
 
 # Candidates re-ranked exactly per result wanted (LanceDB's refine_factor). A query's true neighbours sit deeper
@@ -142,14 +144,17 @@ class Candidates:
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(list(ids), dtype=np.int64)))
             self._gpu = None
 
-    def _params(self, allowed: np.ndarray | None):
+    def _params(self, allowed: np.ndarray | None, bound: bool = False):
         import faiss
 
-        if allowed is None:
+        ivf = self.kind == "ivf"
+        if allowed is None and not (bound and ivf):
             return None
-        sel = faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
-        return (faiss.SearchParametersIVF(sel=sel, nprobe=self._base.nprobe) if self.kind == "ivf"
-                else faiss.SearchParameters(sel=sel))
+        sel = None if allowed is None else faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
+        if not ivf:
+            return faiss.SearchParameters(sel=sel)
+        probes = max(1, self._base.nprobe * BOUND_PROBES // 100) if bound else self._base.nprobe
+        return faiss.SearchParametersIVF(sel=sel, nprobe=probes)
 
     def nearest(self, points: np.ndarray, far, near, allowed: np.ndarray | None = None) -> list[np.ndarray]:
         """Each query's candidate row ids: its far[i] nearest with its residual taken as orthogonal to every
@@ -162,41 +167,45 @@ class Candidates:
         orthogonal = points.copy()
         orthogonal[:, -1] = 0.0
 
-        def find(p: np.ndarray, k: int):  # one query: `search`, on one OpenMP thread
-            return [self.search(p[0], k, allowed)] if len(p) == 1 else self.search_many(p, k, allowed)
+        def find(p: np.ndarray, k: int, bound: bool = False):  # one query: `search`, on one OpenMP thread
+            return ([self.search(p[0], k, allowed, bound)] if len(p) == 1 else
+                    self.search_many(p, k, allowed, bound))
 
-        first, second = find(orthogonal, int(far.max(initial=0))), find(points, int(near.max(initial=0)))
+        first, second = find(orthogonal, int(far.max(initial=0))), find(points, int(near.max(initial=0)), True)
         out = []
         for a, b, fa, ne in zip(first, second, far, near):
             a, b = a[a >= 0][:fa], b[b >= 0][:ne]
             out.append(np.concatenate([a, b[~np.isin(b, a)]]))
         return out
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, bound: bool = False) -> np.ndarray:
         import faiss
 
         threads = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)  # one query: OpenMP start-up costs more than it saves (bench_query)
         try:
-            found = self.search_many(query[None, :], k, allowed)[0]
+            found = self.search_many(query[None, :], k, allowed, bound)[0]
         finally:
             faiss.omp_set_num_threads(threads)
         return found[found >= 0]
 
-    def search_many(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
+    def search_many(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
+                    bound: bool = False) -> np.ndarray:
         """(queries, k) row ids, -1 past the end: one FAISS call on all OpenMP threads, or on the GPU copy
         of an IVF structure where there is one (FAISS's GPU indexes take no ID filter: filtered searches, and
-        more than GPU_MAX_K neighbours, stay on the CPU)."""
+        more than GPU_MAX_K neighbours, stay on the CPU). bound: the lower-bound search, on the CPU with
+        BOUND_PROBES percent of the probes: a row sits in the list nearest its own point, so its
+        near-duplicates are in the first few lists."""
         k = min(k, self.index.ntotal)
         if k <= 0:
             return np.full((len(queries), 0), -1, np.int64)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if allowed is None and self.kind == "ivf" and k <= GPU_MAX_K:
+        if allowed is None and not bound and self.kind == "ivf" and k <= GPU_MAX_K:
             if self._gpu is None:
                 self._gpu = to_gpu(self.index) or False  # False: no GPU here, do not ask again
             if self._gpu:
                 return self._gpu.search(queries, k)[1]
-        _, found = self.index.search(queries, k, params=self._params(allowed))
+        _, found = self.index.search(queries, k, params=self._params(allowed, bound))
         return found
 
     def memory_bytes(self) -> int:

@@ -183,8 +183,8 @@ def test_refine_sets_the_candidates_reranked(index, monkeypatch):
     index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS + 300)])
     asked = []
     real = search.Candidates.search
-    monkeypatch.setattr(search.Candidates, "search", lambda self, point, k, allowed=None: (
-        asked.append(k), real(self, point, k, allowed))[1])
+    monkeypatch.setattr(search.Candidates, "search", lambda self, point, k, allowed=None, bound=False: (
+        asked.append(k), real(self, point, k, allowed, bound))[1])
     q = rows.make()
     index.query(q, k=5, refine=3)
     index.query("r7", k=5, refine=3)
@@ -389,6 +389,18 @@ def test_nearest_joins_the_orthogonal_and_the_lower_bound_lists():
     two = np.concatenate([query, query])
     assert [f.tolist() for f in cand.nearest(two, np.array([1, 2]), np.array([1, 0]))] == [[10, 13], [10, 11]]
     assert [f.tolist() for f in cand.nearest(two, 2, 1, allowed=np.array([11, 12]))] == [[11, 12], [11, 12]]
+
+
+def test_the_lower_bound_search_of_an_ivf_structure_probes_few_lists_and_finds_each_row_itself():
+    rng = np.random.default_rng(3)
+    proj = rng.normal(size=(3000, 16)).astype(np.float32)
+    proj[:, -1] = np.abs(proj[:, -1]) * 5  # large residuals: the orthogonal search alone misses the row itself
+    ids = np.arange(3000, dtype=np.int64) + 7
+    ivf = search.Candidates(proj, ids, kind="ivf")
+    assert ivf._base.nprobe > 1 and ivf._params(None, bound=True).nprobe == 1
+    found = ivf.nearest(proj[:50], 1, 1)
+    assert all(f[-1] == i for f, i in zip(found, ids[:50]))
+    assert sum(f[0] == i for f, i in zip(found, ids[:50])) < 25
 
 
 def test_unfiltered_ivf_searches_go_to_the_gpu_copy_and_the_rest_stay_on_the_cpu(monkeypatch):

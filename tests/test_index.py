@@ -394,13 +394,14 @@ def test_nearest_joins_the_orthogonal_and_the_lower_bound_lists():
 def test_the_lower_bound_search_of_an_ivf_structure_probes_few_lists_and_finds_each_row_itself():
     rng = np.random.default_rng(3)
     proj = rng.normal(size=(3000, 16)).astype(np.float32)
-    proj[:, -1] = np.abs(proj[:, -1]) * 5  # large residuals: the orthogonal search alone misses the row itself
+    proj[:, -1] = np.abs(proj[:, -1])
+    proj[:50, -1] = 10.0  # residual energy 100 against ~16 + 1 to other rows: the orthogonal search misses itself
     ids = np.arange(3000, dtype=np.int64) + 7
     ivf = search.Candidates(proj, ids, kind="ivf")
     assert ivf._base.nprobe > 1 and ivf._params(None, bound=True).nprobe == 1
     found = ivf.nearest(proj[:50], 1, 1)
     assert all(f[-1] == i for f, i in zip(found, ids[:50]))
-    assert sum(f[0] == i for f, i in zip(found, ids[:50])) < 25
+    assert sum(f[0] == i for f, i in zip(found, ids[:50])) <= 5  # 0 of 50 on seeds 0-7
 
 
 def test_unfiltered_ivf_searches_go_to_the_gpu_copy_and_the_rest_stay_on_the_cpu(monkeypatch):

@@ -146,11 +146,11 @@ def test_different_probes_are_not_comparable(tiny_probe, digits_round):
 
 def test_embed_exact_expectation_equals_the_naive_loop_on_the_head_it_fits(tiny_probe, digits_round, monkeypatch):
     """embed(expectation='exact') against an independent reference: the naive per-sample loop
-    (one autograd.grad per image and label, taskindex.testing) on every image of the task, with
+    (one autograd.grad per image and label, taskindex._testing.reference) on every image of the task, with
     the head embed fitted (caught on its way out of fit_head), divided by images and weights per
     filter, plus t0 = prior_scale / mean(w^2) of each layer computed here."""
     import taskindex.task2vec as t2v
-    from taskindex.testing import naive_per_sample
+    from taskindex._testing.reference import naive_per_sample
 
     heads = []
 

@@ -1,5 +1,5 @@
 """The Fisher estimators against independent references: the naive per-sample autograd
-loop of taskindex.testing, exact Hessians by autograd, and the paper's analytic FIM of a
+loop of taskindex._testing.reference, exact Hessians by autograd, and the paper's analytic FIM of a
 two-layer sigmoid network (supp. 5)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from taskindex.fisher import fisher_pass, variational_precision, weights_per_filter
-from taskindex.testing import GroupedNet, conv_filter_counts, frozen, naive_per_sample, two_layer_fisher, two_layer_terms
+from taskindex._testing.reference import GroupedNet, conv_filter_counts, frozen, naive_per_sample, two_layer_fisher, two_layer_terms
 
 
 def grouped_net(seed: int) -> tuple[nn.Module, nn.Module]:

@@ -14,7 +14,7 @@ from taskindex import Embedding, distance, search
 from taskindex.errors import (IncompatibleEmbeddingsError, IndexCorruptError, IndexLockedError, IndexUsageError,
                               TaskIndexError)
 from taskindex.index import TaskIndex, verify
-from taskindex.indexkit import Overlapping, Synth, crash_trials, index_with_rows, wide_probe
+from taskindex._testing.index_harness import Overlapping, Synth, crash_trials, index_with_rows, wide_probe
 
 
 @pytest.fixture(scope="module")
@@ -315,7 +315,7 @@ print(len(seen))
 def test_readers_in_other_processes_see_whole_versions_while_one_writes(index, tmp_path):
     root = tmp_path / "idx"
     index.close()
-    writer = subprocess.Popen([sys.executable, "-m", "taskindex.indexkit", str(root), "0", "40"],
+    writer = subprocess.Popen([sys.executable, "-m", "taskindex._testing.index_harness", str(root), "0", "40"],
                               stdout=subprocess.PIPE, text=True)
     readers = [subprocess.Popen([sys.executable, "-c", READER, str(root), "25"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]

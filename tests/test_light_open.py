@@ -15,7 +15,7 @@ import pytest
 
 import taskindex.index as index_module
 from taskindex.index import TaskIndex
-from taskindex.indexkit import Synth, wide_probe
+from taskindex._testing.index_harness import Synth, wide_probe
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from taskindex import distance
 from taskindex.cli import cli, default_index_path
 from taskindex.errors import TaskIndexError
 from taskindex.index import TaskIndex, verify
-from taskindex.indexkit import Overlapping, wide_probe
+from taskindex._testing.index_harness import Overlapping, wide_probe
 from taskindex import storage
 from taskindex.storage import Store, decode_vectors, encode_vectors, prefetch, read_rows
 

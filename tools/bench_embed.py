@@ -56,7 +56,7 @@ from taskindex.distance import d_sym
 from taskindex.estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
 from taskindex.fisher import conv_weights, fisher_pass, weight_scale_prior, weights_per_filter
 from taskindex.head import fit_head
-from taskindex.testing import naive_per_sample
+from taskindex._testing.reference import naive_per_sample
 
 PROBE = "efficientnet_lite0"
 try:
@@ -252,7 +252,7 @@ def run_activation_only(backbone, head, xs, ys):
 
 def run_naive(net, head, xs, ys, n: int):
     """Per image: forward, autograd.grad of log p(y|x) w.r.t. every conv weight, square, sum per filter
-    (taskindex.testing.naive_per_sample, the reference the tests check fisher_pass against)."""
+    (taskindex._testing.reference.naive_per_sample, the reference the tests check fisher_pass against)."""
     return naive_per_sample(net, head, torch.cat(xs)[:n], torch.cat(ys)[:n])
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/crash_index.py [--trials 100] [--training-trials 20] [--max-delay 0.3] [--seed 0]
 
-Each trial starts a writer (`python -m taskindex.indexkit`) that commits one row at
+Each trial starts a writer (`python -m taskindex._testing.index_harness`) that commits one row at
 a time and prints each name once add() has returned, kills it after a random delay,
 then hashes every file (`verify`) and opens the index: every reported commit must be
 present with its own vector, and at most the one commit in flight may have landed
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from taskindex import search
 from taskindex.index import TaskIndex
-from taskindex.indexkit import crash_trials, index_with_rows, wide_probe
+from taskindex._testing.index_harness import crash_trials, index_with_rows, wide_probe
 
 
 def show(record: dict) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 import taskindex as ti
 from taskindex import samples
 from taskindex.fisher import conv_weights, fisher_pass
-from taskindex.testing import GroupedNet, frozen, naive_per_sample
+from taskindex._testing.reference import GroupedNet, frozen, naive_per_sample
 
 
 def exactness(dev) -> dict:

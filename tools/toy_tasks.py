@@ -8,7 +8,7 @@ Probes: the paper names two feature maps, degree-3 polynomials of (x, y) (10 mon
 ReLU features max(0, a x + b y + c), a, b ~ U[-1/2, 1/2], c ~ U[-1, 1]; it does not say which weights
 the Fisher is taken over. We put a frozen layer of 16 sigmoid units on each feature map, z = sigmoid(U phi),
 which is exactly the network of its analytic derivation: the Fisher of U is then known in closed form
-(taskindex.testing.two_layer_fisher) given the head the library fits.
+(taskindex._testing.reference.two_layer_fisher) given the head the library fits.
 
 Each point is a 3 x 8 x 8 uint8 image whose first two channels hold its coordinates (grid coordinates are
 uint8 levels, so decoding is exact): the library embeds the tasks with its own pipeline, unchanged.
@@ -23,7 +23,7 @@ from torch import nn
 from taskindex import Probe, Task, distance, embed
 from taskindex.head import fit_head
 from taskindex.tasks import balanced_order
-from taskindex.testing import two_layer_fisher
+from taskindex._testing.reference import two_layer_fisher
 
 GRID = 32
 HIDDEN = 16

@@ -7,7 +7,7 @@ independent of the engine in taskindex.fisher, so that the engine can be checked
 * `frozen`: eval mode and no parameter requiring grad, as a probe's backbone is.
 * `two_layer_fisher`: the paper's analytic FIM of z = sigmoid(U x), p = sigmoid(w.z + b) (supp. 5).
 
-Nothing in the package imports this module; it needs torch.
+Only the tests and tools import this module (tests/test_layout.py checks); it needs torch.
 """
 
 from __future__ import annotations

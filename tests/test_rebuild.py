@@ -40,15 +40,17 @@ def sample_rows(names, per_class=6):
 
 
 def test_rebuild_gives_the_vectors_of_embedding_each_task_alone(tmp_path):
+    """Bit-identical: the same seed and thread count sum the same floats in the same order."""
     manifest = write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:4]))
-    report = rebuild(tmp_path / "idx", manifest, workers=2, progress=False, **TINY)
+    report = rebuild(tmp_path / "idx", manifest, workers=2, threads=1, progress=False, **TINY)
     assert report.committed and report.embedded == 4 and report.failed == [] and report.workers == 2
     assert not staging_dir(tmp_path / "idx").exists()
     with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
         assert sorted(idx.names()) == sorted(SAMPLES[:4])
         probe, options = idx.probe(), idx.embed_options()
         for i, name in enumerate(SAMPLES[:4]):
-            alone = embed(samples.load(name, max_per_class=6, seed=i), probe, seed=i, progress=False, **options)
+            alone = embed(samples.load(name, max_per_class=6, seed=i), probe, seed=i, threads=1, progress=False,
+                          **options)
             emb, meta = idx.get(name)
             assert np.array_equal(emb.vector, alone.vector.astype(np.float32)), name
             assert meta["dataset"] == samples.describe(name)["dataset"]
@@ -201,10 +203,10 @@ def test_cli_rebuild_exits_1_when_rows_fail_and_0_with_allow_failures(tmp_path):
 def test_ray_on_a_local_instance_gives_the_index_of_the_local_pool(tmp_path):
     ray = pytest.importorskip("ray")
     manifest = write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:3]))
-    local = rebuild(tmp_path / "local", manifest, workers=1, progress=False, **TINY)
+    local = rebuild(tmp_path / "local", manifest, workers=1, threads=1, progress=False, **TINY)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
-        remote = rebuild(tmp_path / "ray", manifest, ray_address="local", progress=False, **TINY)
+        remote = rebuild(tmp_path / "ray", manifest, ray_address="local", threads=1, progress=False, **TINY)
     finally:
         ray.shutdown()
     assert remote.executor == "ray (local)" and remote.embedded == 3 and local.embedded == 3
@@ -212,6 +214,5 @@ def test_ray_on_a_local_instance_gives_the_index_of_the_local_pool(tmp_path):
         assert a.space == b.space and sorted(a.names()) == sorted(b.names())
         for name in a.names():
             (ea, ma), (eb, mb) = a.get(name), b.get(name)
-            # other thread counts sum the same floats in another order: equal to float32 rounding
-            assert np.allclose(ea.vector, eb.vector, rtol=1e-5, atol=0), name
+            assert np.array_equal(ea.vector, eb.vector), name  # one thread each: bit-identical
             assert ma["dataset"] == mb["dataset"]

@@ -39,6 +39,7 @@ def sample_rows(names, per_class=6):
              "meta.dataset": samples.describe(n)["dataset"]} for i, n in enumerate(names)]
 
 
+@pytest.mark.slow
 def test_rebuild_gives_the_vectors_of_embedding_each_task_alone(tmp_path):
     """Bit-identical: the same seed and thread count sum the same floats in the same order."""
     manifest = write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:4]))
@@ -101,6 +102,7 @@ def test_broken_rows_are_reported_and_the_others_finish(tmp_path):
         assert sorted(idx.names()) == sorted(SAMPLES[:2])
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_embeds_only_the_missing_rows_and_the_live_index_stays_as_it_was(tmp_path):
     index, manifest = tmp_path / "idx", write_csv(tmp_path / "m.csv", sample_rows(SAMPLES, per_class=12))
     with TaskIndex.create(index, **TINY) as idx:
@@ -200,6 +202,7 @@ def test_cli_rebuild_exits_1_when_rows_fail_and_0_with_allow_failures(tmp_path):
         assert idx.names() == [SAMPLES[0]]
 
 
+@pytest.mark.slow
 def test_ray_on_a_local_instance_gives_the_index_of_the_local_pool(tmp_path):
     ray = pytest.importorskip("ray")
     manifest = write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:3]))

@@ -50,6 +50,7 @@ def test_the_default_trimmed_estimator_keeps_the_analytic_geometry(agreement, ki
     assert r["complexity_spearman_with_analytic"] > 0.95
 
 
+@pytest.mark.slow
 def test_complexity_follows_the_decision_boundary_on_64_tasks():
     """Measured on 64 tasks: Spearman 0.37 (ReLU features) and 0.31 (polynomial); the 3 nearest tasks by d_sym
     differ by 30 boundary steps against 35 for any other task. A weak effect, so only its sign is asserted,

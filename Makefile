@@ -7,10 +7,10 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: demo test test-fast setup data bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,samples,ray,plots]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,samples,ray,plots]'
 	touch $(STAMP)
 
 setup: $(STAMP) data

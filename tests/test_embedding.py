@@ -175,6 +175,50 @@ def test_embed_exact_expectation_equals_the_naive_loop_on_the_head_it_fits(tiny_
     assert np.allclose(e.vector, fisher + prior, rtol=1e-4, atol=0)
 
 
+@pytest.mark.parametrize("seed", [0, 9])
+def test_sampled_labels_average_to_the_exact_expectation_not_to_the_true_labels(tiny_probe, digits_round,
+                                                                                monkeypatch, seed):
+    """expectation='sample' draws each image's label from the fitted head's predictive distribution, so
+    with the plain mean over images its expectation over the draws is expectation='exact' on the same
+    head. Every image is repeated 40 times, so one embedding averages 40 independent draws per image and
+    lands near 'exact'; the true labels (the empirical Fisher) land far from it on the same head, so a
+    sampler that used them instead of draws fails the bound."""
+    import taskindex.task2vec as t2v
+    from taskindex.fisher import fisher_pass, weights_per_filter
+
+    heads = []
+
+    def spy(*args, **kwargs):
+        heads.append(fit_head(*args, **kwargs))
+        return heads[-1]
+
+    fit_head = t2v.fit_head
+    monkeypatch.setattr(t2v, "fit_head", spy)
+    repeated = digits_round.subset(np.repeat(np.arange(len(digits_round)), 40))
+    options = {"method": "montecarlo", "estimator": "mean", "max_samples": None, "seed": seed, "progress": False}
+    sampled = embed(repeated, tiny_probe, expectation="sample", **options)
+    exact = embed(repeated, tiny_probe, expectation="exact", label_passes=None, **options)
+    assert len(heads) == 2 and torch.equal(heads[0].weight, heads[1].weight)  # both use the same head
+    assert torch.equal(heads[0].bias, heads[1].bias)
+    # the true labels on that head; embed numbers the classes by first appearance
+    _, first, inverse = np.unique(digits_round.labels, return_index=True, return_inverse=True)
+    true = torch.as_tensor(np.argsort(np.argsort(first))[inverse])
+    x = tiny_probe.normalize(digits_round.load(np.arange(len(digits_round)), tiny_probe.image_size))
+    per_weight = weights_per_filter(tiny_probe.backbone)
+    true_fisher = fisher_pass(tiny_probe.backbone, heads[0], [(x, true)]) / (len(x) * per_weight)
+
+    f_exact, f_sampled = exact.vector - exact.prior, sampled.vector - sampled.prior
+    live = f_exact > 1e-6 * f_exact.max()
+    assert live.sum() > 20
+
+    def rms_log_ratio(f):
+        return float(np.sqrt(np.mean(np.log(f[live] / f_exact[live]) ** 2)))
+
+    # the bound lies between the sampler's spread and the true labels' bias, with room both ways
+    assert rms_log_ratio(f_sampled) < 0.2
+    assert rms_log_ratio(true_fisher) > 0.3
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
                     or not os.path.exists("/proc/stat"), reason="needs Linux and two cores")
 def test_default_threads_leave_out_cores_other_processes_use_but_not_our_own_work():

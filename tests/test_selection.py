@@ -177,6 +177,64 @@ def test_evaluation_never_picks_a_model_for_its_own_training_task_or_an_excluded
         idx.evaluate_selection(table, exclude={"t1": ["m0", "m2"]}, progress=False, **FAST)
 
 
+def test_a_tasks_own_errors_never_move_its_leave_one_out_model2vec_scores(tmp_path, tiny_probe):
+    """Leave-one-out: the fit that scores the models for task t0 is trained on the other tasks only, so
+    rewriting t0's own errors leaves its MODEL2VEC scores bit for bit as they were, while every other
+    task's fit, which does learn from t0's errors, moves. m1 is the best model on the other tasks, so
+    each fit has something to learn (black boxes: only the fit tells them apart)."""
+    idx, _ = small_index(tmp_path, tiny_probe, n_tasks=6)
+    for j in range(3):
+        idx.add_model(f"m{j}", None)
+    tasks, models = [f"t{i}" for i in range(6)], ["m0", "m1", "m2"]
+    table = error_table(tasks, models, seed=2)
+    table.loc[table["model"] == "m1", "error"] = 0.01
+    rewritten = table.copy()
+    own = rewritten["task"] == "t0"
+    rewritten.loc[own, "error"] = [0.3, 0.9, 0.01]  # on t0 alone, m2 is best and m1 worst
+    a = idx.evaluate_selection(table, progress=False, **FAST).scores["model2vec"]
+    b = idx.evaluate_selection(rewritten, progress=False, **FAST).scores["model2vec"]
+    assert np.ptp(a[0]) > 1e-3  # t0's fit moved the models: not the invariance of a fit that stayed at 0
+    assert np.array_equal(a[0], b[0])
+    assert np.all(np.abs(a[1:] - b[1:]).max(axis=1) > 1e-6)  # t0's errors do reach the other folds
+
+
+def test_each_leave_one_out_fit_trains_on_every_task_but_the_one_it_scores(tmp_path, tiny_probe, monkeypatch):
+    """The folds watched: every call of the fit gets the vectors and errors of all tasks but one, each task
+    is left out once, and the MODEL2VEC scores the report gives a task are those of the fit that left it out."""
+    idx, vec = small_index(tmp_path, tiny_probe, n_tasks=6)
+    for j in range(3):
+        idx.add_model(f"m{j}", f"t{j}")
+    tasks, models = [f"t{i}" for i in range(6)], ["m0", "m1", "m2"]
+    table = error_table(tasks, models, seed=3)
+    wide = table.pivot(index="task", columns="model", values="error").loc[tasks, models].to_numpy()
+    tv = np.stack([vec[t] for t in tasks])
+    mv = np.stack([vec[f"t{j}"] for j in range(3)])
+    folds = []
+    real_fit = model2vec.fit
+
+    def spy(task_vectors, model_vectors, err, *args, **kwargs):
+        f = real_fit(task_vectors, model_vectors, err, *args, **kwargs)
+        folds.append((np.array(task_vectors), np.array(err), f))
+        return f
+
+    monkeypatch.setattr(model2vec, "fit", spy)
+    report = idx.evaluate_selection(table, progress=False, **FAST)
+    left_out = []
+    for trained_vectors, trained_err, f in folds:
+        assert len(trained_vectors) == len(tasks) - 1 == len(trained_err)
+        seen = [i for i in range(len(tasks)) if any(np.array_equal(tv[i], v) for v in trained_vectors)]
+        assert len(seen) == len(tasks) - 1
+        assert np.array_equal(trained_vectors, tv[seen]) and np.array_equal(trained_err, wide[seen])
+        (i,) = set(range(len(tasks))) - set(seen)
+        m = mv.astype(np.float64) * np.exp(f.theta.astype(np.float64))
+        scores = report.scores["model2vec"][i]
+        allowed = ~np.isnan(scores)
+        assert np.allclose(scores[allowed], distance.asym_to_target(m[allowed], tv[i], idx.alpha, idx.prior),
+                           rtol=0, atol=1e-9)
+        left_out.append(i)
+    assert sorted(left_out) == list(range(len(tasks)))
+
+
 # --- soft labels and the fit's parametrisation --------------------------------------------------------
 
 

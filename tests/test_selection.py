@@ -266,12 +266,15 @@ def test_soft_labels_match_a_hand_computation():
 
 
 @pytest.mark.parametrize("lr", [0.05, 2.0])
-def test_fit_keeps_model_embeddings_positive_and_finite(lr):
+def test_fit_keeps_model_embeddings_positive_and_finite_and_learns_a_planted_bias(lr):
+    """Even at a step of 2.0 in log scale the fitted embeddings stay positive and finite, and the fit still
+    learns what the errors say: model b is the best on every task, which d_asym alone rarely ranks first."""
     rng = np.random.default_rng(3)
     dim, prior = 32, np.full(32, 1e-6)
     tasks = prior + 1e-4 * np.exp(rng.normal(0, 1.5, (8, dim)))
     models = np.vstack([prior + 1e-4 * np.exp(rng.normal(0, 1.5, (3, dim))), prior])  # the last: a black box
-    err = rng.uniform(0, 1, (8, 4))
+    err = rng.uniform(0.3, 0.9, (8, 4))
+    err[:, 1] = rng.uniform(0.05, 0.1, 8)
     f = model2vec.fit(tasks, models, err, prior, 0.15, ["a", "b", "c", "box"], lr=lr, weight_decay=0.0,
                       max_steps=60, patience=60)
     assert f.theta.shape == models.shape and np.isfinite(f.theta).all()
@@ -279,9 +282,12 @@ def test_fit_keeps_model_embeddings_positive_and_finite(lr):
     assert np.isfinite(m).all() and (m > 0).all()
     assert np.isfinite(f.gamma) and f.gamma > 0
     assert f.models == ["a", "b", "c", "box"] and f.alpha == 0.15
-    # the distances it ranks with are defined for every (task, model) pair
-    for t in tasks:
-        assert np.isfinite(distance.asym_to_target(m, t, alpha=0.15, prior=prior)).all()
+    # the distances it ranks with are defined for every (task, model) pair, and rank b first far more often
+    before = [distance.asym_to_target(models, t, alpha=0.15, prior=prior) for t in tasks]
+    after = [distance.asym_to_target(m, t, alpha=0.15, prior=prior) for t in tasks]
+    assert all(np.isfinite(d).all() for d in after)
+    assert sum(d.argmin() == 1 for d in before) <= 2
+    assert sum(d.argmin() == 1 for d in after) >= 6
 
 
 # --- 2. select_model ranks by d_asym, or by MODEL2VEC where a fit covers the model ---------------------

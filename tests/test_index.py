@@ -455,9 +455,21 @@ def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, s
         index.compact()
 
 
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread: on a shared machine its second thread spin-waits (the torch re-rank of the
+    query_many test took 1.8 s a batch on two threads, 0.13 s on one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("metric", ["sym", "asym"])
 @pytest.mark.parametrize("device", [None, "cpu"])
-def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric, device, monkeypatch):
+def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric, device, monkeypatch, one_torch_thread):
     """Past EXACT_ROWS (FAISS candidates, one batched search) and with filters, by embedding and by row name;
     device='cpu' runs the batch re-rank in torch (the GPU path, on the CPU). Rows are read in blocks of 100
     and the queries ranked in chunks of about 500 candidate pairs, so both cut through the batch."""

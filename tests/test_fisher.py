@@ -13,6 +13,16 @@ from taskindex.fisher import fisher_pass, variational_precision, weights_per_fil
 from taskindex._testing.reference import GroupedNet, conv_filter_counts, frozen, naive_per_sample, two_layer_fisher, two_layer_terms
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These are thousands of small ops (per-image loops, SGVB steps): on a shared machine two torch
+    threads that spin-wait for each other run them several times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def grouped_net(seed: int) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(seed)
     net = frozen(GroupedNet())
@@ -170,18 +180,8 @@ def model_labels(head, net, x, seed):
     return torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).flatten()
 
 
-@pytest.fixture
-def one_torch_thread():
-    """SGVB on the two-layer model is thousands of small ops: on a shared machine two threads that
-    spin-wait for each other run them several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_variational_precision_is_fisher_plus_prior_only_where_the_weight_noise_is_small(seed, one_torch_thread):
+def test_variational_precision_is_fisher_plus_prior_only_where_the_weight_noise_is_small(seed):
     """What SGVB reaches. P_k = H_k + t0_k (H: the filter's mean Hessian diagonal, ~ its Fisher F_k)
     is the optimum of the objective only to second order in the weight noise, whose variance is
     nu / P_k = 1 / (N P_k) per weight. On filters with N F_k mean(w_k^2) > 8 (noise sd about a third
@@ -215,7 +215,7 @@ class Shift(nn.Module):
         return x + self.bias
 
 
-def test_variational_precision_returns_to_the_prior_for_a_trivial_task(one_torch_thread):
+def test_variational_precision_returns_to_the_prior_for_a_trivial_task():
     net, head, x, w = two_layer(n=400, seed=4)
     with torch.no_grad():  # a head that is certain of class 0, and every label is 0: the loss is flat
         head.weight.zero_()

@@ -175,6 +175,67 @@ def test_candidate_stage_agrees_with_exact_dsym(index):
     assert index.query(late, k=10)[0].name == "late"
 
 
+def _scaled(emb: Embedding, c: float) -> Embedding:
+    return Embedding((emb.vector * c).astype(np.float32), emb.prior, emb.layout, emb.meta)
+
+
+def _rows_trained_and_late(index, rows: Overlapping, spread: float) -> list[Embedding]:
+    """EXACT_ROWS rows the PCA is trained on, then 100 it is not, each x exp(N(0, spread)) (0: one scale)."""
+    rng = np.random.default_rng(1)
+    embs = [_scaled(rows.make(), float(np.exp(rng.normal(0.0, spread)))) for _ in range(search.EXACT_ROWS + 100)]
+    index.add_many([(f"r{i}", e) for i, e in enumerate(embs[:search.EXACT_ROWS])])
+    index.add_many([(f"r{i}", e) for i, e in enumerate(embs[search.EXACT_ROWS:], search.EXACT_ROWS)])
+    assert index.info()["candidates"] == "flat" and index.manifest["projection_rows"] == search.EXACT_ROWS
+    return embs
+
+
+def test_a_rescaled_copy_of_a_row_is_among_that_rows_candidates(index):
+    """d_sym(c F, F) = 0 for any c > 0, and the candidate space is scale-free only because log F is centred per
+    row. Rows of differing overall scale (x exp(N(0, 1)), as real Fisher magnitudes differ by task), trained-on
+    and later ones, queried by copies scaled 0.1x and 10x: the candidates `query(k=1)` re-ranks must hold the
+    row. Without the per-row centring 1 of these 102 did; with it, all. (The candidate stage alone:
+    the float32 re-rank misranks rows ~1000x apart in scale, test_exact_query_of_rows_far_apart_in_scale.)"""
+    embs = _rows_trained_and_late(index, Overlapping(index), spread=1.0)
+    missed = []
+    for i in range(0, len(embs), 12):
+        for c in (0.1, 10.0):
+            q = _scaled(embs[i], c)
+            found = index._candidates.nearest(search.project(q.vector[None, :], index._projection),
+                                              index._want(1, "sym", None), 1)[0]
+            if int(index._ids[index._row(f"r{i}")]) not in found:
+                missed.append((f"r{i}", c))
+    assert missed == []
+
+
+def test_a_rescaled_copy_of_a_row_finds_that_row_first_as_exact_search_does(index):
+    """The same end to end on rows of one scale: copies of rows scaled 0.1x and 10x find first what exact=True
+    finds first, the row itself at d_sym ~0. Without the per-row centring 11 of these 102 did not."""
+    embs = _rows_trained_and_late(index, Overlapping(index), spread=0.0)
+    missed = []
+    for i in range(0, len(embs), 12):
+        for c in (0.1, 10.0):
+            q = _scaled(embs[i], c)
+            exact = index.query(q, k=1, exact=True)[0]
+            assert exact.name == f"r{i}" and exact.distance < 1e-6  # d_sym cannot see the scale
+            if index.query(q, k=1)[0].name != exact.name:
+                missed.append((f"r{i}", c))
+    assert missed == []
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: distance.rerank's float32 pass forms sum((1-r)^2) as "
+                   "n - 2 sum(r) + sum(r^2), which cancels when r = q/(q+row) is near 1 (rows ~1000x apart in "
+                   "scale): its error (0.23 here) is far past RERANK_TIE, so exact=True returns the wrong row")
+def test_exact_query_of_rows_far_apart_in_scale(index):
+    """A query 1000x row a: d_sym(query, a) = 0 and d_sym(query, b) = 0.08, yet the float32 pass scores a 0.23
+    and b 0.16, far outside the tie margin, so the float64 pass never sees a and b comes back."""
+    synth = Overlapping(index)
+    a, b = synth.make(), synth.make()
+    index.add_many([("a", a), ("b", b)])
+    q = _scaled(a, 1000.0)
+    assert distance.d_sym(q, a) < 1e-6 < 0.05 < distance.d_sym(q, b)
+    assert [h.name for h in index.query(q, k=1, exact=True)] == ["a"]
+
+
 def test_refine_sets_the_candidates_reranked(index, monkeypatch):
     """refine x k candidates come from FAISS (twice that for asym, one more for a row's own name), then k by
     the residual's lower bound (k + 1 for a row's own name); with every row a candidate the answer is the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from clikit import FAST_PROBE as PROBE
@@ -42,7 +43,19 @@ def test_query_ls_info_json(built, monkeypatch):
     r = CliRunner()
     idx = str(built / "idx")
     out = json.loads(r.invoke(cli, ["query", idx, "--name", "one", "--json"]).output)
-    assert [h["name"] for h in out["hits"]][0] in ("two", "three") and len(out["hits"]) == 2
+    # the other two rows, nearest first, at their d_sym from "one" (worked out here) and as the API's exact query
+    from taskindex import distance
+    from taskindex.index import TaskIndex
+
+    with TaskIndex.open(idx, readonly=True) as index:
+        one = index.get("one")[0]
+        want = sorted((distance.d_sym(one, index.get(n)[0]), n) for n in ("two", "three"))
+        api = [(h.name, h.distance) for h in index.query("one", k=10, exact=True)]
+    assert want[1][0] - want[0][0] > 1e-4  # the order is not a near tie
+    assert [h["name"] for h in out["hits"]] == [n for _, n in want] == [n for n, _ in api]
+    assert [h["distance"] for h in out["hits"]] == pytest.approx([d for d, _ in want], abs=1e-9)
+    assert [h["distance"] for h in out["hits"]] == [d for _, d in api]
+    assert [h["kind"] for h in out["hits"]] == [{"two": "task", "three": "model"}[n] for _, n in want]
     exact = json.loads(r.invoke(cli, ["query", idx, "--embedding", str(built / "one.emb"), "--exact",
                                       "--json"]).output)
     assert exact["hits"][0]["name"] == "one" and exact["hits"][0]["distance"] == pytest.approx(0, abs=1e-9)
@@ -70,15 +83,47 @@ def test_query_ls_info_json(built, monkeypatch):
     assert r.invoke(cli, ["verify", idx]).output.strip() == "ok"
 
 
+def _on_disk(root) -> set[str]:
+    """The index's data files and manifests, relative to it."""
+    return {str(p.relative_to(root)) for p in [*(root / "data").iterdir(), *root.glob("manifest-*.json")]}
+
+
 def test_rm_and_compact(built, tmp_path):
+    """compact removes exactly the files the new version does not reference: every old segment file and every
+    old manifest (the prior is kept); the rows, their vectors and metadata are those before it."""
     import shutil
+
+    from taskindex.index import TaskIndex
+    from taskindex.storage import referenced_files
 
     idx = tmp_path / "copy"
     shutil.copytree(built / "idx", idx)
     r = CliRunner()
     assert json.loads(r.invoke(cli, ["rm", str(idx), "two", "--json"]).output)["rows"] == 2
-    assert json.loads(r.invoke(cli, ["compact", str(idx), "--json"]).output)["files_removed"] > 0
+    with TaskIndex.open(idx, readonly=True) as index:
+        old = index.manifest
+        rows = {n: (index.get(n)[0].vector.copy(), index.metadata(index._row(n))) for n in index.names()}
+    before = _on_disk(idx)
+    assert len(old["segments"]) == 3 and len(old["deleted"]) == 1 and old["version"] == 5
+    res = r.invoke(cli, ["compact", str(idx), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    with TaskIndex.open(idx, readonly=True) as index:
+        new = index.manifest
+        assert set(index.names()) == set(rows) == {"one", "three"}
+        for n, (vector, meta) in rows.items():
+            assert np.array_equal(index.get(n)[0].vector, vector)
+            assert index.metadata(index._row(n)) == meta
+    kept = {f"data/{n}" for n in referenced_files(new)} | {f"manifest-{new['version']:08d}.json"}
+    gone = before - _on_disk(idx)
+    # the 3 segments' vectors, Parquet and JSON records, and the 5 manifests of versions 1-5
+    assert gone == {f"data/{n}" for n in referenced_files(old)} - {f"data/{old['prior']['name']}"} | {
+        f"manifest-{v:08d}.json" for v in range(1, 6)}
+    assert out["files_removed"] == len(gone) == 3 * 3 + 5
+    assert _on_disk(idx) == kept  # nothing unreferenced is left
+    assert out["rows"] == 2 and out["version"] == 6 == new["version"]
     assert json.loads(r.invoke(cli, ["info", str(idx), "--json"]).output)["segments"] == 1
+    assert r.invoke(cli, ["verify", str(idx)]).output.strip() == "ok"
 
 
 def test_warm_reads_every_vector_file_of_the_committed_version(built):

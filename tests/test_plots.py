@@ -34,6 +34,16 @@ def index(tmp_path, tiny_probe):
     idx.close()
 
 
+@pytest.fixture
+def one_thread():
+    """BLAS and OpenMP (t-SNE) on one thread: on a shared machine the second spin-waits (the map test took 9 s
+    on two threads beside a busy process, 4 s on one)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 def png_size(path) -> tuple[int, int]:
     with Image.open(path) as im:
         im.verify()
@@ -55,7 +65,7 @@ def test_matrix_is_ordered_by_clustering_with_a_colour_strip(index, tmp_path):
     assert os.path.getsize(out) > 10_000 and min(png_size(out)) > 300
 
 
-def test_map_places_each_family_together(index, tmp_path):
+def test_map_places_each_family_together(index, tmp_path, one_thread):
     fig = plots.plot_map(index, color_by="family", kind="task")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "t-SNE 1" and ax.get_ylabel() == "t-SNE 2"
@@ -83,7 +93,15 @@ def test_complexity_against_a_column_reports_its_spearman(index):
     assert f"Spearman {spearmanr(x, y)[0]:.2f}" in ax.get_title()
 
 
-def test_bad_inputs_are_clear_errors(index, tmp_path, tiny_probe):
+def _deny_writes(monkeypatch, *paths) -> None:
+    """os.access says `paths` are not writable, for any user: what a non-root user meets in a chmod 500 folder
+    and anyone on a read-only mount (root passes the real permission bits, and CI runs as root)."""
+    real, denied = os.access, {os.path.abspath(p) for p in paths}
+    monkeypatch.setattr(os, "access", lambda path, mode, *args, **kwargs: (
+        False if mode & os.W_OK and os.path.abspath(path) in denied else real(path, mode, *args, **kwargs)))
+
+
+def test_bad_inputs_are_clear_errors(index, tmp_path, tiny_probe, monkeypatch):
     with pytest.raises(TaskIndexError, match="unknown column 'colour': use one of .*family"):
         plots.plot_matrix(index, color_by="colour")
     with pytest.raises(TaskIndexError, match="one row \\('expert'\\) to plot"):
@@ -100,18 +118,20 @@ def test_bad_inputs_are_clear_errors(index, tmp_path, tiny_probe):
         plots.save(fig, tmp_path / "missing" / "c.png")
     with pytest.raises(TaskIndexError, match="end the name with .png"):
         plots.save(fig, tmp_path / "c.jpeg")
-    locked = tmp_path / "locked"
+    locked, taken = tmp_path / "locked", tmp_path / "taken.png"
     locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if not os.access(locked, os.W_OK):  # root can write anyway
-            with pytest.raises(TaskIndexError, match="permission denied"):
-                plots.save(fig, locked / "c.png")
-    finally:
-        locked.chmod(0o700)
+    taken.write_bytes(b"someone else's figure")
+    _deny_writes(monkeypatch, locked, taken)
+    with pytest.raises(TaskIndexError, match=r"cannot write '.*locked/c\.png': permission denied; choose another"):
+        plots.save(fig, locked / "c.png")
+    with pytest.raises(TaskIndexError, match=r"cannot write '.*taken\.png': permission denied"):
+        plots.save(fig, taken)  # an existing file that may not be overwritten, in a writable folder
+    assert os.listdir(locked) == [] and taken.read_bytes() == b"someone else's figure"
+    monkeypatch.undo()
+    assert os.path.getsize(plots.save(fig, locked / "c.png")) > 0  # the same folder, writable: the figure lands
 
 
-def test_cli_plot_writes_each_kind_and_refuses_bad_input(index, tmp_path):
+def test_cli_plot_writes_each_kind_and_refuses_bad_input(index, tmp_path, one_thread):
     path = str(tmp_path / "i")
     index.close()
     runner = CliRunner()
@@ -126,3 +146,14 @@ def test_cli_plot_writes_each_kind_and_refuses_bad_input(index, tmp_path):
     assert_user_error(runner.invoke(cli, ["plot", path, "-o", str(tmp_path / "no" / "x.png")]), "does not exist")
     assert_user_error(runner.invoke(cli, ["plot", path, "--rows", "model", "-o", str(tmp_path / "x.png")]),
                       "one row")
+
+
+def test_cli_plot_into_a_folder_it_may_not_write_is_one_line(index, tmp_path, monkeypatch):
+    path = str(tmp_path / "i")
+    index.close()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    _deny_writes(monkeypatch, locked)
+    line = assert_user_error(CliRunner().invoke(cli, ["plot", path, "--kind", "complexity", "-o",
+                                                      str(locked / "x.png")]), "permission denied")
+    assert str(locked / "x.png") in line and os.listdir(locked) == []

@@ -144,22 +144,30 @@ def test_different_probes_are_not_comparable(tiny_probe, digits_round):
         ti.pairwise([a, c])
 
 
-def test_embed_exact_expectation_equals_the_naive_loop_on_the_head_it_fits(tiny_probe, digits_round, monkeypatch):
-    """embed(expectation='exact') against an independent reference: the naive per-sample loop
-    (one autograd.grad per image and label, taskindex._testing.reference) on every image of the task, with
-    the head embed fitted (caught on its way out of fit_head), divided by images and weights per
-    filter, plus t0 = prior_scale / mean(w^2) of each layer computed here."""
+@pytest.fixture
+def fitted_heads(monkeypatch) -> list:
+    """The heads embed fits, caught on their way out of fit_head."""
     import taskindex.task2vec as t2v
-    from taskindex._testing.reference import naive_per_sample
 
-    heads = []
+    heads, fit_head = [], t2v.fit_head
 
     def spy(*args, **kwargs):
         heads.append(fit_head(*args, **kwargs))
         return heads[-1]
 
-    fit_head = t2v.fit_head
     monkeypatch.setattr(t2v, "fit_head", spy)
+    return heads
+
+
+def test_embed_exact_expectation_equals_the_naive_loop_on_the_head_it_fits(tiny_probe, digits_round, fitted_heads):
+    """embed(expectation='exact') against an independent reference: the naive per-sample loop
+    (one autograd.grad per image and label, taskindex._testing.reference) on every image of the task, with
+    the head embed fitted (caught on its way out of fit_head), divided by images and weights per
+    filter, plus t0 = prior_scale / mean(w^2) of each layer computed here."""
+    from taskindex._testing.reference import naive_per_sample
+
+    heads = fitted_heads
+
     # the plain mean over images and every label direction: what the naive loop computes
     e = embed(digits_round, tiny_probe, method="montecarlo", expectation="exact", max_samples=None,
               batch_size=32, progress=False, estimator="mean", label_passes=None)
@@ -178,23 +186,15 @@ def test_embed_exact_expectation_equals_the_naive_loop_on_the_head_it_fits(tiny_
 
 @pytest.mark.parametrize("seed", [0, 9])
 def test_sampled_labels_average_to_the_exact_expectation_not_to_the_true_labels(tiny_probe, digits_round,
-                                                                                monkeypatch, seed):
+                                                                                fitted_heads, seed):
     """expectation='sample' draws each image's label from the fitted head's predictive distribution, so
     with the plain mean over images its expectation over the draws is expectation='exact' on the same
     head. Every image is repeated 40 times, so one embedding averages 40 independent draws per image and
     lands near 'exact'; the true labels (the empirical Fisher) land far from it on the same head, so a
     sampler that used them instead of draws fails the bound."""
-    import taskindex.task2vec as t2v
-    from taskindex.fisher import fisher_pass, weights_per_filter
+    from taskindex._testing.reference import naive_per_sample
 
-    heads = []
-
-    def spy(*args, **kwargs):
-        heads.append(fit_head(*args, **kwargs))
-        return heads[-1]
-
-    fit_head = t2v.fit_head
-    monkeypatch.setattr(t2v, "fit_head", spy)
+    heads = fitted_heads
     repeated = digits_round.subset(np.repeat(np.arange(len(digits_round)), 40))
     options = {"method": "montecarlo", "estimator": "mean", "max_samples": None, "seed": seed, "progress": False}
     sampled = embed(repeated, tiny_probe, expectation="sample", **options)
@@ -205,8 +205,9 @@ def test_sampled_labels_average_to_the_exact_expectation_not_to_the_true_labels(
     _, first, inverse = np.unique(digits_round.labels, return_index=True, return_inverse=True)
     true = torch.as_tensor(np.argsort(np.argsort(first))[inverse])
     x = tiny_probe.normalize(digits_round.load(np.arange(len(digits_round)), tiny_probe.image_size))
-    per_weight = weights_per_filter(tiny_probe.backbone)
-    true_fisher = fisher_pass(tiny_probe.backbone, heads[0], [(x, true)]) / (len(x) * per_weight)
+    convs = [m for m in tiny_probe.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    per_weight = np.concatenate([np.full(m.out_channels, m.weight[0].numel()) for m in convs])
+    true_fisher = naive_per_sample(tiny_probe.backbone, heads[0], x, true) / (len(x) * per_weight)
 
     f_exact, f_sampled = exact.vector - exact.prior, sampled.vector - sampled.prior
     live = f_exact > 1e-6 * f_exact.max()

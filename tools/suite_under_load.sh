@@ -16,7 +16,8 @@ for run in $(seq "$runs"); do
   start=$(date +%s)
   make -C "$work/clone" test > "$work/make.log" 2>&1
   rc=$?
-  echo "run $run: exit $rc in $(( $(date +%s) - start )) s (venv set-up included); $(tail -1 "$work/make.log" | tr -d '=')"
+  summary=$(grep -E "[0-9]+ (passed|failed)" "$work/make.log" | tail -1 | tr -d "=")
+  echo "run $run: exit $rc in $(( $(date +%s) - start )) s (venv set-up included):$summary"
   [ "$rc" -eq 0 ] || { echo "log: $work/make.log"; exit "$rc"; }
   rm -rf "$work"
 done

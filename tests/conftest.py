@@ -34,6 +34,26 @@ def make_tiny_cnn(seed: int = 0) -> TinyCNN:
     return net
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Thousands of small torch ops (per-image loops, SGVB steps, fits, batch re-ranks): on a shared machine two
+    torch threads spin-wait for each other and run them several times slower than one. Use it with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")` or as an argument."""
+    from taskindex.task2vec import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def one_blas_thread():
+    """BLAS and OpenMP (numpy, FAISS, t-SNE) on one thread, for the same reason."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 @pytest.fixture
 def tiny_probe() -> Probe:
     return Probe.from_module(make_tiny_cnn(), 16, name="tiny", image_size=16)

@@ -12,15 +12,7 @@ from torch import nn
 from taskindex.fisher import fisher_pass, variational_precision, weights_per_filter
 from taskindex._testing.reference import GroupedNet, conv_filter_counts, frozen, naive_per_sample, two_layer_fisher, two_layer_terms
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These are thousands of small ops (per-image loops, SGVB steps): on a shared machine two torch
-    threads that spin-wait for each other run them several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grouped_net(seed: int) -> tuple[nn.Module, nn.Module]:

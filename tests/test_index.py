@@ -16,22 +16,13 @@ from taskindex.errors import (IncompatibleEmbeddingsError, IndexCorruptError, In
 from taskindex.index import TaskIndex, verify
 from taskindex._testing.index_harness import Overlapping, Synth, crash_trials, index_with_rows, wide_probe
 
-
-@pytest.fixture(autouse=True)
-def one_blas_and_openmp_thread():
-    """BLAS and OpenMP (FAISS's searches, the PCA) on one thread: beside other busy processes on two cores their
-    second thread spin-waits (seven of these tests took 28 s on two threads, 4.4 s on one). No answer depends
-    on it; query_many's own thread pool is Python's, left as it is."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture
 def one_thread_children(monkeypatch):
-    """The same for the processes a test starts (they read it from their environment): the crash test's writers
-    and readers spin less beside busy processes (the SIGKILL test took 33 s, 16 s so)."""
+    """One BLAS/OpenMP thread (conftest's one_blas_thread) for the processes a test starts too, through their
+    environment: the crash test's writers and readers spin less beside busy processes."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, "1")
 
@@ -568,18 +559,6 @@ def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, s
             emb, meta = index.get(name)
             assert emb.meta["task"] == name and meta["name"] == name
         index.compact()
-
-
-@pytest.fixture
-def one_torch_thread():
-    """torch on one thread: on a shared machine its second thread spin-waits (the torch re-rank of the
-    query_many test took 1.8 s a batch on two threads, 0.13 s on one)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("metric", ["sym", "asym"])

@@ -34,16 +34,6 @@ def index(tmp_path, tiny_probe):
     idx.close()
 
 
-@pytest.fixture
-def one_thread():
-    """BLAS and OpenMP (t-SNE) on one thread: on a shared machine the second spin-waits (the map test took 9 s
-    on two threads beside a busy process, 4 s on one)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
-
-
 def png_size(path) -> tuple[int, int]:
     with Image.open(path) as im:
         im.verify()
@@ -65,7 +55,7 @@ def test_matrix_is_ordered_by_clustering_with_a_colour_strip(index, tmp_path):
     assert os.path.getsize(out) > 10_000 and min(png_size(out)) > 300
 
 
-def test_map_places_each_family_together(index, tmp_path, one_thread):
+def test_map_places_each_family_together(index, tmp_path, one_blas_thread):
     fig = plots.plot_map(index, color_by="family", kind="task")
     ax = fig.axes[0]
     assert ax.get_xlabel() == "t-SNE 1" and ax.get_ylabel() == "t-SNE 2"
@@ -131,7 +121,7 @@ def test_bad_inputs_are_clear_errors(index, tmp_path, tiny_probe, monkeypatch):
     assert os.path.getsize(plots.save(fig, locked / "c.png")) > 0  # the same folder, writable: the figure lands
 
 
-def test_cli_plot_writes_each_kind_and_refuses_bad_input(index, tmp_path, one_thread):
+def test_cli_plot_writes_each_kind_and_refuses_bad_input(index, tmp_path, one_blas_thread):
     path = str(tmp_path / "i")
     index.close()
     runner = CliRunner()

@@ -24,15 +24,7 @@ from taskindex.cli import cli
 from taskindex.errors import IndexCorruptError
 
 FAST = {"max_steps": 20, "patience": 20}  # a fit that only needs to exist, not to be good
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The fits are thousands of tiny torch ops: one thread is faster than two on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ data:
 	  else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; fi; }
 
 demo: setup
-	$(BIN)/python -m taskindex.demo
+	$(BIN)/python -m taskindex.cli.demo
 
 test: setup
 	$(BIN)/python -m pytest -q

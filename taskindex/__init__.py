@@ -9,20 +9,22 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Embedding": "embedding", "embed": "task2vec", "Task": "tasks", "Probe": "probes", "load_probe": "probes",
-    "list_probes": "probes", "TaskIndex": "index", "Hit": "index", "d_sym": "distance", "d_asym": "distance",
-    "complexity": "distance", "one_to_many": "distance", "pairwise": "distance", "TaskIndexError": "errors",
-    "TaskError": "errors", "ProbeError": "errors", "EmbeddingFileError": "errors",
-    "IncompatibleEmbeddingsError": "errors", "IndexCorruptError": "errors", "IndexLockedError": "errors",
-    "IndexUsageError": "errors", "ManifestError": "errors", "rebuild": "rebuilds", "read_manifest": "manifest",
-    "samples": None, "distance": None, "plots": None,
+    "Embedding": "embedding.vector", "embed": "embedding.pipeline", "Task": "data.task", "Probe": "embedding.probes",
+    "load_probe": "embedding.probes", "list_probes": "embedding.probes", "TaskIndex": "index.task_index",
+    "Hit": "index.task_index", "d_sym": "distance", "d_asym": "distance", "complexity": "distance",
+    "one_to_many": "distance", "pairwise": "distance", "TaskIndexError": "errors", "TaskError": "errors",
+    "ProbeError": "errors", "EmbeddingFileError": "errors", "IncompatibleEmbeddingsError": "errors",
+    "IndexCorruptError": "errors", "IndexLockedError": "errors", "IndexUsageError": "errors",
+    "ManifestError": "errors", "rebuild": "rebuilds.run", "read_manifest": "rebuilds.inputs",
 }
+_MODULES = {"samples": "data.samples", "distance": "distance", "plots": "plots"}  # public modules, by attribute
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted({*_EXPORTS, *_MODULES})
 
 
 def __getattr__(name):
+    if name in _MODULES:
+        return import_module(f".{_MODULES[name]}", __name__)
     if name not in _EXPORTS:
         raise AttributeError(f"module 'taskindex' has no attribute {name!r}")
-    module = import_module(f".{_EXPORTS[name] or name}", __name__)
-    return module if _EXPORTS[name] is None else getattr(module, name)
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .embedding import Embedding
-from .errors import IncompatibleEmbeddingsError, TaskIndexError
+from taskindex.embedding.vector import Embedding
+from taskindex.errors import IncompatibleEmbeddingsError, TaskIndexError
 
 ALPHA = 0.15
 _CHUNK_BYTES = 4 << 20  # temporaries that stay in cache: 2x faster than 64 MiB chunks (bench_query)

@@ -12,8 +12,9 @@ import os
 import numpy as np
 import pandas as pd
 
-from . import distance, filters
-from .errors import TaskIndexError
+from taskindex import distance
+from taskindex.index import filters
+from taskindex.errors import TaskIndexError
 
 KINDS = ("matrix", "map", "complexity")
 FORMATS = (".png", ".svg", ".pdf")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from taskindex import Probe, samples
+from taskindex import Probe
+from taskindex.data import samples
 
 
 class TinyCNN(nn.Module):
@@ -39,7 +40,7 @@ def one_torch_thread():
     """Thousands of small torch ops (per-image loops, SGVB steps, fits, batch re-ranks): on a shared machine two
     torch threads spin-wait for each other and run them several times slower than one. Use it with
     `pytestmark = pytest.mark.usefixtures("one_torch_thread")` or as an argument."""
-    from taskindex.task2vec import torch_threads
+    from taskindex.embedding.pipeline import torch_threads
 
     with torch_threads(1):
         yield

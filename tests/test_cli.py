@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from clikit import FAST_PROBE, PYTHON_WORDING, assert_flag_wording, assert_user_error, make_image_folder
 
 from taskindex import Embedding
-from taskindex.cli import CLI_WORDING, cli, cli_message
+from taskindex.cli.main import CLI_WORDING, cli, cli_message
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ def test_every_python_wording_the_cli_rewrites_is_still_in_the_library():
 
     import re
 
-    source = "".join(p.read_text() for p in Path(taskindex.__file__).parent.glob("*.py") if p.name != "cli.py")
+    source = "".join(p.read_text() for p in Path(taskindex.__file__).parent.rglob("*.py") if p.parent.name != "cli")
     source = re.sub(r'"\s*\n\s*f?"', "", source)  # join implicitly concatenated string literals
     missing = [python for python, _ in CLI_WORDING if python not in source]
     assert not missing, f"library messages changed: update CLI_WORDING for {missing}"

@@ -13,7 +13,7 @@ from clikit import assert_flag_wording, make_image_folder, parse_table
 from clikit import assert_user_error as user_error
 
 from taskindex import Embedding
-from taskindex.cli import cli
+from taskindex.cli.main import cli
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_query_ls_info_json(built, monkeypatch):
     out = json.loads(r.invoke(cli, ["query", idx, "--name", "one", "--json"]).output)
     # the other two rows, nearest first, at their d_sym from "one" (worked out here) and as the API's exact query
     from taskindex import distance
-    from taskindex.index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(idx, readonly=True) as index:
         one = index.get("one")[0]
@@ -69,7 +69,7 @@ def test_query_ls_info_json(built, monkeypatch):
     info = json.loads(r.invoke(cli, ["info", idx, "--json"]).output)
     assert info["rows"] == 3 and info["models"] == 1 and info["dim"] == 4800
     assert info["candidates"] == "exact" and info["refine"] is None  # 3 rows: every row is re-ranked
-    from taskindex.index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     asked, real_query = [], TaskIndex.query
     monkeypatch.setattr(TaskIndex, "query", lambda self, q, **kw: (asked.append(kw.get("refine")),
@@ -93,8 +93,8 @@ def test_rm_and_compact(built, tmp_path):
     old manifest (the prior is kept); the rows, their vectors and metadata are those before it."""
     import shutil
 
-    from taskindex.index import TaskIndex
-    from taskindex.storage import referenced_files
+    from taskindex.index.task_index import TaskIndex
+    from taskindex.index.storage import referenced_files
 
     idx = tmp_path / "copy"
     shutil.copytree(built / "idx", idx)
@@ -128,7 +128,7 @@ def test_rm_and_compact(built, tmp_path):
 
 def test_warm_reads_every_vector_file_of_the_committed_version(built):
     """`taskindex warm` (TaskIndex.warm) reads each segment's vectors once: the bytes are the manifest's."""
-    from taskindex.index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     idx = str(built / "idx")
     with TaskIndex.open(idx, readonly=True) as index:
@@ -169,7 +169,7 @@ def test_bad_inputs(built, tmp_path, monkeypatch):
     user_error(r.invoke(cli, ["query", idx, "--embedding", str(tmp_path / "short.emb")]), "100 filters")
     assert "`taskindex add`" in assert_flag_wording(r.invoke(cli, ["create", idx]), "already exists")
 
-    import taskindex.storage as storage
+    import taskindex.index.storage as storage
 
     real_open = storage.os.open
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from taskindex import search
-from taskindex.index import TaskIndex
+from taskindex.index import candidates
+from taskindex.index.task_index import TaskIndex
 from taskindex._testing.index_harness import Synth, wide_probe
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="maps fds to paths with /proc/self/fd")
@@ -56,7 +56,7 @@ class Journal:
                 self.events.append(event)
             return move
 
-        m.setattr(os, "fsync", fsync)  # the os module that taskindex.storage and taskindex.index call through
+        m.setattr(os, "fsync", fsync)  # the os module that taskindex.index.storage and taskindex.index.task_index call through
         m.setattr(os, "replace", moved("replace", real_replace))
         m.setattr(os, "rename", moved("rename", real_rename))
 
@@ -155,7 +155,7 @@ def test_the_commit_that_trains_the_projection_makes_every_projected_file_durabl
     committed before it included."""
     with TaskIndex.create(tmp_path / "idx", probe=probe) as idx:
         synth = Synth(idx)
-        idx.add_many([(f"r{i}", synth.make(i % 20)) for i in range(search.EXACT_ROWS - 3)])
+        idx.add_many([(f"r{i}", synth.make(i % 20)) for i in range(candidates.EXACT_ROWS - 3)])
         idx.add_many([(f"s{i}", synth.make(i % 20)) for i in range(2)])
         journal, new = _run(idx._store.root, monkeypatch, lambda: idx.add("last", synth.make(1)))
         assert idx.manifest["projection"] is not None

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import taskindex as ti
-from taskindex import samples
-from taskindex.task2vec import embed
+from taskindex.data import samples
+from taskindex.embedding.pipeline import embed
 
 THREAD_RTOL = 2e-4  # per filter, between any two thread counts
 THREAD_DSYM = 1e-9

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 import taskindex as ti
-from taskindex import Embedding, Task, embed, load_probe, samples
+from taskindex import Embedding, Task, embed, load_probe
+from taskindex.data import samples
 from taskindex.errors import EmbeddingFileError, IncompatibleEmbeddingsError, TaskError, TaskIndexError
 
 
@@ -147,7 +148,7 @@ def test_different_probes_are_not_comparable(tiny_probe, digits_round):
 @pytest.fixture
 def fitted_heads(monkeypatch) -> list:
     """The heads embed fits, caught on their way out of fit_head."""
-    import taskindex.task2vec as t2v
+    import taskindex.embedding.pipeline as t2v
 
     heads, fit_head = [], t2v.fit_head
 
@@ -264,7 +265,7 @@ def test_cores_used_by_others_subtracts_our_own_work_and_counts_the_rest(monkeyp
     """The thread count must not follow the load average: a long run of embeddings made it count its own
     work and fall to one thread on an idle machine. On a machine whose load is known: the busy time over
     the window, less this process's CPU time, in cores, clamped to [0, cores]."""
-    import taskindex.task2vec as t2v
+    import taskindex.embedding.pipeline as t2v
 
     machine = FakeMachine(ours, busy, idle)
     monkeypatch.setattr(t2v, "time", machine)
@@ -274,7 +275,7 @@ def test_cores_used_by_others_subtracts_our_own_work_and_counts_the_rest(monkeyp
 
 
 def test_cores_used_by_others_without_proc_stat_is_the_load_less_our_threads(monkeypatch):
-    import taskindex.task2vec as t2v
+    import taskindex.embedding.pipeline as t2v
 
     def no_proc(path, *args, **kwargs):
         raise FileNotFoundError(path)
@@ -296,7 +297,7 @@ def test_cores_used_by_others_on_this_machine_ignores_our_thread_and_sees_anothe
     is rarely idle): our own busy thread adds nothing, another process's busy loop adds about one core.
     Each reading is paired with a baseline taken just before it, so load that comes and goes elsewhere
     moves both."""
-    from taskindex.task2vec import _cores_used_by_others
+    from taskindex.embedding.pipeline import _cores_used_by_others
 
     cores = len(os.sched_getaffinity(0))
 

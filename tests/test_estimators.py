@@ -9,7 +9,7 @@ from scipy import stats
 
 import taskindex as ti
 from taskindex.errors import IncompatibleEmbeddingsError, TaskIndexError
-from taskindex.estimators import FilterEstimator, estimator_id, parse_estimator
+from taskindex.embedding.estimators import FilterEstimator, estimator_id, parse_estimator
 
 
 def stream(values: np.ndarray, identity: str, batch: int, chunk: int = 4096) -> np.ndarray:

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from clikit import assert_user_error
 
-from taskindex import search
-from taskindex.cli import cli
+from taskindex.index import candidates
+from taskindex.cli.main import cli
 from taskindex.errors import TaskIndexError
-from taskindex.filters import parse_where
-from taskindex.index import TaskIndex
+from taskindex.index.filters import parse_where
+from taskindex.index.task_index import TaskIndex
 from taskindex._testing.index_harness import Synth, wide_probe
 
 ROWS = 12
@@ -109,7 +109,7 @@ def test_filters_past_exact_rows_go_through_the_candidate_search_and_still_keep_
     rows they keep, not those `=` keeps."""
     with TaskIndex.create(tmp_path / "idx", probe=wide_probe()) as idx:
         synth = Synth(idx)
-        n = search.EXACT_ROWS + 40
+        n = candidates.EXACT_ROWS + 40
         owners = ["ana"] * (n - 30) + ["bob"] * 20 + ["cy"] * 10
         idx.add_many([(f"r{i}", synth.make(i % 20), "task", {"owner": owners[i], "size": i}) for i in range(n)])
         assert idx.info()["candidates"] == "flat"

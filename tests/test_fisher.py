@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from taskindex.fisher import fisher_pass, variational_precision, weights_per_filter
+from taskindex.embedding.fisher import fisher_pass, variational_precision, weights_per_filter
 from taskindex._testing.reference import GroupedNet, conv_filter_counts, frozen, naive_per_sample, two_layer_fisher, two_layer_terms
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,7 +73,8 @@ def test_per_sample_fisher_is_not_the_square_of_the_batch_gradient():
 
 @pytest.fixture(scope="module")
 def lite0_pretrained():
-    from taskindex import load_probe, samples
+    from taskindex import load_probe
+    from taskindex.data import samples
 
     probe = load_probe("efficientnet_lite0", image_size=40)
     task = samples.load("fashion-footwear", max_per_class=2, seed=0)

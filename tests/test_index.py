@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from taskindex import Embedding, distance, search
+from taskindex import Embedding, distance
+from taskindex.index import candidates
 from taskindex.errors import (IncompatibleEmbeddingsError, IndexCorruptError, IndexLockedError, IndexUsageError,
                               TaskIndexError)
-from taskindex.index import TaskIndex, verify
+from taskindex.index.task_index import TaskIndex, verify
 from taskindex._testing.index_harness import Overlapping, Synth, crash_trials, index_with_rows, wide_probe
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
@@ -170,7 +171,7 @@ def _against_exact(index, rows: Overlapping, queries: int, k: int = 10) -> dict:
         q = rows.make()
         out["answer"].append([(h.name, h.distance) for h in index.query(q, k=k)])
         out["exact"].append([(h.name, h.distance) for h in index.query(q, k=k, exact=True)])
-        found = index._candidates.nearest(search.project(q.vector[None, :], index._projection),
+        found = index._candidates.nearest(candidates.project(q.vector[None, :], index._projection),
                                           index._want(k, "sym", None), k)[0]
         names = [index._names[r] for r in np.searchsorted(index._ids, found)]
         d = distance.one_to_many(q, index.vectors(names))
@@ -192,7 +193,7 @@ def test_candidate_stage_agrees_with_exact_dsym(index):
     order, distances), though for 11 of them FAISS's first 10 candidates are not the exact 10: the re-rank of
     all the candidates sets them right (re-ranking only the first k answered 9 of 20, recall 0.935)."""
     rows = Overlapping(index)
-    index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS + 300)])
+    index.add_many([(f"r{i}", rows.make()) for i in range(candidates.EXACT_ROWS + 300)])
     assert index.info()["candidates"] == "flat"
     got = _against_exact(index, rows, queries=20)
     assert got["recall"] == 1.0
@@ -212,10 +213,10 @@ def _scaled(emb: Embedding, c: float) -> Embedding:
 def _rows_trained_and_late(index, rows: Overlapping, spread: float) -> list[Embedding]:
     """EXACT_ROWS rows the PCA is trained on, then 100 it is not, each x exp(N(0, spread)) (0: one scale)."""
     rng = np.random.default_rng(1)
-    embs = [_scaled(rows.make(), float(np.exp(rng.normal(0.0, spread)))) for _ in range(search.EXACT_ROWS + 100)]
-    index.add_many([(f"r{i}", e) for i, e in enumerate(embs[:search.EXACT_ROWS])])
-    index.add_many([(f"r{i}", e) for i, e in enumerate(embs[search.EXACT_ROWS:], search.EXACT_ROWS)])
-    assert index.info()["candidates"] == "flat" and index.manifest["projection_rows"] == search.EXACT_ROWS
+    embs = [_scaled(rows.make(), float(np.exp(rng.normal(0.0, spread)))) for _ in range(candidates.EXACT_ROWS + 100)]
+    index.add_many([(f"r{i}", e) for i, e in enumerate(embs[:candidates.EXACT_ROWS])])
+    index.add_many([(f"r{i}", e) for i, e in enumerate(embs[candidates.EXACT_ROWS:], candidates.EXACT_ROWS)])
+    assert index.info()["candidates"] == "flat" and index.manifest["projection_rows"] == candidates.EXACT_ROWS
     return embs
 
 
@@ -230,7 +231,7 @@ def test_a_rescaled_copy_of_a_row_is_among_that_rows_candidates(index):
     for i in range(0, len(embs), 12):
         for c in (0.1, 10.0):
             q = _scaled(embs[i], c)
-            found = index._candidates.nearest(search.project(q.vector[None, :], index._projection),
+            found = index._candidates.nearest(candidates.project(q.vector[None, :], index._projection),
                                               index._want(1, "sym", None), 1)[0]
             if int(index._ids[index._row(f"r{i}")]) not in found:
                 missed.append((f"r{i}", c))
@@ -271,17 +272,17 @@ def test_refine_sets_the_candidates_reranked(index, monkeypatch):
     the residual's lower bound (k + 1 for a row's own name); with every row a candidate the answer is the
     exact one, distances included."""
     rows = Overlapping(index)
-    index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS + 300)])
+    index.add_many([(f"r{i}", rows.make()) for i in range(candidates.EXACT_ROWS + 300)])
     asked = []
-    real = search.Candidates.search
-    monkeypatch.setattr(search.Candidates, "search", lambda self, point, k, allowed=None, bound=False: (
+    real = candidates.Candidates.search
+    monkeypatch.setattr(candidates.Candidates, "search", lambda self, point, k, allowed=None, bound=False: (
         asked.append(k), real(self, point, k, allowed, bound))[1])
     q = rows.make()
     index.query(q, k=5, refine=3)
     index.query("r7", k=5, refine=3)
     index.query(q, k=5, refine=3, metric="asym")
     index.query(q, k=5)
-    default = search.default_refine(len(index))
+    default = candidates.default_refine(len(index))
     assert asked == [15, 5, 16, 6, 30, 5, 5 * default, 5] and index.info()["refine"] == default
     every = index.query(q, k=10, refine=len(index))
     assert [(h.name, h.distance) for h in every] == [(h.name, h.distance) for h in index.query(q, k=10, exact=True)]
@@ -294,7 +295,7 @@ def test_a_row_added_after_training_is_its_own_nearest_neighbour_at_k1(index):
     """The PCA fits its training rows best, so by the orthogonal-residual ranking alone a later row sits at its
     own residual norm from itself and misses the 10 candidates of k=1; the lower-bound list finds it."""
     rows = Overlapping(index)
-    index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS + 300)])
+    index.add_many([(f"r{i}", rows.make()) for i in range(candidates.EXACT_ROWS + 300)])
     late = [rows.make() for _ in range(21)][-1]
     index.add("late", late)
     assert index.query(late, k=1)[0].name == "late"
@@ -354,7 +355,7 @@ def _data_files(root: Path, suffix: str) -> list[Path]:
 @pytest.mark.parametrize("target", ["vectors", "rows", "prior", "proj", "projection", "manifest", "CURRENT"])
 def test_damaged_files_are_reported_by_verify_and_open_naming_the_file(index, synth, tmp_path, damage, target):
     trained = target in ("proj", "projection")  # the projection and projected rows exist from EXACT_ROWS rows
-    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(search.EXACT_ROWS if trained else 5)])
+    index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(candidates.EXACT_ROWS if trained else 5)])
     index.close()
     root = tmp_path / "idx"
     segment = index.manifest["segments"][0]
@@ -382,7 +383,7 @@ def test_damaged_files_are_reported_by_verify_and_open_naming_the_file(index, sy
 
 READER = r"""
 import sys, time, numpy as np
-from taskindex.index import TaskIndex
+from taskindex.index.task_index import TaskIndex
 path, rounds = sys.argv[1], int(sys.argv[2])
 seen = set()
 deadline = time.monotonic() + 120
@@ -438,21 +439,21 @@ def test_sigkill_during_commits_never_loses_or_tears_a_commit(tmp_path, one_thre
     assert [t["problems"] for t in trials if t["problems"]] == []
     assert all(t["reported"] >= 1 for t in trials)
     below = tmp_path / "below"
-    index_with_rows(below, search.EXACT_ROWS - 2)
+    index_with_rows(below, candidates.EXACT_ROWS - 2)
     with TaskIndex.open(below, readonly=True) as idx:
         # the training commit writes a segment (2 files), the projection, and a projected file per segment
         files = 3 + len(idx.manifest["segments"]) + 2
     trials = crash_trials(root, trials=8, seed=1, start_from=below, files=files)
     assert [t["problems"] for t in trials if t["problems"]] == []
     # killed inside the training commit after it had written the projection (the writer reported row 510 first)
-    inside = [t for t in trials if t["rows"] == search.EXACT_ROWS - 1 and t["unused_files"] >= 3]
+    inside = [t for t in trials if t["rows"] == candidates.EXACT_ROWS - 1 and t["unused_files"] >= 3]
     assert len(inside) >= 4, trials
 
 
 def test_inverted_file_above_the_threshold(index, monkeypatch):
     """The IVF structure (used from IVF_ROWS rows) keeps recall and stable ids through deletes; on these
     overlapping clusters a random projection in place of the PCA gets about 0.6."""
-    monkeypatch.setattr(search, "IVF_ROWS", 600)
+    monkeypatch.setattr(candidates, "IVF_ROWS", 600)
     rows = Overlapping(index)
     index.add_many([(f"r{i}", rows.make()) for i in range(900)])
     assert index.info()["candidates"] == "ivf"
@@ -472,7 +473,7 @@ def test_inverted_lists_repacked_to_size_still_hold_every_row():
     rng = np.random.default_rng(0)
     proj = rng.normal(size=(3000, 16)).astype(np.float32)
     ids = np.arange(3000, dtype=np.int64) * 3 + 5
-    ivf, flat = search.Candidates(proj, ids, kind="ivf"), search.Candidates(proj, ids, kind="flat")
+    ivf, flat = candidates.Candidates(proj, ids, kind="ivf"), candidates.Candidates(proj, ids, kind="flat")
     assert sum(ivf._base.invlists.list_size(i) for i in range(ivf._base.nlist)) == 3000
     ivf._base.nprobe = ivf._base.nlist
     queries = rng.normal(size=(25, 16)).astype(np.float32)
@@ -487,7 +488,7 @@ def test_nearest_joins_the_orthogonal_and_the_lower_bound_lists():
     proj = np.zeros((4, 3), np.float32)
     proj[:3, 0] = [0.1, 0.2, 0.3]
     proj[3, 2] = 1.0
-    cand = search.Candidates(proj, np.array([10, 11, 12, 13]), kind="flat")
+    cand = candidates.Candidates(proj, np.array([10, 11, 12, 13]), kind="flat")
     query = proj[3:4]
     assert [f.tolist() for f in cand.nearest(query, 3, 0)] == [[10, 11, 12]]
     assert [f.tolist() for f in cand.nearest(query, 3, 1)] == [[10, 11, 12, 13]]
@@ -503,7 +504,7 @@ def test_the_lower_bound_search_of_an_ivf_structure_probes_few_lists_and_finds_e
     proj[:, -1] = np.abs(proj[:, -1])
     proj[:50, -1] = 10.0  # residual energy 100 against ~16 + 1 to other rows: the orthogonal search misses itself
     ids = np.arange(3000, dtype=np.int64) + 7
-    ivf = search.Candidates(proj, ids, kind="ivf")
+    ivf = candidates.Candidates(proj, ids, kind="ivf")
     assert ivf._base.nprobe > 1 and ivf._params(None, bound=True).nprobe == 1
     found = ivf.nearest(proj[:50], 1, 1)
     assert all(f[-1] == i for f, i in zip(found, ids[:50]))
@@ -529,16 +530,16 @@ def test_unfiltered_ivf_searches_go_to_the_gpu_copy_and_the_rest_stay_on_the_cpu
     rng = np.random.default_rng(2)
     proj = rng.normal(size=(2000, 8)).astype(np.float32)
     queries = rng.normal(size=(5, 8)).astype(np.float32)
-    ivf = search.Candidates(proj, np.arange(2000), kind="ivf")
+    ivf = candidates.Candidates(proj, np.arange(2000), kind="ivf")
     cpu = ivf.search_many(queries, 10)  # no GPU here: the CPU structure answers
-    monkeypatch.setattr(search, "to_gpu", Copy)
+    monkeypatch.setattr(candidates, "to_gpu", Copy)
     ivf._gpu = None
     assert np.array_equal(ivf.search_many(queries, 10), cpu) and copies[-1].calls == 1
     allowed = np.arange(0, 2000, 2)
     assert set(ivf.search_many(queries, 10, allowed).ravel()) <= set(allowed) and copies[-1].calls == 1
     ivf.remove([int(cpu[0, 0])])
     assert int(cpu[0, 0]) not in ivf.search_many(queries, 10) and len(copies) == 2  # a fresh copy
-    flat = search.Candidates(proj, np.arange(2000), kind="flat")
+    flat = candidates.Candidates(proj, np.arange(2000), kind="flat")
     flat.search_many(queries, 10)
     assert len(copies) == 2  # flat float16 codes have no GPU index: the CPU answers
 
@@ -546,7 +547,7 @@ def test_unfiltered_ivf_searches_go_to_the_gpu_copy_and_the_rest_stay_on_the_cpu
 def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, synth, monkeypatch):
     """The per-row embedding JSON is not held in RAM; `get` reads the one Parquet row group holding the row.
     Small row groups here, so rows sit in different groups of different segments, before and after compact."""
-    import taskindex.index as index_module
+    import taskindex.index.task_index as index_module
 
     monkeypatch.setattr(index_module, "ROW_GROUP", 7)
     index.add_many([(f"a{i}", synth.make(i % 20, name=f"a{i}")) for i in range(30)])
@@ -567,13 +568,13 @@ def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric, devi
     """Past EXACT_ROWS (FAISS candidates, one batched search) and with filters, by embedding and by row name;
     device='cpu' runs the batch re-rank in torch (the GPU path, on the CPU). Rows are read in blocks of 100
     and the queries ranked in chunks of about 500 candidate pairs, so both cut through the batch."""
-    import taskindex.index as index_module
+    import taskindex.index.task_index as index_module
 
     monkeypatch.setattr(index_module, "PAIR_BLOCK", 100)
     monkeypatch.setattr(index_module, "BATCH_PAIRS", 500)
     rows = Overlapping(index)
     index.add_many([(f"r{i}", rows.make(), "model" if i % 5 == 0 else "task", {"even": i % 2 == 0})
-                    for i in range(search.EXACT_ROWS + 200)])
+                    for i in range(candidates.EXACT_ROWS + 200)])
     assert index.info()["candidates"] == "flat"
     queries = [rows.make() for _ in range(25)] + ["r3", "r10", "r11"]
     for options in ({}, {"where": {"even": True}}, {"kind": "model"}, {"exact": True}, {"refine": 1}):
@@ -589,10 +590,10 @@ def test_query_many_answers_rows_added_after_the_projection_was_trained_as_query
     decides their answers. query_many must fetch each query the candidates `query` fetches: with the lower-bound
     list one short for row names, 8 of these 250 names answered differently at k=1 and 13 at k=5."""
     rows = Overlapping(index)
-    index.add_many([(f"r{i}", rows.make()) for i in range(search.EXACT_ROWS)])
+    index.add_many([(f"r{i}", rows.make()) for i in range(candidates.EXACT_ROWS)])
     late = [f"late{i}" for i in range(250)]
     index.add_many([(n, rows.make()) for n in late])
-    assert index.manifest["projection_rows"] == search.EXACT_ROWS and len(index) == search.EXACT_ROWS + 250
+    assert index.manifest["projection_rows"] == candidates.EXACT_ROWS and len(index) == candidates.EXACT_ROWS + 250
     embeddings = [rows.make() for _ in range(10)]
     queries = [*late, *embeddings, "r0", "r1"]  # row names, late and trained on, beside embeddings in one batch
     for k in (1, 5):
@@ -605,7 +606,7 @@ def test_query_many_answers_rows_added_after_the_projection_was_trained_as_query
 def test_near_ties_of_the_float32_pass_are_settled_in_float64(index, synth):
     """Rows whose float32 scores sit within RERANK_TIE of the k-th get their float64 distance before the cut:
     here the pass's scores (stand-ins) put the farther row first by less than the tie."""
-    import taskindex.index as index_module
+    import taskindex.index.task_index as index_module
 
     index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(4)])
     q = synth.make(0).vector
@@ -635,7 +636,7 @@ def test_hits_carry_the_metadata_of_the_version_they_come_from(index):
     """A hit's metadata is read from a table cached per version: each write (add, upsert, remove, compact)
     must show in the next answer, in query and query_many."""
     rows = Overlapping(index)
-    index.add_many([(f"r{i}", rows.make(), "task", {"tag": "old"}) for i in range(search.EXACT_ROWS + 20)])
+    index.add_many([(f"r{i}", rows.make(), "task", {"tag": "old"}) for i in range(candidates.EXACT_ROWS + 20)])
     q = rows.make()
     first = index.query(q, k=3)[0]
     assert first.metadata["tag"] == "old" and index.to_arrow().num_rows == len(index)
@@ -652,7 +653,7 @@ def test_query_many_with_no_candidates_for_some_queries(index):
     """A filter no row passes gives every query no hits, and a batch mixing such queries with others keeps
     each query's answer."""
     rows = Overlapping(index)
-    index.add_many([(f"r{i}", rows.make(), "task", {"even": i % 2 == 0}) for i in range(search.EXACT_ROWS + 20)])
+    index.add_many([(f"r{i}", rows.make(), "task", {"even": i % 2 == 0}) for i in range(candidates.EXACT_ROWS + 20)])
     qs = [rows.make() for _ in range(3)]
     assert index.query_many(qs, k=4, where={"even": "no such value"}) == [[], [], []]
     assert index.query(qs[0], k=4, where={"even": "no such value"}) == []

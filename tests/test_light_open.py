@@ -13,8 +13,8 @@ import sys
 import pandas as pd
 import pytest
 
-import taskindex.index as index_module
-from taskindex.index import TaskIndex
+import taskindex.index.task_index as index_module
+from taskindex.index.task_index import TaskIndex
 from taskindex._testing.index_harness import Synth, wide_probe
 
 
@@ -96,7 +96,7 @@ def test_a_small_read_only_query_imports_neither_pandas_nor_pyarrow(tmp_path, pr
     _fill(tmp_path / "idx", probe)
     code = f"""
 import sys
-from taskindex.cli import cli
+from taskindex.cli.main import cli
 sys.argv = ["taskindex", "query", {str(tmp_path / "idx")!r}, "--name", "t3", "-k", "3", "--json"]
 try:
     cli()

@@ -7,9 +7,9 @@ import pytest
 from scipy.optimize import minimize
 from scipy.stats import multivariate_normal
 
-from taskindex import logme as logme_module
+from taskindex.select import logme as logme_module
 from taskindex.errors import TaskIndexError
-from taskindex.logme import logme
+from taskindex.select.logme import logme
 
 GRID = [(a, b) for a in (-4.0, 0.0, 4.0, 8.0, 16.0, 32.0) for b in (-2.0, 1.0, 4.0)]  # (log alpha, log beta)
 

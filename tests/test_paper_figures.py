@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from taskindex import TaskIndex, load_probe
-from taskindex.cli import default_index_path
+from taskindex.shipped import default_index_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import paper_figures  # noqa: E402

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import taskindex as ti
-from taskindex import Task, samples
+from taskindex import Task
+from taskindex.data import samples
 
 SEEDS = [int(s) for s in os.environ.get("TASKINDEX_QUALITY_SEEDS", "0,1").split(",")]
 TASKS = [("fashion-mnist", (1, 3)), ("fashion-mnist", (2, 4, 6)), ("mnist", (3, 5, 8)), ("digits", (2, 7)),

@@ -14,13 +14,13 @@ import pytest
 from click.testing import CliRunner
 from clikit import assert_user_error, make_image_folder
 
-from taskindex import samples
-from taskindex.cli import cli
+from taskindex.data import samples
+from taskindex.cli.main import cli
 from taskindex.errors import IndexUsageError, ManifestError
-from taskindex.index import TaskIndex
-from taskindex.manifest import read_manifest
-from taskindex.rebuilds import rebuild, staging_dir
-from taskindex.task2vec import embed
+from taskindex.index.task_index import TaskIndex
+from taskindex.rebuilds.inputs import read_manifest
+from taskindex.rebuilds.run import rebuild, staging_dir
+from taskindex.embedding.pipeline import embed
 
 TINY = dict(probe="resnet18", weights=None, image_size=16)
 SAMPLES = ["digits-round", "fashion-footwear", "mnist-round", "digits-even-odd", "fashion-tops", "mnist-low-high",
@@ -111,7 +111,7 @@ def test_sigkill_then_resume_embeds_only_the_missing_rows_and_the_live_index_sta
                              **idx.embed_options()))
         version = idx.version
     stage = staging_dir(index)
-    proc = subprocess.Popen([sys.executable, "-c", "from taskindex.cli import main; main()", "rebuild", str(index),
+    proc = subprocess.Popen([sys.executable, "-c", "from taskindex.cli.main import main; main()", "rebuild", str(index),
                              "--manifest", manifest, "--workers", "1", "--json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from taskindex import samples
+from taskindex.data import samples
 from taskindex.errors import TaskError
-from taskindex.tasks import Task
+from taskindex.data.task import Task
 
 NATIVE_SIZE = {"fashion-mnist": 28, "mnist": 28, "digits": 8}
 

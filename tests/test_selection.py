@@ -19,8 +19,9 @@ import torch
 from click.testing import CliRunner
 from clikit import assert_user_error
 
-from taskindex import Embedding, TaskIndex, TaskIndexError, distance, model2vec
-from taskindex.cli import cli
+from taskindex import Embedding, TaskIndex, TaskIndexError, distance
+from taskindex.select import model2vec
+from taskindex.cli.main import cli
 from taskindex.errors import IndexCorruptError
 
 FAST = {"max_steps": 20, "patience": 20}  # a fit that only needs to exist, not to be good
@@ -671,7 +672,7 @@ def test_model2vec_gradient_equals_autograd_of_the_same_loss():
     """The fit's hand-written gradient of d_asym against torch autograd of distance.py's formula."""
     import torch
 
-    from taskindex.model2vec import _Asym
+    from taskindex.select.model2vec import _Asym
 
     gen = torch.Generator().manual_seed(0)
     lt = torch.randn(5, 40, generator=gen, dtype=torch.float64)
@@ -728,7 +729,7 @@ def test_fit_options_are_checked(tmp_path, tiny_probe):
 def test_cli_alpha_shows_and_stores_the_index_alpha(tmp_path, tiny_probe):
     from click.testing import CliRunner
 
-    from taskindex.cli import cli
+    from taskindex.cli.main import cli
 
     idx, _ = small_index(tmp_path, tiny_probe)
     idx.close()

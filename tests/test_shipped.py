@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from taskindex import TaskIndex
-from taskindex.cli import default_index_path
-from taskindex.index import verify
+from taskindex.shipped import default_index_path
+from taskindex.index.task_index import verify
 
-ERRORS = Path(__file__).resolve().parent.parent / "tools" / "expert_errors.csv"
+from taskindex.shipped import EXPERT_ERRORS as ERRORS
 
 
 def test_shipped_index_holds_the_benchmark_experts_and_their_fit():
@@ -35,7 +35,7 @@ def test_shipped_index_holds_the_benchmark_experts_and_their_fit():
 
 @pytest.mark.slow
 def test_demo_finds_the_fresh_task_and_picks_an_expert(capsys):
-    from taskindex import demo
+    from taskindex.cli import demo
 
     demo.main()
     out = capsys.readouterr().out

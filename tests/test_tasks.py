@@ -16,7 +16,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from taskindex.errors import TaskError
-from taskindex.tasks import Task, balanced_order
+from taskindex.data.task import Task, balanced_order
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)

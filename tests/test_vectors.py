@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from taskindex import distance
-from taskindex.cli import cli, default_index_path
+from taskindex.cli.main import cli, default_index_path
 from taskindex.errors import TaskIndexError
-from taskindex.index import TaskIndex, verify
+from taskindex.index.task_index import TaskIndex, verify
 from taskindex._testing.index_harness import Overlapping, wide_probe
-from taskindex import storage
-from taskindex.storage import Store, decode_vectors, encode_vectors, prefetch, read_rows
+from taskindex.index import storage
+from taskindex.index.storage import Store, decode_vectors, encode_vectors, prefetch, read_rows
 
 
 def test_bfloat16_rounds_to_nearest_and_keeps_every_entry_positive():

@@ -31,13 +31,14 @@ def child(root: str, index: str, queries: int, seed: int) -> None:
     import numpy as np
     import taskindex
     from taskindex import TaskIndex
+    from taskindex.shipped import DEFAULT_INDEX
 
     if not taskindex.__file__.startswith(root):
         sys.exit(f"taskindex came from {taskindex.__file__}, not {root}: run from outside both checkouts")
     sys.path.insert(1, str(TOOLS))
     from bench_query import ROOT, Perturber
 
-    with TaskIndex.open(ROOT / "index_data", readonly=True) as shipped:
+    with TaskIndex.open(DEFAULT_INDEX, readonly=True) as shipped:
         seeds = [shipped.get(n)[0] for n in shipped.names()]
     qs = [e for e, _ in Perturber(seeds, (0.1, 1.0), 10_007 + seed).embeddings(queries + 20)]
     index = TaskIndex.open(index, readonly=True)

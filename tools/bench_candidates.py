@@ -24,20 +24,20 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from taskindex import search  # noqa: E402
+from taskindex.index import candidates  # noqa: E402
 
 K = 10
 
 
 def measure(n: int, queries: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    proj = rng.normal(size=(n, search.PROJ_DIM)).astype(np.float32)
+    proj = rng.normal(size=(n, candidates.PROJ_DIM)).astype(np.float32)
     proj[:, -1] = np.abs(proj[:, -1])  # the last coordinate is a norm
     t = time.perf_counter()
-    cand = search.Candidates(proj, np.arange(n, dtype=np.int64))
+    cand = candidates.Candidates(proj, np.arange(n, dtype=np.int64))
     built = time.perf_counter() - t
     points = proj[rng.choice(n, size=queries, replace=False)] + rng.normal(scale=0.1, size=(queries, proj.shape[1]))
-    far = K * search.default_refine(n)
+    far = K * candidates.default_refine(n)
     times = {0: [], K: []}
     for p in points:
         for near in (0, K) if len(times[0]) % 2 else (K, 0):  # alternate the order

@@ -2,7 +2,7 @@
 """Benchmark of the TASK2VEC embedding: speed, sample efficiency and stability.
 
 All parts use the shipped pretrained probe (EfficientNet-Lite0, offline weights)
-and real images from `taskindex.samples`, in one run:
+and real images from `taskindex.data.samples`, in one run:
 
 1. Throughput of the per-sample montecarlo Fisher pass (`fisher_pass`) against
    (a) the floor: one plain batched forward+backward that forms the conv weight
@@ -50,17 +50,17 @@ from scipy.stats import spearmanr
 
 import taskindex
 from machine import cpu_name
-from taskindex import fisher as tfisher
-from taskindex import samples
+from taskindex.embedding import fisher as tfisher
+from taskindex.data import samples
 from taskindex.distance import d_sym
-from taskindex.estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
-from taskindex.fisher import conv_weights, fisher_pass, weight_scale_prior, weights_per_filter
-from taskindex.head import fit_head
+from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
+from taskindex.embedding.fisher import conv_weights, fisher_pass, weight_scale_prior, weights_per_filter
+from taskindex.embedding.head import fit_head
 from taskindex._testing.reference import naive_per_sample
 
 PROBE = "efficientnet_lite0"
 try:
-    from taskindex.embedding import PRIOR_SCALE
+    from taskindex.embedding.vector import PRIOR_SCALE
 except ImportError:  # moved
     PRIOR_SCALE = 1e-8
 
@@ -373,7 +373,7 @@ def profiled_pass(bb, head, xs, ys, device) -> tuple[float, dict[str, list]]:
     """One fisher_pass with its per-sample square-norm step timed per conv kind (wraps the function).
 
     Returns (total seconds, {kind: [layers, filters, kernel offsets, seconds]}); the dict is empty
-    when taskindex.fisher no longer has per_sample_filter_sq.
+    when taskindex.embedding.fisher no longer has per_sample_filter_sq.
     """
     orig = getattr(tfisher, "per_sample_filter_sq", None)
     stats: dict[str, list] = {}

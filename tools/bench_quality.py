@@ -13,7 +13,7 @@ One Fisher pass per sample and label mode records every image's per-filter
 contribution (what embed's estimator receives); each estimator is then applied to
 the same contributions, so estimators are compared on identical images, heads and
 labels. Task sets, reported separately:
-  development  the 43 named sample tasks (taskindex.samples), on which the default
+  development  the 43 named sample tasks (taskindex.data.samples), on which the default
                estimator and its trim were chosen;
   held-out     random subsets of 2 to 5 original classes of each dataset (fixed seed,
                none equal to a named task's classes).
@@ -39,11 +39,13 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_name  # noqa: E402
 
-from taskindex import Embedding, Task, load_probe, samples, task2vec  # noqa: E402
+from taskindex import Embedding, Task, load_probe
+from taskindex.data import samples
+from taskindex.embedding import pipeline as task2vec  # noqa: E402
 from taskindex.distance import complexity, pairwise  # noqa: E402
-from taskindex.estimators import FilterEstimator  # noqa: E402
-from taskindex.fisher import weights_per_filter  # noqa: E402
-from taskindex.tasks import balanced_order  # noqa: E402
+from taskindex.embedding.estimators import FilterEstimator  # noqa: E402
+from taskindex.embedding.fisher import weights_per_filter  # noqa: E402
+from taskindex.data.task import balanced_order  # noqa: E402
 
 ESTIMATORS = ["mean", "trimmed:0.02", "trimmed:0.05", "trimmed:0.1", "trimmed:0.2", "winsorized:0.05",
               "winsorized:0.1", "median"]

@@ -54,9 +54,11 @@ if str(ROOT) not in sys.path:
 
 import taskindex  # noqa: E402
 from machine import cpu_name  # noqa: E402
-from taskindex import distance, search  # noqa: E402
-from taskindex.embedding import Embedding  # noqa: E402
-from taskindex.index import TaskIndex  # noqa: E402
+from taskindex import distance
+from taskindex.index import candidates  # noqa: E402
+from taskindex.embedding.vector import Embedding  # noqa: E402
+from taskindex.index.task_index import TaskIndex  # noqa: E402
+from taskindex.shipped import DEFAULT_INDEX  # noqa: E402
 
 SEED_TASKS = ("fashion-all", "mnist-all", "digits-all", "fashion-footwear")
 SEED_IMAGE_SIZE = 48
@@ -145,7 +147,7 @@ def load_line() -> str:
 
 def load_seeds(args) -> tuple[list[Embedding], str]:
     """Real embeddings to perturb, and a sentence saying where they came from."""
-    shipped = ROOT / "index_data"
+    shipped = DEFAULT_INDEX
     if (shipped / "CURRENT").is_file() and not args.embed_seeds:
         with TaskIndex.open(shipped, readonly=True) as idx:
             seeds = [idx.get(name)[0] for name in idx.names()]
@@ -291,16 +293,16 @@ def breakdown(index, queries: list[Embedding]) -> dict | None:
         cand = index._candidates
         if cand is None:
             return None
-        as_query = "query" in inspect.signature(search.project).parameters
+        as_query = "query" in inspect.signature(candidates.project).parameters
         rerank = getattr(distance, "rerank", distance.one_to_many)
         keys = ("project", "faiss", "map_ids", "gather", "rerank", "topk_exact", "total")
         parts = {k: [] for k in keys}
         for q in queries:
             t0 = time.perf_counter()
-            point = (search.project(q.vector[None, :], index._projection, query=True) if as_query
-                     else search.project(q.vector[None, :], index._projection))[0]
+            point = (candidates.project(q.vector[None, :], index._projection, query=True) if as_query
+                     else candidates.project(q.vector[None, :], index._projection))[0]
             t1 = time.perf_counter()
-            want = index._want(K, "sym", None) if hasattr(index, "_want") else K * search.OVERFETCH  # (before refine)
+            want = index._want(K, "sym", None) if hasattr(index, "_want") else K * candidates.OVERFETCH  # (before refine)
             found = (cand.nearest(point[None, :], want, K)[0] if hasattr(cand, "nearest")  # (before the lower bound)
                      else cand.search(point, want))
             t2 = time.perf_counter()
@@ -398,7 +400,7 @@ def scan_exact(index, qs: list[Embedding]) -> list[list]:
     query). Float32 d_sym chooses, as the index's own re-rank does; returns (name, distance) pairs per query."""
     from types import SimpleNamespace
 
-    from taskindex.storage import decode_vectors
+    from taskindex.index.storage import decode_vectors
 
     best = [[] for _ in qs]
     for seg, segment in enumerate(index.manifest["segments"]):
@@ -423,11 +425,11 @@ def scan_exact(index, qs: list[Embedding]) -> list[list]:
 
 def other_structure(index, qs: list[Embedding], truth: list[set], lq: list[Embedding]) -> dict:
     """Recall and latency of the candidate structure the index did not choose at this size (flat <-> IVF),
-    on the same queries: the measurement behind search.IVF_ROWS."""
+    on the same queries: the measurement behind candidates.IVF_ROWS."""
     chosen = index._candidates
     kind = "ivf" if chosen.kind == "flat" else "flat"
     t = time.perf_counter()
-    index._candidates = search.Candidates(index._proj_rows(np.arange(len(index))), index._ids, kind=kind)
+    index._candidates = candidates.Candidates(index._proj_rows(np.arange(len(index))), index._ids, kind=kind)
     build_s = time.perf_counter() - t
     try:
         rec = [len(names & {h.name for h in index.query(q, k=K)}) / K for q, names in zip(qs, truth)]
@@ -777,7 +779,7 @@ def main(argv=None) -> int:
     for n in args.sizes:
         width = 2 if args.vectors == "bfloat16" else 4
         built = args.reuse and (workdir / f"index-{n}" / "CURRENT").is_file()
-        need = (0 if built else n * (dim * width + search.PROJ_DIM * 4) * 1.05) + (
+        need = (0 if built else n * (dim * width + candidates.PROJ_DIM * 4) * 1.05) + (
             args.add_bulk + args.add_singles) * dim * 4 + 2e9
         free = shutil.disk_usage(workdir).free
         if need > free:

@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from taskindex.index import TaskIndex
-from taskindex.storage import decode_vectors, read_rows
+from taskindex.index.task_index import TaskIndex
+from taskindex.index.storage import decode_vectors, read_rows
 
 
 def drop(enabled: bool) -> bool:

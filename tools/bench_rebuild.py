@@ -26,11 +26,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import cpu_name  # noqa: E402
 
-from taskindex import samples  # noqa: E402
-from taskindex.index import TaskIndex  # noqa: E402
-from taskindex import rebuilds  # noqa: E402
-from taskindex.manifest import read_manifest  # noqa: E402
-from taskindex.rebuilds import default_workers, rebuild  # noqa: E402
+from taskindex.data import samples  # noqa: E402
+from taskindex.index.task_index import TaskIndex  # noqa: E402
+from taskindex.rebuilds import run as rebuilds  # noqa: E402
+from taskindex.rebuilds.inputs import read_manifest  # noqa: E402
+from taskindex.rebuilds.run import default_workers, rebuild  # noqa: E402
 
 
 def warm_up(_=None) -> int:

@@ -19,11 +19,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from taskindex.index import TaskIndex
-from taskindex.rebuilds import rebuild, staging_dir
+from taskindex.index.task_index import TaskIndex
+from taskindex.rebuilds.run import rebuild, staging_dir
+from taskindex.shipped import DEFAULT_INDEX
+from taskindex.shipped import EXPERT_ERRORS as ERRORS
 
 MANIFEST = Path(__file__).with_name("default_index.csv")
-ERRORS = Path(__file__).with_name("expert_errors.csv")  # tools/meta_benchmark.py --errors-out writes it
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "meta_benchmark"
 
 
@@ -50,7 +51,7 @@ def add_experts(path: Path, cache: Path = CACHE) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="index_data")
+    ap.add_argument("--out", default=str(DEFAULT_INDEX))
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--resume", action="store_true", help="go on from an interrupted build")

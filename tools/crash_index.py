@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from taskindex import search
-from taskindex.index import TaskIndex
+from taskindex.index import candidates
+from taskindex.index.task_index import TaskIndex
 from taskindex._testing.index_harness import crash_trials, index_with_rows, wide_probe
 
 
@@ -43,14 +43,14 @@ def main(argv=None) -> int:
         root, below = Path(tmp) / "idx", Path(tmp) / "below"
         TaskIndex.create(root, probe=wide_probe()).close()
         results = crash_trials(root, args.trials, args.seed, args.max_delay, report=show)
-        index_with_rows(below, search.EXACT_ROWS - 2)
+        index_with_rows(below, candidates.EXACT_ROWS - 2)
         with TaskIndex.open(below, readonly=True) as idx:
             # the training commit writes a segment (2 files), the projection, and a projected file per segment
             files = 3 + len(idx.manifest["segments"]) + 2
         print(f"training trials: each kill after 1 to {files} files of the training commit", flush=True)
         training = crash_trials(root, args.training_trials, args.seed + 1, report=show, start_from=below,
                                 files=files)
-    inside = sum(t["rows"] == search.EXACT_ROWS - 1 and t["unused_files"] >= 3 for t in training)
+    inside = sum(t["rows"] == candidates.EXACT_ROWS - 1 and t["unused_files"] >= 3 for t in training)
     failures = [t for t in results + training if t["problems"]]
     print(f"{args.trials} + {args.training_trials} trials ({inside} killed inside the training commit after it "
           f"wrote the projection), {len(failures)} failures, {time.perf_counter() - start:.0f} s")

@@ -5,7 +5,7 @@ relative to the best expert found by brute force. `tools/meta_benchmark.py` asks
 supplies what they are judged against: the experts, the target tasks, and the error of a linear classifier on each
 expert's frozen features for every (target, expert, seed).
 
-* Images: each dataset of `taskindex.samples` is split once, per original class and with a fixed seed, into pool A
+* Images: each dataset of `taskindex.data.samples` is split once, per original class and with a fixed seed, into pool A
   (the experts' training images) and pool B (the targets'), so no target image was ever seen by an expert. Inside
   pool B a target's test images are drawn first with a seed of their own, its training images from the rest with
   the benchmark seed: the test set never changes with the seed.
@@ -46,11 +46,11 @@ from torch import nn
 from tqdm import tqdm
 
 import taskindex
-from taskindex import samples
-from taskindex.head import fit_head
-from taskindex.logme import logme
-from taskindex.task2vec import torch_threads
-from taskindex.tasks import Task, balanced_order
+from taskindex.data import samples
+from taskindex.embedding.head import fit_head
+from taskindex.select.logme import logme
+from taskindex.embedding.pipeline import torch_threads
+from taskindex.data.task import Task, balanced_order
 
 PROBE = "efficientnet_lite0"
 FEATURE_DIM = 1280

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import taskindex as ti
-from taskindex import samples
-from taskindex.fisher import conv_weights, fisher_pass
+from taskindex.data import samples
+from taskindex.embedding.fisher import conv_weights, fisher_pass
 from taskindex._testing.reference import GroupedNet, frozen, naive_per_sample
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import expert_zoo  # noqa: E402
 from taskindex import Embedding, TaskIndex, embed  # noqa: E402
-from taskindex.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator  # noqa: E402
+from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator  # noqa: E402
 from taskindex.distance import one_to_many  # noqa: E402
 
 SOURCE_PER_CLASS = 100  # images per class of an expert's source task that TASK2VEC sees (as the shipped index)
@@ -156,7 +156,7 @@ def timing(root: Path, idx: TaskIndex, image_size: int, quick: bool, n_targets: 
     import torch
 
     from taskindex import load_probe
-    from taskindex.logme import logme
+    from taskindex.select.logme import logme
 
     weights = expert_zoo.train_experts(root, image_size, quick, progress=False)
     experts = [load_probe("efficientnet_lite0", weights=w or "imagenet", image_size=image_size)

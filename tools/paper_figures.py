@@ -30,15 +30,16 @@ from pathlib import Path
 import numpy as np
 
 from taskindex import TaskIndex, distance, plots
+from taskindex.shipped import DEFAULT_INDEX
+from taskindex.shipped import EXPERT_ERRORS as ERRORS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import toy_tasks  # noqa: E402  (a sibling tool)
 
 sys.path.pop(0)
 
-ERRORS = Path(__file__).with_name("expert_errors.csv")  # tools/meta_benchmark.py --errors-out
 
-# the semantic families of the named sample tasks (taskindex.samples), after the classes they are about:
+# the semantic families of the named sample tasks (taskindex.data.samples), after the classes they are about:
 # footwear and upper-body garments; digits drawn with loops (0 6 8 9) and with straight strokes (1 4 7)
 FAMILIES = {
     "fashion-mnist": {"footwear": ("fashion-footwear", "fashion-sandal-vs-rest", "fashion-sneaker-vs-rest",
@@ -124,7 +125,8 @@ def difficulty_figure(result: dict):
 def vs_rest_tasks(dataset: str, n: int, seed: int) -> list:
     """Class-vs-rest tasks of one dataset, each on its own uniform draw of n images: one image
     distribution (the domain) for all of them, only the labels differ."""
-    from taskindex import Task, samples
+    from taskindex import Task
+    from taskindex.data import samples
 
     images, labels = samples.arrays(dataset)
     rng = np.random.default_rng(seed)
@@ -166,7 +168,8 @@ def domain_vs_task(probe, dataset: str = "fashion-mnist", n: int = 200, seed: in
 def invariances(probe, **embed_options) -> dict:
     """Claim 5: renaming the classes leaves the embedding bit-identical; another number of classes keeps
     its dimension (one value per filter, whatever the task)."""
-    from taskindex import Task, embed, samples
+    from taskindex import Task, embed
+    from taskindex.data import samples
 
     task = samples.load("mnist-round", max_per_class=25)
     perm = np.array([2, 0, 3, 1])
@@ -187,7 +190,8 @@ def sample_size(probe, tasks=SIZE_TASKS, sizes=SIZES, seeds=(0, 1, 2), estimator
                 **embed_options) -> dict:
     """Claim 4 (supp. 1.2): the norm of the Fisher and the complexity of one task embedded from n of its
     images, n over `sizes`, each seed an independent draw of the images (and of the head's training)."""
-    from taskindex import embed, samples
+    from taskindex import embed
+    from taskindex.data import samples
 
     out = {"sizes": list(sizes), "seeds": list(seeds), "tasks": {}}
     for name in tasks:
@@ -258,7 +262,7 @@ def neighbour_figure(result: dict):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--index", default=str(Path(__file__).resolve().parent.parent / "index_data"))
+    ap.add_argument("--index", default=str(DEFAULT_INDEX))
     ap.add_argument("--out", default=None, help="folder for the PNG figures (none: numbers only)")
     ap.add_argument("--permutations", type=int, default=1000)
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="claim 4's task sizes")

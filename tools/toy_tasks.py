@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from taskindex import Probe, Task, distance, embed
-from taskindex.head import fit_head
-from taskindex.tasks import balanced_order
+from taskindex.embedding.head import fit_head
+from taskindex.data.task import balanced_order
 from taskindex._testing.reference import two_layer_fisher
 
 GRID = 32

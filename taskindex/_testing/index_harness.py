@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..embedding import Embedding
+from taskindex.embedding.vector import Embedding
 
 
 def wide_probe():
     from torch import nn
 
-    from ..probes import Probe
+    from taskindex.embedding.probes import Probe
 
     net = nn.Sequential(nn.Conv2d(3, 512, 3), nn.Conv2d(512, 512, 1), nn.Conv2d(512, 1024, 1),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -84,7 +84,7 @@ class Overlapping(_Rows):
 
 def writer_main(path: str, start: int, count: int) -> None:
     """Crash-test writer: add rows one commit at a time, printing each name once add() returned."""
-    from ..index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(path) as index:
         synth = Synth(index, seed=start)
@@ -102,7 +102,7 @@ def numbered(synth: Synth, i: int) -> Embedding:
 
 def index_with_rows(root: Path, rows: int, batch: int = 17) -> None:
     """A new index of `rows` numbered rows in commits of `batch`: the start of crash trials near a threshold."""
-    from ..index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.create(root, probe=wide_probe()) as index:
         synth = Synth(index)
@@ -112,7 +112,7 @@ def index_with_rows(root: Path, rows: int, batch: int = 17) -> None:
 
 
 def _writer(root: Path) -> subprocess.Popen:
-    from ..index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(root, readonly=True) as idx:
         first_id = idx.manifest["next_id"]
@@ -133,8 +133,8 @@ def crash_trials(root: Path, trials: int, seed: int = 0, max_delay: float = 0.25
     after, commits reported, new data files the current version does not use (those of the commit the
     kill interrupted, and any a re-training superseded), and the problems found (empty: the trial passed).
     """
-    from ..index import TaskIndex, verify
-    from ..storage import Store
+    from taskindex.index.task_index import TaskIndex, verify
+    from taskindex.index.storage import Store
 
     rng = random.Random(seed)
     results: list[dict] = []

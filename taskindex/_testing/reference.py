@@ -1,5 +1,5 @@
 """Reference code shared by the tests and the tools (like numpy.testing): slow, obvious and
-independent of the engine in taskindex.fisher, so that the engine can be checked against it.
+independent of the engine in taskindex.embedding.fisher, so that the engine can be checked against it.
 
 * `naive_per_sample`: the per-sample Fisher by one `torch.autograd.grad` per image (and per
   label for the exact expectation), on functional copies of the conv weights.

@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import samples
-from .cli import default_index_path
-from .index import TaskIndex
-from .task2vec import embed
-
-ERRORS = Path(__file__).resolve().parent.parent / "tools" / "expert_errors.csv"  # the benchmark's, if present
+from taskindex.data import samples
+from taskindex.embedding.pipeline import embed
+from taskindex.index.task_index import TaskIndex
+from taskindex.shipped import EXPERT_ERRORS as ERRORS
+from taskindex.shipped import default_index_path
 
 
 def show(title: str, hits, seconds: float) -> None:

@@ -13,7 +13,8 @@ import sys
 
 import click
 
-from . import __version__
+from taskindex import __version__
+from taskindex.shipped import default_index_path
 
 
 class UserError(click.ClickException):
@@ -61,7 +62,7 @@ def _api_errors(fn):
     """Turn the library's user errors into one clean line and exit status 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .errors import TaskIndexError
+        from taskindex.errors import TaskIndexError
 
         try:
             return fn(*args, **kwargs)
@@ -152,9 +153,9 @@ def cli():
 def embed(data, output, probe, weights, method, expectation, label_passes, estimator, trim, image_size, max_samples,
           device, seed, image_column, label_column, as_json):
     """Embed the task in DATA (folder, .parquet, .csv or sample:NAME) into a .emb file."""
-    from .probes import load_probe
-    from .sources import load_task
-    from .task2vec import embed as embed_task
+    from taskindex.embedding.probes import load_probe
+    from taskindex.data.sources import load_task
+    from taskindex.embedding.pipeline import embed as embed_task
 
     passes = _label_passes(label_passes)  # before any work
     task = load_task(data, image_column, label_column)
@@ -162,7 +163,7 @@ def embed(data, output, probe, weights, method, expectation, label_passes, estim
     emb = embed_task(task, p, method=method, expectation=expectation, estimator=estimator, trim=trim,
                      max_samples=max_samples, seed=seed, progress=False if as_json else None, **passes)
     emb.save(output)
-    from .distance import complexity
+    from taskindex.distance import complexity
 
     result = {"output": output, "dim": emb.dim, "complexity": complexity(emb), **emb.meta}
     _emit(result, as_json, lambda r: click.echo(
@@ -180,8 +181,8 @@ def embed(data, output, probe, weights, method, expectation, label_passes, estim
 @_api_errors
 def distance(a, b, metric, alpha, as_json):
     """Distance between two embedding files A and B."""
-    from . import distance as dist
-    from .embedding import Embedding
+    from taskindex import distance as dist
+    from taskindex.embedding.vector import Embedding
 
     ea, eb = Embedding.load(a), Embedding.load(b)
     value = dist.d_sym(ea, eb) if metric == "sym" else dist.d_asym(ea, eb, alpha=alpha)
@@ -197,7 +198,7 @@ def distance(a, b, metric, alpha, as_json):
 @_api_errors
 def probes(as_json):
     """List the registered probe networks."""
-    from .probes import list_probes, probe_spec
+    from taskindex.embedding.probes import list_probes, probe_spec
 
     rows = [{"name": n, "image_size": probe_spec(n).default_image_size, "imagenet_weights": probe_spec(n).pretrained}
             for n in list_probes()]
@@ -210,7 +211,7 @@ def probes(as_json):
 @_api_errors
 def samples(dataset, as_json):
     """List the named sample tasks (use them as DATA with sample:NAME)."""
-    from . import samples as s
+    from taskindex.data import samples as s
 
     rows = [s.describe(n) for n in s.names(dataset)]
     for r in rows:
@@ -221,15 +222,9 @@ def samples(dataset, as_json):
 # --- the index ---------------------------------------------------------------------------------
 
 
-def default_index_path() -> str:
-    """The shipped index (index_data/), or $TASKINDEX_INDEX."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.environ.get("TASKINDEX_INDEX", os.path.join(here, "index_data"))
-
-
 def _parse_meta(pairs: tuple[str, ...]) -> dict:
-    from .errors import TaskIndexError
-    from .filters import parse_value
+    from taskindex.errors import TaskIndexError
+    from taskindex.index.filters import parse_value
 
     meta = {}
     for pair in pairs:
@@ -241,7 +236,7 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict:
 
 
 def _parse_where(clauses: tuple[str, ...]) -> dict | None:
-    from .filters import parse_where
+    from taskindex.index.filters import parse_where
 
     return parse_where(clauses)
 
@@ -256,8 +251,8 @@ def _row_table(rows: list[dict], first: list[str]) -> None:
 
 def _embed_for_index(idx, data: str, max_samples: int, image_column: str, label_column: str, quiet: bool):
     """DATA embedded with the index's probe and options, so it lands in the index's space."""
-    from .sources import load_task
-    from .task2vec import embed as embed_task
+    from taskindex.data.sources import load_task
+    from taskindex.embedding.pipeline import embed as embed_task
 
     return embed_task(load_task(data, image_column, label_column), idx.probe(), max_samples=max_samples,
                       progress=False if quiet else None, **idx.embed_options())
@@ -276,7 +271,7 @@ def _embed_for_index(idx, data: str, max_samples: int, image_column: str, label_
 @_api_errors
 def create(index, probe, weights, image_size, method, estimator, trim, vectors, as_json):
     """Create an empty index at INDEX for one probe, method and estimator."""
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.create(index, probe=probe, weights=None if weights == "random" else weights,
                           image_size=image_size, method=method, estimator=estimator, trim=trim,
@@ -307,9 +302,9 @@ def create(index, probe, weights, image_size, method, estimator, trim, vectors, 
 def add(index, name, data, embedding_file, kind, source_task, meta, replace, max_samples, image_column, label_column,
         as_json):
     """Add NAME to INDEX: embed DATA with the index's probe, take --embedding FILE, or (a model) --source TASK."""
-    from .embedding import Embedding
-    from .errors import IndexUsageError, TaskIndexError
-    from .index import TaskIndex
+    from taskindex.embedding.vector import Embedding
+    from taskindex.errors import IndexUsageError, TaskIndexError
+    from taskindex.index.task_index import TaskIndex
 
     given = sum(x is not None for x in (data, embedding_file, source_task))
     if source_task is not None and kind != "model":
@@ -338,7 +333,7 @@ def add(index, name, data, embedding_file, kind, source_task, meta, replace, max
 
 def _index_and_target(args: tuple[str, ...], embedding_file, row_name, command: str) -> tuple[str, tuple]:
     """[INDEX] (DATA | --embedding FILE | --name NAME): the index path (default: shipped) and DATA if given."""
-    from .errors import TaskIndexError
+    from taskindex.errors import TaskIndexError
 
     given = sum(x is not None for x in (embedding_file, row_name))
     if len(args) > 2 or (len(args) == 2 and given) or (not args and not given):
@@ -352,7 +347,7 @@ def _index_and_target(args: tuple[str, ...], embedding_file, row_name, command: 
 
 def _target(idx, rest, embedding_file, row_name, max_samples, image_column, label_column):
     """What a query or select asks about: a row name, a saved embedding, or DATA embedded in the index's space."""
-    from .embedding import Embedding
+    from taskindex.embedding.vector import Embedding
 
     if row_name:
         return row_name
@@ -401,7 +396,7 @@ def query(args, embedding_file, row_name, max_samples, image_column, label_colum
     """
     import time
 
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     index, rest = _index_and_target(args, embedding_file, row_name, "query")
     where_dict = _parse_where(where)
@@ -435,7 +430,7 @@ def select(args, embedding_file, row_name, max_samples, image_column, label_colu
     """
     import time
 
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     index, rest = _index_and_target(args, embedding_file, row_name, "select")
     where_dict = _parse_where(where)
@@ -460,7 +455,7 @@ def select(args, embedding_file, row_name, max_samples, image_column, label_colu
 @_api_errors
 def alpha_cmd(index, value, as_json):
     """Show INDEX's alpha (the complexity weight of d_asym), or store VALUE."""
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(index, readonly=value is None) as idx:
         if value is not None:
@@ -486,7 +481,7 @@ def model2vec_group():
 @_api_errors
 def model2vec_fit(index, errors, seed, holdout, max_steps, patience, as_json):
     """Fit MODEL2VEC on ERRORS (.csv or .parquet: task, model, error) and store it in INDEX."""
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     options = {k: v for k, v in (("holdout", holdout), ("max_steps", max_steps), ("patience", patience))
                if v is not None}
@@ -508,7 +503,7 @@ def model2vec_fit(index, errors, seed, holdout, max_steps, patience, as_json):
 @_api_errors
 def model2vec_eval(index, errors, seed, as_json):
     """Leave-one-out expert selection on ERRORS: d_asym and MODEL2VEC against the best and a random model."""
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(index, readonly=True) as idx:
         report = idx.evaluate_selection(errors, seed=seed, progress=False if as_json else None)
@@ -539,8 +534,8 @@ def model2vec_eval(index, errors, seed, as_json):
 @_api_errors
 def plot(index, plot_kind, output, color_by, against, row_kind, where, method, as_json):
     """Draw INDEX (default: the shipped index) as a figure: the paper's Fig. 1 and 2 for your rows."""
-    from . import plots
-    from .index import TaskIndex
+    from taskindex import plots
+    from taskindex.index.task_index import TaskIndex
 
     where_dict = _parse_where(where)
     kind = {"all": None, None: None if plot_kind == "map" else "task"}.get(row_kind, row_kind)
@@ -563,8 +558,8 @@ def plot(index, plot_kind, output, color_by, against, row_kind, where, method, a
 @_api_errors
 def ls_cmd(index, kind, where, as_json):
     """List the rows of INDEX (default: the shipped index)."""
-    from .filters import mask
-    from .index import TaskIndex
+    from taskindex.index.filters import mask
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(index or default_index_path(), readonly=True) as idx:
         frame = idx.to_pandas()
@@ -582,7 +577,7 @@ def ls_cmd(index, kind, where, as_json):
 @_api_errors
 def info(index, as_json):
     """Probe, method, size and storage of INDEX (default: the shipped index)."""
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(index or default_index_path(), readonly=True) as idx:
         data = idx.info()
@@ -596,7 +591,7 @@ def info(index, as_json):
 @_api_errors
 def rm(index, names, as_json):
     """Remove rows NAMES from INDEX."""
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(index) as idx:
         for name in names:
@@ -612,7 +607,7 @@ def rm(index, names, as_json):
 @_api_errors
 def verify(index, as_json):
     """Check every file of INDEX against its manifest (sizes and sha256). Exit 1 if damaged."""
-    from .index import verify as verify_index
+    from taskindex.index.task_index import verify as verify_index
 
     path = index or default_index_path()
     problems = verify_index(path)
@@ -630,7 +625,7 @@ def warm(index, as_json):
     """Read INDEX's vectors into the OS page cache, so the first queries of any process do not wait on the disk."""
     import time
 
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     path = index or default_index_path()
     start = time.perf_counter()
@@ -648,7 +643,7 @@ def warm(index, as_json):
 @_api_errors
 def compact(index, vectors, as_json):
     """Fold INDEX's history into one segment and delete files no version needs."""
-    from .index import TaskIndex
+    from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(index) as idx:
         removed = idx.compact(vectors=vectors)
@@ -678,7 +673,7 @@ def compact(index, vectors, as_json):
 def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_failures, probe, weights, image_size,
             estimator, trim, as_json):
     """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once."""
-    from .rebuilds import rebuild as run
+    from taskindex.rebuilds.run import rebuild as run
 
     try:
         report = run(index, manifest_file, workers=workers, threads=threads, resume=resume,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from taskindex.errors import TaskError
-from taskindex.tasks import Task, balanced_order
+from taskindex.data.task import Task, balanced_order
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = (

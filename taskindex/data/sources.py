@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from . import samples
-from .errors import TaskError
-from .tasks import Task
+from taskindex.data import samples
+from taskindex.errors import TaskError
+from taskindex.data.task import Task
 
 SOURCE_HELP = "an image folder (one sub-folder per class), a .parquet or .csv file, or sample:NAME"
 

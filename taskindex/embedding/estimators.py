@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .errors import TaskIndexError
+from taskindex.errors import TaskIndexError
 
 ESTIMATORS = ("trimmed", "winsorized", "mean")
 DEFAULT_ESTIMATOR = "trimmed"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .estimators import FilterEstimator
+from taskindex.embedding.estimators import FilterEstimator
 
 _CONV_SIG = inspect.Signature([
     inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)

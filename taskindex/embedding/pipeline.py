@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
-from .embedding import PRIOR_SCALE, Embedding
-from .errors import TaskError, TaskIndexError
-from .estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
-from .fisher import fisher_pass, variational_precision, weight_scale_prior, weights_per_filter
-from .head import fit_head
-from .probes import Probe, resolve_device
-from .tasks import Task, balanced_order
+from taskindex import __version__
+from taskindex.embedding.vector import PRIOR_SCALE, Embedding
+from taskindex.errors import TaskError, TaskIndexError
+from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
+from taskindex.embedding.fisher import fisher_pass, variational_precision, weight_scale_prior, weights_per_filter
+from taskindex.embedding.head import fit_head
+from taskindex.embedding.probes import Probe, resolve_device
+from taskindex.data.task import Task, balanced_order
 
 METHODS = ("montecarlo", "variational")
 EXPECTATIONS = ("sample", "exact")

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import ProbeError
+from taskindex.errors import ProbeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -303,7 +303,7 @@ def load_probe(
 
 def probe_for_space(space: dict) -> Probe:
     """The probe an index's space was made with (name, weights, image size), checked by its fingerprint."""
-    from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
+    from taskindex.errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
 
     weights = None if space["weights"] == "random" else space["weights"]
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import EmbeddingFileError
+from taskindex.errors import EmbeddingFileError
 
 FORMAT = "taskindex-embedding"
 FORMAT_VERSION = 1

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from .errors import TaskIndexError
+from taskindex.errors import TaskIndexError
 
 OPS = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
        ">": operator.gt, ">=": operator.ge}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexCorruptError, IndexLockedError, IndexUsageError
+from taskindex.errors import IndexCorruptError, IndexLockedError, IndexUsageError
 
 FORMAT = "taskindex-index"
 FORMAT_VERSION = 2  # the newest this code reads: 2 adds bfloat16 vectors; float32 indexes are still written as 1

@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from . import distance, filters, search
-from .embedding import PRIOR_SCALE, SPACE_DEFAULTS, SPACE_KEYS, Embedding
-from .estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
-from .errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
-from .storage import (HASH_ON_OPEN_BYTES, VECTOR_TYPES, Store, all_refs, decode_vectors, encode_vectors,
+from taskindex import distance
+from taskindex.index import filters
+from taskindex.index import candidates
+from taskindex.embedding.vector import PRIOR_SCALE, SPACE_DEFAULTS, SPACE_KEYS, Embedding
+from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
+from taskindex.errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
+from taskindex.index.storage import (HASH_ON_OPEN_BYTES, VECTOR_TYPES, Store, all_refs, decode_vectors, encode_vectors,
                       read_rows, sha256_file, warm)
 
 if TYPE_CHECKING:
@@ -166,8 +168,8 @@ class TaskIndex:
         vectors="bfloat16" stores the raw vectors in half the disk (a million rows of 21,008 filters in 42 GB
         instead of 84); d_sym then moves by at most ~1e-3 (README, "Scale") and `get` returns the rounded vector.
         """
-        from .fisher import weight_scale_prior
-        from .probes import load_probe
+        from taskindex.embedding.fisher import weight_scale_prior
+        from taskindex.embedding.probes import load_probe
 
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -270,7 +272,7 @@ class TaskIndex:
             self._frame = _live_rows([], set())
             self._append(segments, deleted)
         if self._candidates is not None:  # a large open leaves freed decode buffers behind
-            from .memory import release_freed
+            from taskindex.index.memory import release_freed
 
             release_freed()
 
@@ -304,7 +306,7 @@ class TaskIndex:
     def _map(self, segments: list[dict]) -> None:
         for seg in segments:
             self._vectors.append(self._store.memmap(seg["vectors"], self.dim))
-            self._projs.append(self._store.memmap(seg["proj"], search.PROJ_DIM) if seg.get("proj") else None)
+            self._projs.append(self._store.memmap(seg["proj"], candidates.PROJ_DIM) if seg.get("proj") else None)
 
     def _open_light(self, segments: list[dict], deleted: set[int]) -> None:
         """Load from the segments' JSON records: no pandas, no pyarrow."""
@@ -357,17 +359,17 @@ class TaskIndex:
             self._by_name = dict(zip(names, range(len(names))))
         # ids ascend with the row order (assigned in commit order)
         self._ids, self._kinds, self._complexity = ids, kinds, complexity
-        if self._projection is None or len(ids) < search.EXACT_ROWS:
+        if self._projection is None or len(ids) < candidates.EXACT_ROWS:
             self._candidates = None
         elif self._candidates is None:
-            self._candidates = search.Candidates(self._proj_rows(np.arange(len(ids))), self._ids)
+            self._candidates = candidates.Candidates(self._proj_rows(np.arange(len(ids))), self._ids)
         else:
             self._candidates.remove(deleted)
             new = np.flatnonzero(self._seg >= len(self._vectors) - new_segments)
             self._candidates.add(self._proj_rows(new), self._ids[new])
 
     def _proj_rows(self, rows: np.ndarray) -> np.ndarray:
-        return self._read(self._projs, rows, search.PROJ_DIM)
+        return self._read(self._projs, rows, candidates.PROJ_DIM)
 
     def _read(self, files: list[np.ndarray], rows: np.ndarray, width: int) -> np.ndarray:
         """Rows from per-segment files as float32: one `read_rows` per segment, decoded straight into the
@@ -582,7 +584,7 @@ class TaskIndex:
         segment = {"vectors": store.new_file(VECTOR_TYPES[self.vector_type], encoded),
                    **_segment_rows(store, pd.DataFrame(records)), "proj": None}
         if self._projection is not None:
-            segment["proj"] = store.new_file(".proj.f32", search.project(vectors, self._projection).tobytes())
+            segment["proj"] = store.new_file(".proj.f32", candidates.project(vectors, self._projection).tobytes())
         manifest["segments"].append(segment)
         if only:
             replaced = self._ids.tolist()
@@ -656,7 +658,7 @@ class TaskIndex:
         (hit.ranked_by 'model2vec', scored with the fit's alpha), else the model's source embedding ('asym',
         scored with `alpha` or the index's).
         """
-        from . import selection
+        from taskindex.select import evaluation
 
         if not isinstance(k, int) or k < 1:
             raise TaskIndexError(f"k must be a positive integer; got {k!r}")
@@ -667,7 +669,7 @@ class TaskIndex:
             return []
         names = [self._names[r] for r in rows]
         fit = self.manifest.get("model2vec")
-        m, fitted = selection.fitted_vectors(self._gather(rows), names, self._ids[rows], fit, self._theta)
+        m, fitted = evaluation.fitted_vectors(self._gather(rows), names, self._ids[rows], fit, self._theta)
         # a fitted model is scored with the alpha its bias was learned for; the others with this call's
         alphas = np.where(fitted, fit["alpha"] if fit else alpha, alpha)
         cx = np.atleast_1d(distance.complexity(m, self.prior))
@@ -677,7 +679,7 @@ class TaskIndex:
                     self.metadata(int(rows[t])), "model2vec" if fitted[t] else "asym") for t in top]
 
     def _selection_inputs(self, errors):
-        from . import model2vec
+        from taskindex.select import model2vec
 
         tasks, models, err = model2vec.error_matrix(model2vec.read_errors(errors), self.names("task"),
                                                     self.names("model"))
@@ -689,7 +691,7 @@ class TaskIndex:
 
         options: alpha_s, lr, weight_decay, max_steps, patience, holdout (supp. 4.3 defaults).
         """
-        from . import model2vec
+        from taskindex.select import model2vec
 
         self._writable()
         model2vec.check_options(options)
@@ -709,11 +711,12 @@ class TaskIndex:
 
         exclude: {task: [models]} never picked for that task, beside the model trained on it.
         """
-        from . import model2vec, selection
+        from taskindex.select import model2vec
+        from taskindex.select import evaluation
 
         model2vec.check_options(options)
         tasks, models, err, tv, mv, sources = self._selection_inputs(errors)
-        return selection.evaluate(tasks, models, err, tv, mv, self.prior, self.alpha, sources, seed=seed,
+        return evaluation.evaluate(tasks, models, err, tv, mv, self.prior, self.alpha, sources, seed=seed,
                                   fit_options=options, exclude=exclude, progress=progress)
 
     def remove(self, name: str) -> None:
@@ -773,8 +776,8 @@ class TaskIndex:
     def _commit(self, manifest: dict, retrain: bool = False) -> None:
         live = manifest["row_count"]
         trained = manifest.get("projection_rows", 0)
-        if live >= search.EXACT_ROWS and (retrain or manifest.get("projection") is None
-                                          or (trained < search.PCA_SAMPLE and live >= 2 * trained)):
+        if live >= candidates.EXACT_ROWS and (retrain or manifest.get("projection") is None
+                                          or (trained < candidates.PCA_SAMPLE and live >= 2 * trained)):
             self._train_projection(manifest)
         manifest["version"] = self.version + 1
         self._store.commit(manifest)
@@ -802,16 +805,16 @@ class TaskIndex:
                 for s in manifest["segments"]]
         live = [(i, j) for i, (_, _, ids) in enumerate(segs) for j in np.flatnonzero(~np.isin(ids, list(deleted)))]
         rng = np.random.default_rng(0)
-        pick = rng.choice(len(live), size=min(len(live), search.PCA_SAMPLE), replace=False)
+        pick = rng.choice(len(live), size=min(len(live), candidates.PCA_SAMPLE), replace=False)
         chosen = [live[p] for p in sorted(pick)]  # in segment order
         sample = np.concatenate([_rows_of(segs[i][1], [j for _, j in group])
                                  for i, group in itertools.groupby(chosen, key=lambda t: t[0])])
-        projection = search.train_projection(sample)
+        projection = candidates.train_projection(sample)
         manifest["projection"] = store.new_file(".npy", _npy_bytes(projection))
         manifest["projection_rows"] = len(live)
         for seg, vecs, _ in segs:
             blocks = [np.arange(i, min(i + 4096, len(vecs))) for i in range(0, len(vecs), 4096)]
-            proj = (np.concatenate([search.project(_rows_of(vecs, b), projection) for b in blocks]) if blocks
+            proj = (np.concatenate([candidates.project(_rows_of(vecs, b), projection) for b in blocks]) if blocks
                     else np.zeros((0, 1)))
             seg["proj"] = store.new_file(".proj.f32", proj.astype("<f4").tobytes())
 
@@ -824,10 +827,10 @@ class TaskIndex:
         if isinstance(query, str):  # the stored vector: a query needs no provenance read from disk
             row = self._row(query)
             return Embedding(self._vector(row), self.prior, self.layout, dict(self.space)), int(self._ids[row])
-        from .tasks import Task  # imports torch: only when a task must be embedded
+        from taskindex.data.task import Task  # imports torch: only when a task must be embedded
 
         if isinstance(query, Task):
-            from .task2vec import embed
+            from taskindex.embedding.pipeline import embed
 
             return embed(query, probe or self.probe(), progress=False, **self.embed_options()), None
         raise TaskIndexError(f"query must be an Embedding, a Task or a row name; got {type(query).__name__}")
@@ -840,7 +843,7 @@ class TaskIndex:
 
     def probe(self):
         """Rebuild the index's probe to embed new tasks (registered probes only)."""
-        from .probes import probe_for_space
+        from taskindex.embedding.probes import probe_for_space
 
         return probe_for_space(self.space)
 
@@ -867,7 +870,7 @@ class TaskIndex:
             rows = np.flatnonzero(keep)
         else:
             own = int(self_id is not None)
-            found = self._candidates.nearest(search.project(emb.vector[None, :], self._projection), want + own,
+            found = self._candidates.nearest(candidates.project(emb.vector[None, :], self._projection), want + own,
                                              k + own, self._ids[keep] if filtered else None)[0]
             rows = np.searchsorted(self._ids, found)
         return self._hits([self._rank(emb.vector, rows, self_id, k, metric, alpha)], metric)[0]
@@ -908,7 +911,7 @@ class TaskIndex:
         else:
             # each query gets the candidates `query` would fetch for it (one more only for a row's own name)
             own = np.array([i is not None for _, i in pairs], dtype=np.int64)
-            found = self._candidates.nearest(search.project(vectors, self._projection), want + own, k + own,
+            found = self._candidates.nearest(candidates.project(vectors, self._projection), want + own, k + own,
                                              self._ids[keep] if filtered else None)
             rows = [np.searchsorted(self._ids, f) for f in found]
         device = _torch_device(device)
@@ -992,7 +995,7 @@ class TaskIndex:
         """Candidates fetched for k answers (a row's own name as the query costs one more: itself, dropped):
         asym re-orders by complexity, so it looks further."""
         if refine is None:
-            refine = search.default_refine(len(self))
+            refine = candidates.default_refine(len(self))
         elif isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 1:
             raise TaskIndexError(f"refine must be a positive integer (candidates per result); got {refine!r}")
         return k * int(refine) * (2 if metric == "asym" else 1)
@@ -1068,7 +1071,7 @@ class TaskIndex:
                 **self.space, "segments": len(self.manifest["segments"]),
                 "deleted_rows": len(self.manifest["deleted"]),
                 "candidates": self._candidates.kind if self._candidates is not None else "exact",
-                "refine": search.default_refine(len(self)) if self._candidates is not None else None,
+                "refine": candidates.default_refine(len(self)) if self._candidates is not None else None,
                 "alpha": self.alpha, "model2vec": self._fit_coverage(),
                 "created": self.manifest["created"]}
 

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
-from .sources import check_source
+from taskindex.errors import ManifestError
+from taskindex.data.sources import check_source
 
 KINDS = ("task", "model")
 DEFAULTS = {"kind": "task", "image_column": "image", "label_column": "label", "per_class": None,

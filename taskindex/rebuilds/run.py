@@ -22,12 +22,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .embedding import Embedding
-from .errors import IndexUsageError, TaskIndexError
-from .estimators import DEFAULT_ESTIMATOR
-from .index import TaskIndex
-from .manifest import ManifestRow, read_manifest
-from .task2vec import available_cores
+from taskindex.embedding.vector import Embedding
+from taskindex.errors import IndexUsageError, TaskIndexError
+from taskindex.embedding.estimators import DEFAULT_ESTIMATOR
+from taskindex.index.task_index import TaskIndex
+from taskindex.rebuilds.inputs import ManifestRow, read_manifest
+from taskindex.embedding.pipeline import available_cores
 
 PLAN = "plan.json"
 
@@ -205,15 +205,15 @@ def worker_spec(idx: TaskIndex) -> dict:
 
 def _init(spec: dict, threads: int) -> None:
     """Once per worker: the index's probe (rebuilt from its identity) and this worker's share of the cores."""
-    from .probes import probe_for_space
+    from taskindex.embedding.probes import probe_for_space
 
     _WORKER.update(spec=spec, threads=threads, probe=probe_for_space(spec["space"]))
 
 
 def _embed_row(row: ManifestRow) -> tuple[str | None, Embedding | None]:
     """Embed one row: (None, embedding), or (the reason it failed, None)."""
-    from .sources import load_task
-    from .task2vec import embed
+    from taskindex.data.sources import load_task
+    from taskindex.embedding.pipeline import embed
 
     try:
         task = load_task(row.source, row.image_column, row.label_column, row.per_class, row.seed)

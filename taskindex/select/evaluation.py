@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import distance, model2vec
-from .errors import TaskIndexError
+from taskindex import distance
+from taskindex.select import model2vec
+from taskindex.errors import TaskIndexError
 
 
 def fitted_vectors(vectors: np.ndarray, names: list[str], ids: np.ndarray, fit: dict | None,

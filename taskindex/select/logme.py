@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import TaskIndexError
+from taskindex.errors import TaskIndexError
 
 MAX_ITER = 100  # the paper stops after 11 at most, which can leave a flat evidence ~1e-3 below its maximum
 RTOL = 1e-5

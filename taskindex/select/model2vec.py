@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .errors import TaskIndexError
+from taskindex.errors import TaskIndexError
 
 ALPHA_S = 20.0        # soft-label temperature of supp. 4.3
 LR = 0.05             # Adam, as supp. 4.3

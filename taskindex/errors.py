@@ -2,7 +2,15 @@
 
 
 class TaskIndexError(ValueError):
-    """Bad input from the user: the message says what is wrong and how to fix it."""
+    """Bad input from the user: the message says what is wrong and how to fix it.
+
+    `cli` is the same message for the command line, where the fix is a flag or a command rather than a
+    Python argument; it defaults to the message itself.
+    """
+
+    def __init__(self, message: str = "", cli: str | None = None):
+        super().__init__(message)
+        self.cli = message if cli is None else cli
 
 
 class TaskError(TaskIndexError):

@@ -24,40 +24,6 @@ class UserError(click.ClickException):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
-# The library's messages say how to fix a mistake in Python (device='cpu', TaskIndex.open...);
-# on the command line the fix is a flag or a command. Each entry: (Python wording, CLI wording).
-# tests/test_cli.py checks that every Python wording still occurs in the library's source.
-CLI_WORDING = (
-    ("use device='cpu'", "use --device cpu"),
-    ("pass weights='imagenet', None (random init) or the path of a state_dict saved with torch.save",
-     "pass --weights imagenet, --weights random, or the path of a state_dict saved with torch.save"),
-    ("or pass a local weights file", "or pass a local state_dict file with --weights FILE"),
-    ("; or wrap your own network with taskindex.Probe.from_module(...)", " (`taskindex probes` lists them)"),
-    ("Pass image_column=/label_column= to pick others", "pass --image-column/--label-column to pick others"),
-    ("taskindex.samples.names() lists all", "`taskindex samples` lists all"),
-    ("or open it with TaskIndex.open", "or add rows to it with `taskindex add`"),
-    ("use upsert to replace it", "pass --replace to replace it"),
-    ("pass resume=True (--resume)", "pass --resume"),
-    (" or TaskIndex.create(...)", ""),
-    ("add experts with add_model(...) (`taskindex add INDEX NAME --kind model --source TASK`)",
-     "add experts with `taskindex add INDEX NAME --kind model --source TASK`"),
-    ("add them with add_model / `taskindex add --kind model`", "add them with `taskindex add --kind model`"),
-    ("pass its Embedding, or source=None for a black box", "or leave out --source for a black box"),
-    ("open it with readonly=True (`taskindex query` only reads)",
-     "`taskindex query`, `ls`, `info` and `verify` only read it"),
-    ("; pass probe=... to query", ": embed the task with that probe in Python and pass --embedding FILE"),
-    ("pass the original probe with probe=...",
-     "embed the task with the original probe in Python and pass --embedding FILE"),
-)
-
-
-def cli_message(message: str) -> str:
-    """A library error message in the CLI's words (flags and commands instead of Python arguments)."""
-    for python, flags in CLI_WORDING:
-        message = message.replace(python, flags)
-    return message
-
-
 def _api_errors(fn):
     """Turn the library's user errors into one clean line and exit status 2."""
     @functools.wraps(fn)
@@ -67,7 +33,7 @@ def _api_errors(fn):
         try:
             return fn(*args, **kwargs)
         except TaskIndexError as exc:
-            raise UserError(cli_message(str(exc))) from None
+            raise UserError(exc.cli) from None
         except KeyboardInterrupt:
             click.echo("Interrupted: nothing was written.", err=True)
             sys.exit(130)

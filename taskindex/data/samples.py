@@ -58,9 +58,9 @@ def spec(name: str) -> SampleSpec:
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        raise TaskError(
-            f"unknown sample task {name!r}; {hint}taskindex.samples.names() lists all {len(_REGISTRY)}"
-        ) from None
+        what = f"unknown sample task {name!r}; {hint}"
+        raise TaskError(f"{what}taskindex.samples.names() lists all {len(_REGISTRY)}",
+                        cli=f"{what}`taskindex samples` lists all {len(_REGISTRY)}") from None
 
 
 def describe(name: str) -> dict[str, Any]:

@@ -486,10 +486,9 @@ def _resolve(path: str, base: Path) -> Path:
 def _check_columns(path: Path, available: Sequence[str], *wanted: str) -> None:
     for column in wanted:
         if column not in available:
-            raise TaskError(
-                f"column {column!r} not found in {path}; available columns: {', '.join(available)}. "
-                "Pass image_column=/label_column= to pick others"
-            )
+            what = f"column {column!r} not found in {path}; available columns: {', '.join(available)}"
+            raise TaskError(f"{what}. Pass image_column=/label_column= to pick others",
+                            cli=f"{what}. pass --image-column/--label-column to pick others")
 
 
 def _parquet_images(column: Any, name: str, path: Path) -> list[Path | bytes]:

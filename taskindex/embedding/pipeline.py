@@ -104,7 +104,8 @@ def embed(
     labels = torch.as_tensor(canonical[idx], dtype=torch.long)
     n_classes = int(present.size)
     if torch.unique(labels).numel() < 2:
-        raise TaskError(f"max_samples={max_samples} leaves a single class of task {task.name!r}: raise it")
+        what = f"max_samples={max_samples} leaves a single class of task {task.name!r}"
+        raise TaskError(f"{what}: raise it", cli=f"{what}: raise --max-samples")
     passes = 3 if method == "montecarlo" else 3 + epochs
     with _eval_mode(backbone), _strict_fp32(dev), _threads(dev, threads), tqdm(total=len(idx) * passes, disable=_quiet(progress),
                                                         desc=f"embed {task.name}", unit="img", leave=False) as bar:

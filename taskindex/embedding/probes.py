@@ -51,10 +51,9 @@ def probe_spec(name: str) -> ProbeSpec:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list_probes(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ProbeError(
-            f"unknown probe {name!r}.{hint} Available probes: {', '.join(list_probes())}; "
-            "or wrap your own network with taskindex.Probe.from_module(...)"
-        )
+        what = f"unknown probe {name!r}.{hint} Available probes: {', '.join(list_probes())}"
+        raise ProbeError(f"{what}; or wrap your own network with taskindex.Probe.from_module(...)",
+                         cli=f"{what} (`taskindex probes` lists them)")
     return _REGISTRY[name]
 
 
@@ -179,16 +178,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ProbeError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ProbeError(f"device {device!r} was asked for but CUDA is not available here: use device='cpu'")
+        what = f"device {device!r} was asked for but CUDA is not available here"
+        raise ProbeError(f"{what}: use device='cpu'", cli=f"{what}: use --device cpu")
     return dev
 
 
 def _load_state_dict(path: str, model: nn.Module, probe: str) -> None:
     if not os.path.isfile(path):
-        raise ProbeError(
-            f"weights file {path!r} does not exist: pass weights='imagenet', None (random init) "
-            "or the path of a state_dict saved with torch.save"
-        )
+        what = f"weights file {path!r} does not exist"
+        raise ProbeError(f"{what}: pass weights='imagenet', None (random init) or the path of a state_dict "
+                         "saved with torch.save",
+                         cli=f"{what}: pass --weights imagenet, --weights random, or the path of a state_dict "
+                         "saved with torch.save")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for unreadable files
@@ -255,10 +256,10 @@ def _torchvision(arch: str, feature_dim: int):
             try:
                 model = ctor(weights="DEFAULT")
             except Exception as exc:  # no network, proxy, corrupt cache...
-                raise ProbeError(
-                    f"could not download ImageNet weights for {arch} ({type(exc).__name__}: {exc}); "
-                    "connect to the internet once (torchvision caches them) or pass a local weights file"
-                ) from exc
+                what = (f"could not download ImageNet weights for {arch} ({type(exc).__name__}: {exc}); "
+                        "connect to the internet once (torchvision caches them)")
+                raise ProbeError(f"{what} or pass a local weights file",
+                                 cli=f"{what} or pass a local state_dict file with --weights FILE") from exc
         else:
             model = ctor(weights=None)
             if weights is not None:
@@ -309,9 +310,14 @@ def probe_for_space(space: dict) -> Probe:
     try:
         probe = load_probe(space["probe"], weights=weights, image_size=space["image_size"])
     except TaskIndexError as exc:
-        raise IndexUsageError(f"cannot rebuild this index's probe ({exc}); pass probe=... to query") from None
+        what = "cannot rebuild this index's probe"
+        raise IndexUsageError(f"{what} ({exc}); pass probe=... to query",
+                              cli=f"{what} ({exc.cli}): embed the task with that probe in Python and pass "
+                              "--embedding FILE") from None
     if probe.fingerprint != space["fingerprint"]:
+        what = (f"the probe {space['probe']!r} here has weights {probe.fingerprint}, the index was built with "
+                f"{space['fingerprint']}")
         raise IncompatibleEmbeddingsError(
-            f"the probe {space['probe']!r} here has weights {probe.fingerprint}, the index was built with "
-            f"{space['fingerprint']}: pass the original probe with probe=...")
+            f"{what}: pass the original probe with probe=...",
+            cli=f"{what}: embed the task with the original probe in Python and pass --embedding FILE")
     return probe

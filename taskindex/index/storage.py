@@ -215,8 +215,8 @@ class Store:
     def read_manifest(self) -> dict:
         current = self.root / "CURRENT"
         if not self.root.is_dir():
-            raise IndexUsageError(f"{str(self.root)!r} does not exist: create an index with `taskindex create "
-                              f"{self.root}` or TaskIndex.create(...)")
+            what = f"{str(self.root)!r} does not exist: create an index with `taskindex create {self.root}`"
+            raise IndexUsageError(f"{what} or TaskIndex.create(...)", cli=what)
         if not current.is_file():
             if any(self.root.glob("manifest-*.json")):
                 raise IndexCorruptError(f"{current} is missing but {self.root} holds manifests: restore CURRENT "
@@ -309,8 +309,10 @@ class Store:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-                raise IndexUsageError(f"{self.root} is read-only here ({exc.strerror}): open it with readonly=True "
-                                  "(`taskindex query` only reads)") from None
+                what = f"{self.root} is read-only here ({exc.strerror})"
+                raise IndexUsageError(f"{what}: open it with readonly=True",
+                                      cli=f"{what}: `taskindex query`, `ls`, `info` and `verify` only read it"
+                                      ) from None
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

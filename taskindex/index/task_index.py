@@ -173,8 +173,8 @@ class TaskIndex:
 
         root = Path(path)
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
-            raise IndexUsageError(f"{str(root)!r} already exists and is not empty: choose a new path "
-                                  "or open it with TaskIndex.open")
+            what = f"{str(root)!r} already exists and is not empty: choose a new path"
+            raise IndexUsageError(f"{what} or open it with TaskIndex.open", cli=f"{what} or add rows to it with `taskindex add`")
         if method not in ("montecarlo", "variational"):
             raise TaskIndexError(f"unknown method {method!r}: use montecarlo or variational")
         _check_vector_type(vectors)
@@ -538,8 +538,9 @@ class TaskIndex:
             if not isinstance(name, str) or not name.strip() or len(name) > 512:
                 raise TaskIndexError(f"row names must be non-empty strings of at most 512 characters; got {name!r}")
             if name in seen or (name in self._by_name and not replace):
-                raise IndexUsageError(f"a row named {name!r} already exists: use upsert to replace it "
-                                      "or choose another name")
+                what = f"a row named {name!r} already exists"
+                raise IndexUsageError(f"{what}: use upsert to replace it or choose another name",
+                                      cli=f"{what}: pass --replace to replace it or choose another name")
             if kind not in KINDS:
                 raise TaskIndexError(f"unknown kind {kind!r}: use 'task' or 'model'")
             if not isinstance(meta, dict):
@@ -605,8 +606,9 @@ class TaskIndex:
         if isinstance(source, str):
             row = self._row(source) if source in self._by_name else None
             if row is None or not self._kinds["task"][row]:
-                raise IndexUsageError(f"model {name!r}: source task {source!r} is not a task row of this index; "
-                                      "add the task first, pass its Embedding, or source=None for a black box")
+                what = f"model {name!r}: source task {source!r} is not a task row of this index; add the task first"
+                raise IndexUsageError(f"{what}, pass its Embedding, or source=None for a black box",
+                                      cli=f"{what}, or leave out --source for a black box")
             emb = self.get(source)[0]
             meta.setdefault("source_task", source)
         elif isinstance(source, Embedding):
@@ -646,8 +648,9 @@ class TaskIndex:
     def _model_rows(self, where: dict | None) -> np.ndarray:
         keep = self._kinds["model"] & (filters.mask(self._rows, where) if where else True)
         if not self._kinds["model"].any():
-            raise IndexUsageError("the index has no model rows: add experts with add_model(...) "
-                                  "(`taskindex add INDEX NAME --kind model --source TASK`)")
+            raise IndexUsageError("the index has no model rows: add experts with add_model(...)",
+                                  cli="the index has no model rows: add experts with "
+                                  "`taskindex add INDEX NAME --kind model --source TASK`")
         return np.flatnonzero(keep)
 
     def select_model(self, query, k: int = 5, where: dict | None = None, alpha: float | None = None,

@@ -79,8 +79,9 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
     index = Path(index)
     stage = staging_dir(index)
     if stage.exists() and not resume:
-        raise IndexUsageError(f"an interrupted rebuild of {index} left {stage}: pass resume=True (--resume) to go "
-                              "on from it, or delete that folder to start over")
+        what = f"an interrupted rebuild of {index} left {stage}"
+        how = "to go on from it, or delete that folder to start over"
+        raise IndexUsageError(f"{what}: pass resume=True {how}", cli=f"{what}: pass --resume {how}")
     if not index.exists():
         TaskIndex.create(index, probe=probe, weights=weights, image_size=image_size, estimator=estimator,
                          trim=trim).close()

@@ -79,8 +79,9 @@ def error_matrix(table: pd.DataFrame, tasks, models) -> tuple[list[str], list[st
                              f"(e.g. {', '.join(unknown_t[:3])}): add them with `taskindex add` or drop their rows")
     unknown_m = sorted(set(table["model"]) - set(models))
     if unknown_m:
-        raise TaskIndexError(f"errors table names {len(unknown_m)} model(s) that are not model rows of the index "
-                             f"(e.g. {', '.join(unknown_m[:3])}): add them with add_model / `taskindex add --kind model`")
+        what = (f"errors table names {len(unknown_m)} model(s) that are not model rows of the index "
+                f"(e.g. {', '.join(unknown_m[:3])})")
+        raise TaskIndexError(f"{what}: add them with add_model", cli=f"{what}: add them with `taskindex add --kind model`")
     task_names = sorted(set(table["task"]))
     model_names = sorted(set(table["model"]))
     if len(model_names) < 2:

@@ -16,6 +16,7 @@ _EXPORTS = {
     "ProbeError": "errors", "EmbeddingFileError": "errors", "IncompatibleEmbeddingsError": "errors",
     "IndexCorruptError": "errors", "IndexLockedError": "errors", "IndexUsageError": "errors",
     "ManifestError": "errors", "rebuild": "rebuilds.run", "read_manifest": "rebuilds.inputs",
+    "default_index": "shipped",
 }
 _MODULES = {"samples": "data.samples", "distance": "distance", "plots": "plots"}  # public modules, by attribute
 

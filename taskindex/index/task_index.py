@@ -471,9 +471,15 @@ class TaskIndex:
                     out[i] = v
         return out
 
-    def to_pandas(self) -> "pd.DataFrame":
-        """Live rows and their metadata (no vectors); one row per name."""
-        return self._rows.copy()
+    def to_pandas(self, where: dict | None = None, kind: str | None = None) -> "pd.DataFrame":
+        """Live rows and their metadata (no vectors), one row per name; `where` and `kind` filter as in query."""
+        if kind not in (None, *KINDS):
+            raise TaskIndexError(f"unknown kind {kind!r}: use 'task', 'model' or None")
+        frame = self._rows
+        if where or kind:
+            keep = filters.mask(frame, where) if where else np.ones(len(frame), dtype=bool)
+            frame = frame[keep & self._kinds[kind] if kind else keep].reset_index(drop=True)
+        return frame.copy()
 
     def to_arrow(self) -> "pa.Table":
         """to_pandas() as one Arrow table, for DuckDB and polars (the segment files still hold removed rows);
@@ -722,13 +728,13 @@ class TaskIndex:
         return evaluation.evaluate(tasks, models, err, tv, mv, self.prior, self.alpha, sources, seed=seed,
                                   fit_options=options, exclude=exclude, progress=progress)
 
-    def remove(self, name: str) -> None:
-        """Remove a row (its id is never reused)."""
+    def remove(self, name: str, *names: str) -> None:
+        """Remove one or more rows in one commit (their ids are never reused); an unknown name removes nothing."""
         self._writable()
-        row = self._row(name)
+        gone = {int(self._ids[self._row(n)]) for n in (name, *names)}
         manifest = json.loads(json.dumps(self.manifest))
-        manifest["deleted"] = sorted(set(manifest["deleted"]) | {int(self._ids[row])})
-        manifest["row_count"] = len(self) - 1
+        manifest["deleted"] = sorted(set(manifest["deleted"]) | gone)
+        manifest["row_count"] = len(self) - len(gone)
         self._commit(manifest)
 
     def _decoded(self, encoded: bytes, vector_type: str | None = None) -> np.ndarray:
@@ -833,10 +839,24 @@ class TaskIndex:
         from taskindex.data.task import Task  # imports torch: only when a task must be embedded
 
         if isinstance(query, Task):
-            from taskindex.embedding.pipeline import embed
-
-            return embed(query, probe or self.probe(), progress=False, **self.embed_options()), None
+            return self.embed(query, probe=probe, progress=False), None
         raise TaskIndexError(f"query must be an Embedding, a Task or a row name; got {type(query).__name__}")
+
+    def embed(self, task, max_samples: int = 1000, *, image_column: str = "image", label_column: str = "label",
+              probe=None, progress: bool | None = None) -> Embedding:
+        """`task` embedded in this index's space (its probe, method and estimator), ready to add or query.
+
+        task: a Task, or where to read one: an image folder, a .parquet/.csv file (image_column, label_column)
+        or sample:NAME."""
+        from taskindex.data.sources import load_task
+        from taskindex.data.task import Task
+        from taskindex.embedding.pipeline import embed
+
+        if isinstance(task, (str, os.PathLike)):
+            task = load_task(os.fspath(task), image_column, label_column)
+        elif not isinstance(task, Task):
+            raise TaskIndexError(f"task must be a taskindex.Task or the path of its images; got {type(task).__name__}")
+        return embed(task, probe or self.probe(), max_samples=max_samples, progress=progress, **self.embed_options())
 
     def embed_options(self) -> dict:
         """The keyword arguments of `embed` that put a new task in this index's space."""

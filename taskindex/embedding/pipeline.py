@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -77,73 +79,149 @@ def embed(
     `epochs` passes of SGVB at learning rate `lr` with weight noise scale beta/N.
     Both return Fisher + t0, t0 = prior_scale / mean(w_layer^2).
     """
+    _check_task_and_probe(task, probe)
+    _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads)
+    estimator = estimator_id(estimator, trim)
+    canonical, n_classes = _canonical_labels(task)
+    start = time.perf_counter()
+    dev, backbone = _backbone_on(probe, device)
+    idx, labels = _balanced_sample(task, canonical, max_samples, seed)
+    passes = 3 if method == "montecarlo" else 3 + epochs
+    with _eval_mode(backbone), _strict_fp32(dev), _threads(dev, threads), tqdm(
+            total=len(idx) * passes, disable=_quiet(progress), desc=f"embed {task.name}", unit="img",
+            leave=False) as bar:
+        sample = _Sample.load(task, idx, labels, probe, dev, batch_size)
+        bar.update(len(idx))
+        features = _features(backbone, sample, task.name, bar.update)
+        head = fit_head(features, labels, n_classes, seed=seed).to(dev)
+        draws = _drawn_labels(head, features, dev, seed) if expectation == "sample" else None
+        prior = weight_scale_prior(backbone, prior_scale)
+        vector = _montecarlo(backbone, head, sample, draws, estimator, prior, label_passes, bar.update)
+        if method == "variational":
+            vector = variational_precision(backbone, head, sample.shuffled(seed + 1), prior, epochs, lr, seed,
+                                           nu=beta / len(idx), init=vector, on_batch=bar.update)
+    if not np.all(np.isfinite(vector)):
+        raise TaskError(f"the Fisher of task {task.name!r} is not finite: check the images for extreme values")
+    meta = _meta(probe, task, method=method, prior_scale=prior_scale, estimator=estimator, expectation=expectation,
+                 label_passes=label_passes, epochs=epochs, beta=beta, n_samples=len(idx), n_classes=n_classes,
+                 seed=seed, dev=dev, start=start)
+    return Embedding(vector, prior, probe.layout, meta)
+
+
+def _check_task_and_probe(task, probe) -> None:
     if not isinstance(task, Task):
         raise TaskIndexError(f"task must be a taskindex.Task; got {type(task).__name__} "
                              "(build one with Task.from_folder / from_arrays / from_dataset)")
     if not isinstance(probe, Probe):
         raise TaskIndexError(f"probe must be a taskindex.Probe; got {type(probe).__name__} "
                              "(use taskindex.load_probe(name))")
-    _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads)
-    estimator = estimator_id(estimator, trim)
+
+
+def _canonical_labels(task: Task) -> tuple[np.ndarray, int]:
+    """Class ids numbered by first appearance, so renaming or permuting labels changes nothing; and their count."""
     if len(task) == 0:
         raise TaskError(f"task {task.name!r} has no images")
     present, first, inverse = np.unique(task.labels, return_index=True, return_inverse=True)
-    # classes numbered by first appearance, so renaming or permuting labels changes nothing
     canonical = np.argsort(np.argsort(first))[inverse]
     if present.size < 2:
         raise TaskError(f"task {task.name!r} has only one class ({task.classes[int(present[0])]!r}): "
                         "a classification task needs at least two classes")
-    start = time.perf_counter()
+    return canonical, int(present.size)
+
+
+def _backbone_on(probe: Probe, device: str | torch.device | None) -> tuple[torch.device, torch.nn.Module]:
+    """The device to work on and the probe's backbone there; never moves the caller's probe: works on a copy."""
     dev = resolve_device(device) if device is not None else probe.device
     backbone = probe.backbone
-    if dev != probe.device:  # never move the caller's probe: work on a copy
+    if dev != probe.device:
         backbone = copy.deepcopy(probe.backbone).to(dev)
         if dev.type == "cpu":
             backbone = backbone.to(memory_format=torch.channels_last)
+    return dev, backbone
+
+
+def _balanced_sample(task: Task, canonical: np.ndarray, max_samples: int | None,
+                     seed: int) -> tuple[np.ndarray, torch.Tensor]:
+    """The task's rows to embed, class-balanced, and their canonical labels."""
     idx = balanced_order(canonical, max_samples, np.random.default_rng(seed))
     labels = torch.as_tensor(canonical[idx], dtype=torch.long)
-    n_classes = int(present.size)
     if torch.unique(labels).numel() < 2:
         what = f"max_samples={max_samples} leaves a single class of task {task.name!r}"
         raise TaskError(f"{what}: raise it", cli=f"{what}: raise --max-samples")
-    passes = 3 if method == "montecarlo" else 3 + epochs
-    with _eval_mode(backbone), _strict_fp32(dev), _threads(dev, threads), tqdm(total=len(idx) * passes, disable=_quiet(progress),
-                                                        desc=f"embed {task.name}", unit="img", leave=False) as bar:
+    return idx, labels
+
+
+@dataclasses.dataclass
+class _Sample:
+    """The sampled images, loaded once at probe resolution (uint8), normalised batch by batch on the device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    probe: Probe
+    dev: torch.device
+    batch_size: int
+
+    @classmethod
+    def load(cls, task: Task, idx: np.ndarray, labels: torch.Tensor, probe: Probe, dev: torch.device,
+             batch_size: int) -> _Sample:
         images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
-        bar.update(len(idx))
+        return cls(images, labels, probe, dev, batch_size)
 
-        def batches(order):
-            for i in range(0, len(order), batch_size):
-                yield order[i:i + batch_size], probe.normalize(images[order[i:i + batch_size]], dev)
+    def __len__(self) -> int:
+        return len(self.images)
 
-        with torch.no_grad():
-            features = torch.cat([backbone(x).float().cpu() for _, x in batches(torch.arange(len(idx)))])
-        bar.update(len(idx))
-        if not torch.isfinite(features).all():
-            raise TaskError(f"the probe produced non-finite features on task {task.name!r}: check the images")
-        head = fit_head(features, labels, n_classes, seed=seed).to(dev)
-        draws = None
-        if expectation == "sample":  # drawn from the cached features: independent of the batch size
-            with torch.no_grad():
-                probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
-            draws = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).flatten()
-        prior = weight_scale_prior(backbone, prior_scale)
-        per_image = FilterEstimator(estimator, len(idx), len(prior), device=dev)
-        fisher_pass(backbone, head, ((x, None if draws is None else draws[sel].to(dev))
-                                     for sel, x in batches(torch.arange(len(idx)))),
-                    on_batch=bar.update, estimator=per_image, label_passes=label_passes)
-        vector = per_image.result().cpu().numpy() / weights_per_filter(backbone) + prior
-        if method == "variational":
-            order = torch.Generator().manual_seed(seed + 1)
+    def batches(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(positions in the sample, normalised images on the device) for `order` in batches."""
+        for i in range(0, len(order), self.batch_size):
+            sel = order[i:i + self.batch_size]
+            yield sel, self.probe.normalize(self.images[sel], self.dev)
 
-            def shuffled():
-                for sel, x in batches(torch.randperm(len(idx), generator=order)):
-                    yield x, labels[sel].to(dev)
+    def in_order(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches(torch.arange(len(self)))
 
-            vector = variational_precision(backbone, head, shuffled, prior, epochs, lr, seed, nu=beta / len(idx),
-                                           init=vector, on_batch=bar.update)
-    if not np.all(np.isfinite(vector)):
-        raise TaskError(f"the Fisher of task {task.name!r} is not finite: check the images for extreme values")
+    def shuffled(self, seed: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        """A fresh shuffle of (images, labels) batches per call, from one generator: one epoch of SGVB each."""
+        order = torch.Generator().manual_seed(seed)
+
+        def epoch():
+            for sel, x in self.batches(torch.randperm(len(self), generator=order)):
+                yield x, self.labels[sel].to(self.dev)
+
+        return epoch
+
+
+def _features(backbone: torch.nn.Module, sample: _Sample, name: str, on_done: Callable[[int], object]) -> torch.Tensor:
+    """The probe's features of every sampled image, computed once: the head is fitted on them."""
+    with torch.no_grad():
+        features = torch.cat([backbone(x).float().cpu() for _, x in sample.in_order()])
+    on_done(len(sample))
+    if not torch.isfinite(features).all():
+        raise TaskError(f"the probe produced non-finite features on task {name!r}: check the images")
+    return features
+
+
+def _drawn_labels(head: torch.nn.Module, features: torch.Tensor, dev: torch.device, seed: int) -> torch.Tensor:
+    """One label per image drawn from the head's prediction, from the cached features: independent of the batch size."""
+    with torch.no_grad():
+        probs = torch.softmax(head(features.to(dev)).float(), 1).cpu()
+    return torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed)).flatten()
+
+
+def _montecarlo(backbone: torch.nn.Module, head: torch.nn.Module, sample: _Sample, draws: torch.Tensor | None,
+                estimator: str, prior: np.ndarray, label_passes: int | None,
+                on_batch: Callable[[int], object]) -> np.ndarray:
+    """The montecarlo estimate: each filter's Fisher over the images (combined by `estimator`), per weight, plus t0."""
+    per_image = FilterEstimator(estimator, len(sample), len(prior), device=sample.dev)
+    fisher_pass(backbone, head, ((x, None if draws is None else draws[sel].to(sample.dev))
+                                 for sel, x in sample.in_order()),
+                on_batch=on_batch, estimator=per_image, label_passes=label_passes)
+    return per_image.result().cpu().numpy() / weights_per_filter(backbone) + prior
+
+
+def _meta(probe: Probe, task: Task, *, method: str, prior_scale: float, estimator: str, expectation: str,
+          label_passes: int | None, epochs: int, beta: float, n_samples: int, n_classes: int, seed: int,
+          dev: torch.device, start: float) -> dict:
+    """The probe's identity and how the embedding was made: what makes two embeddings comparable."""
     meta = dict(probe.identity)
     meta.update({
         "method": method,
@@ -155,7 +233,7 @@ def embed(
         "beta": beta if method == "variational" else None,
         "task": task.name,
         "source": task.source,
-        "n_samples": int(len(idx)),
+        "n_samples": int(n_samples),
         "n_classes": n_classes,
         "seed": seed,
         "device": str(dev),
@@ -163,7 +241,7 @@ def embed(
         "version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    return Embedding(vector, prior, probe.layout, meta)
+    return meta
 
 
 @contextlib.contextmanager

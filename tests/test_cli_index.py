@@ -102,7 +102,7 @@ def test_rm_and_compact(built, tmp_path):
     assert json.loads(r.invoke(cli, ["rm", str(idx), "two", "--json"]).output)["rows"] == 2
     with TaskIndex.open(idx, readonly=True) as index:
         old = index.manifest
-        rows = {n: (index.get(n)[0].vector.copy(), index.metadata(index._row(n))) for n in index.names()}
+        rows = {n: (index.get(n)[0].vector.copy(), index.metadata(index._v.row(n))) for n in index.names()}
     before = _on_disk(idx)
     assert len(old["segments"]) == 3 and len(old["deleted"]) == 1 and old["version"] == 5
     res = r.invoke(cli, ["compact", str(idx), "--json"])
@@ -113,7 +113,7 @@ def test_rm_and_compact(built, tmp_path):
         assert set(index.names()) == set(rows) == {"one", "three"}
         for n, (vector, meta) in rows.items():
             assert np.array_equal(index.get(n)[0].vector, vector)
-            assert index.metadata(index._row(n)) == meta
+            assert index.metadata(index._v.row(n)) == meta
     kept = {f"data/{n}" for n in referenced_files(new)} | {f"manifest-{new['version']:08d}.json"}
     gone = before - _on_disk(idx)
     # the 3 segments' vectors, Parquet and JSON records, and the 5 manifests of versions 1-5

@@ -133,7 +133,7 @@ def test_create_makes_its_first_version_durable(tmp_path, probe, monkeypatch):
 
 @pytest.mark.parametrize("write", ["add", "add_model", "upsert", "remove", "set_alpha", "compact"])
 def test_every_new_file_and_its_folder_are_fsynced_before_current_is_replaced(index, monkeypatch, write):
-    root = index._store.root
+    root = index._v.store.root
     op = {"add": lambda: index.add("new", index.synth.make(3), metadata={"i": 99}),
           "add_model": lambda: index.add_model("expert", "r1"),
           "upsert": lambda: index.upsert("r2", index.synth.make(4)),
@@ -157,7 +157,7 @@ def test_the_commit_that_trains_the_projection_makes_every_projected_file_durabl
         synth = Synth(idx)
         idx.add_many([(f"r{i}", synth.make(i % 20)) for i in range(candidates.EXACT_ROWS - 3)])
         idx.add_many([(f"s{i}", synth.make(i % 20)) for i in range(2)])
-        journal, new = _run(idx._store.root, monkeypatch, lambda: idx.add("last", synth.make(1)))
+        journal, new = _run(idx._v.store.root, monkeypatch, lambda: idx.add("last", synth.make(1)))
         assert idx.manifest["projection"] is not None
         segments = len(idx.manifest["segments"])
     assert_durable_commit(journal, new)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from taskindex import Embedding, distance
-from taskindex.index import candidates
+from taskindex.index import candidates, rerank
 from taskindex.errors import (IncompatibleEmbeddingsError, IndexCorruptError, IndexLockedError, IndexUsageError,
                               TaskIndexError)
 from taskindex.index.task_index import TaskIndex, verify
@@ -171,9 +171,9 @@ def _against_exact(index, rows: Overlapping, queries: int, k: int = 10) -> dict:
         q = rows.make()
         out["answer"].append([(h.name, h.distance) for h in index.query(q, k=k)])
         out["exact"].append([(h.name, h.distance) for h in index.query(q, k=k, exact=True)])
-        found = index._candidates.nearest(candidates.project(q.vector[None, :], index._projection),
-                                          index._want(k, "sym", None), k)[0]
-        names = [index._names[r] for r in np.searchsorted(index._ids, found)]
+        found = index._v.candidates.nearest(candidates.project(q.vector[None, :], index._v.projection),
+                                          rerank.want(index._v, k, "sym", None), k)[0]
+        names = [index._v.row_names[r] for r in np.searchsorted(index._v.ids, found)]
         d = distance.one_to_many(q, index.vectors(names))
         out["of_candidates"].append([(names[i], float(d[i])) for i in np.argsort(d, kind="stable")[:k]])
         out["faiss_first"].append(set(names[:k]))
@@ -231,9 +231,9 @@ def test_a_rescaled_copy_of_a_row_is_among_that_rows_candidates(index):
     for i in range(0, len(embs), 12):
         for c in (0.1, 10.0):
             q = _scaled(embs[i], c)
-            found = index._candidates.nearest(candidates.project(q.vector[None, :], index._projection),
-                                              index._want(1, "sym", None), 1)[0]
-            if int(index._ids[index._row(f"r{i}")]) not in found:
+            found = index._v.candidates.nearest(candidates.project(q.vector[None, :], index._v.projection),
+                                              rerank.want(index._v, 1, "sym", None), 1)[0]
+            if int(index._v.ids[index._v.row(f"r{i}")]) not in found:
                 missed.append((f"r{i}", c))
     assert missed == []
 
@@ -547,14 +547,14 @@ def test_unfiltered_ivf_searches_go_to_the_gpu_copy_and_the_rest_stay_on_the_cpu
 def test_embedding_provenance_stays_on_disk_and_get_reads_its_row_group(index, synth, monkeypatch):
     """The per-row embedding JSON is not held in RAM; `get` reads the one Parquet row group holding the row.
     Small row groups here, so rows sit in different groups of different segments, before and after compact."""
-    import taskindex.index.task_index as index_module
+    from taskindex.index import segments
 
-    monkeypatch.setattr(index_module, "ROW_GROUP", 7)
+    monkeypatch.setattr(segments, "ROW_GROUP", 7)
     index.add_many([(f"a{i}", synth.make(i % 20, name=f"a{i}")) for i in range(30)])
     index.add_many([(f"b{i}", synth.make(i % 20, name=f"b{i}")) for i in range(20)])
     for i in range(0, 30, 4):
         index.remove(f"a{i}")
-    assert "embedding_meta" not in index._rows.columns
+    assert "embedding_meta" not in index._v.rows.columns
     for _ in range(2):
         for name in index.names():
             emb, meta = index.get(name)
@@ -568,10 +568,8 @@ def test_query_many_gives_the_answers_of_one_query_at_a_time(index, metric, devi
     """Past EXACT_ROWS (FAISS candidates, one batched search) and with filters, by embedding and by row name;
     device='cpu' runs the batch re-rank in torch (the GPU path, on the CPU). Rows are read in blocks of 100
     and the queries ranked in chunks of about 500 candidate pairs, so both cut through the batch."""
-    import taskindex.index.task_index as index_module
-
-    monkeypatch.setattr(index_module, "PAIR_BLOCK", 100)
-    monkeypatch.setattr(index_module, "BATCH_PAIRS", 500)
+    monkeypatch.setattr(rerank, "PAIR_BLOCK", 100)
+    monkeypatch.setattr(rerank, "BATCH_PAIRS", 500)
     rows = Overlapping(index)
     index.add_many([(f"r{i}", rows.make(), "model" if i % 5 == 0 else "task", {"even": i % 2 == 0})
                     for i in range(candidates.EXACT_ROWS + 200)])
@@ -606,8 +604,6 @@ def test_query_many_answers_rows_added_after_the_projection_was_trained_as_query
 def test_near_ties_of_the_float32_pass_are_settled_in_float64(index, synth):
     """Rows whose float32 scores sit within RERANK_TIE of the k-th get their float64 distance before the cut:
     here the pass's scores (stand-ins) put the farther row first by less than the tie."""
-    import taskindex.index.task_index as index_module
-
     index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(4)])
     q = synth.make(0).vector
     rows = np.arange(4)
@@ -615,8 +611,8 @@ def test_near_ties_of_the_float32_pass_are_settled_in_float64(index, synth):
     near, far = np.argsort(exact)[:2]
     fake = np.full(4, 0.9)
     fake[far], fake[near] = 0.5, 0.5 + 1e-5  # the float32 pass's error bound, inside the tie margin
-    assert index_module.RERANK_TIE > 1e-5
-    top, scores = index._top(q, rows, fake, 1, "sym", 0.0)
+    assert rerank.RERANK_TIE > 1e-5
+    top, scores = rerank._top(index._v, q, rows, fake, 1, "sym", 0.0)
     assert list(top) == [near] and scores[0] == pytest.approx(exact[near], abs=1e-12)
 
 

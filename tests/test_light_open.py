@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import pytest
 
-import taskindex.index.task_index as index_module
+from taskindex.index import segments
 from taskindex.index.task_index import TaskIndex
 from taskindex._testing.index_harness import Synth, wide_probe
 
@@ -71,7 +71,7 @@ def test_records_and_parquet_give_the_same_rows_and_answers(tmp_path, probe):
     with TaskIndex.open(tmp_path / "idx") as writable:  # a writer always reads Parquet
         reference, frame = _answers(writable), writable.to_pandas()
     with TaskIndex.open(tmp_path / "idx", readonly=True) as light:
-        assert light._light is not None  # this open went through the records
+        assert light._v.light is not None  # this open went through the records
         assert _same(_answers(light), reference)
         pd.testing.assert_frame_equal(light.to_pandas(), frame)
     assert len(reference["where"]) > 1 and reference["get"]["size"] == 20
@@ -79,7 +79,7 @@ def test_records_and_parquet_give_the_same_rows_and_answers(tmp_path, probe):
 
 def test_an_index_without_records_opens_read_only_through_parquet(tmp_path, probe, monkeypatch):
     _fill(tmp_path / "with", probe)
-    monkeypatch.setattr(index_module, "LIGHT_ROWS", 0)  # as written by a taskindex before records
+    monkeypatch.setattr(segments, "LIGHT_ROWS", 0)  # as written by a taskindex before records
     _fill(tmp_path / "without", probe)
     manifest = json.loads((tmp_path / "without" / (tmp_path / "without" / "CURRENT").read_text().split()[0])
                           .read_text())
@@ -87,7 +87,7 @@ def test_an_index_without_records_opens_read_only_through_parquet(tmp_path, prob
     monkeypatch.undo()
     with TaskIndex.open(tmp_path / "without", readonly=True) as old, \
             TaskIndex.open(tmp_path / "with", readonly=True) as new:
-        assert old._light is None and new._light is not None
+        assert old._v.light is None and new._v.light is not None
         # two builds: the rows' and the index's creation times may differ by a second
         assert _same(_timeless(_answers(old)), _timeless(_answers(new)))
 

@@ -119,7 +119,7 @@ def _copy(src: TaskIndex, path, vectors: str) -> TaskIndex:
     own = [c for c in frame.columns if c not in ("id", "kind", "complexity", "created", "task", "source",
                                                   "n_samples", "n_classes", "method")]
     idx.add_many([(n, src.get(n)[0], frame.at[n, "kind"],
-                   {c: v for c in own if (v := src.metadata(src._row(n)).get(c)) is not None}) for n in src.names()])
+                   {c: v for c in own if (v := src.metadata(src._v.row(n)).get(c)) is not None}) for n in src.names()])
     return idx
 
 

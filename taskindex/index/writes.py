@@ -1,0 +1,204 @@
+"""Writing a version: the checks every new row passes, the segment it becomes, compaction, the projection's
+training, and the commit that makes a new manifest current.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import numpy as np
+
+from taskindex import distance
+from taskindex.embedding.vector import SPACE_KEYS, Embedding
+from taskindex.errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
+from taskindex.index import candidates
+from taskindex.index.segments import LAZY, npy_bytes, rows_of, segment_rows
+from taskindex.index.storage import VECTOR_TYPES, Store, decode_vectors, encode_vectors
+from taskindex.index.version import KINDS, LoadedVersion
+
+RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
+            "embedding_meta")
+_ITEM_FORM = "(name, embedding), (name, embedding, kind), (name, embedding, kind, metadata) or a dict with those keys"
+
+
+def unpack(item) -> tuple:
+    """One add_many item -> (name, embedding, kind, metadata), the README's tuple order."""
+    if isinstance(item, dict):
+        extra = set(item) - {"name", "embedding", "kind", "metadata"}
+        if extra or "name" not in item or "embedding" not in item:
+            raise TaskIndexError(f"add_many item has keys {sorted(item)}: use {_ITEM_FORM}")
+        meta = item.get("metadata")
+        return item["name"], item["embedding"], item.get("kind", "task"), {} if meta is None else meta
+    if not isinstance(item, (tuple, list)) or not 2 <= len(item) <= 4:
+        raise TaskIndexError(f"add_many items must be {_ITEM_FORM}; got {type(item).__name__}"
+                             + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+    kind = item[2] if len(item) > 2 else "task"
+    meta = item[3] if len(item) > 3 else None
+    if isinstance(kind, dict):
+        raise TaskIndexError(f"row {item[0]!r}: the third item is the kind ('task' or 'model') and metadata "
+                             "comes fourth: (name, embedding, kind, metadata)")
+    return item[0], item[1], kind, {} if meta is None else meta
+
+
+def _value_type(value) -> str | None:
+    if value is None:
+        return None
+    return "boolean" if isinstance(value, bool) else "string" if isinstance(value, str) else "number"
+
+
+def check_vector_type(vectors) -> None:
+    if vectors not in VECTOR_TYPES:
+        raise TaskIndexError(f"unknown vector storage {vectors!r}: use 'float32' (exact) or 'bfloat16' "
+                             "(half the disk)")
+
+
+def check_embedding(v: LoadedVersion, emb: Embedding) -> None:
+    """An embedding may join (or query) this index: a Fisher diagonal of the index's space and layout."""
+    if not isinstance(emb, Embedding):
+        raise TaskIndexError(f"expected a taskindex.Embedding; got {type(emb).__name__}")
+    if not np.isfinite(emb.vector).all() or (emb.vector < 0).any():  # the re-rank trusts what passes here
+        raise TaskIndexError(f"embedding {emb.meta.get('task')!r} has negative or non-finite entries: a Fisher "
+                             "diagonal is finite and >= 0, so re-embed the task")
+    diff = [f"{k}: {emb.space[k]!r} vs index {v.space.get(k)!r}" for k in SPACE_KEYS if emb.space[k] != v.space.get(k)]
+    if diff:
+        raise IncompatibleEmbeddingsError(
+            f"embedding {emb.meta.get('task')!r} does not belong in this index ({'; '.join(diff)}): "
+            "embed it with the index's probe, image size and method")
+    if emb.dim != v.dim or emb.layout != v.layout:
+        raise IncompatibleEmbeddingsError(
+            f"embedding has {emb.dim} filters, the index {v.dim}: embed it with the index's probe")
+    if not np.allclose(emb.prior, v.prior, rtol=1e-5):
+        raise IncompatibleEmbeddingsError("embedding's prior differs from the index's: re-embed it")
+
+
+def checked_rows(v: LoadedVersion, items, replace: bool) -> list[tuple]:
+    """add_many's items as (name, embedding, kind, metadata), every one checked before anything is written."""
+    batch, seen = [], set()
+    types = {}  # metadata key -> the one type of its values, so every version reads as one table
+    for item in items:
+        name, emb, kind, meta = unpack(item)
+        if not isinstance(name, str) or not name.strip() or len(name) > 512:
+            raise TaskIndexError(f"row names must be non-empty strings of at most 512 characters; got {name!r}")
+        if name in seen or (name in v.by_name and not replace):
+            what = f"a row named {name!r} already exists"
+            raise IndexUsageError(f"{what}: use upsert to replace it or choose another name",
+                                  cli=f"{what}: pass --replace to replace it or choose another name")
+        if kind not in KINDS:
+            raise TaskIndexError(f"unknown kind {kind!r}: use 'task' or 'model'")
+        _check_metadata(v, name, meta, types)
+        check_embedding(v, emb)
+        if kind == "model" and emb.meta.get("task") and "source_task" not in meta:
+            meta = {**meta, "source_task": str(emb.meta["task"])}  # what leave-one-out never picks it for
+        seen.add(name)
+        batch.append((name, emb, kind, meta))
+    return batch
+
+
+def _check_metadata(v: LoadedVersion, name: str, meta, types: dict) -> None:
+    if not isinstance(meta, dict):
+        raise TaskIndexError(f"metadata must be a dict; got {type(meta).__name__}")
+    for k, value in meta.items():
+        if not isinstance(k, str) or k in RESERVED:
+            raise TaskIndexError(f"metadata key {k!r} is reserved or not a string: rename it")
+        if not (value is None or isinstance(value, (str, int, float, bool))):
+            raise TaskIndexError(f"metadata value for {k!r} must be a string, number or boolean; got "
+                                 f"{type(value).__name__}")
+        t = _value_type(value)
+        known = types.setdefault(k, v.column_type(k) or t) if t else None
+        if known != t:
+            raise TaskIndexError(f"metadata {k!r} of row {name!r} is a {t} but other rows hold {known}s: "
+                                 "use one type per key (convert the value or choose another key)")
+
+
+def new_segment(v: LoadedVersion, batch: list[tuple], ids: np.ndarray) -> dict:
+    """The files of a segment holding `batch` as rows `ids`: vectors, metadata, and their projection if trained."""
+    import pandas as pd
+
+    encoded = encode_vectors(np.stack([e.vector for _, e, _, _ in batch]), v.vector_type)
+    vectors = decoded(encoded, v.dim, v.vector_type)  # what the index will read back: projections and complexity
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    records = []
+    complexity = distance.complexity(vectors, v.prior)
+    for i, c, (name, emb, kind, meta) in zip(ids, complexity, batch):
+        rec = {"id": int(i), "name": name, "kind": kind, "complexity": float(c),
+               "created": created, "task": emb.meta.get("task"), "source": emb.meta.get("source"),
+               "n_samples": emb.meta.get("n_samples"), "n_classes": emb.meta.get("n_classes"),
+               "method": emb.meta.get("method"), "embedding_meta": json.dumps(emb.meta, sort_keys=True)}
+        rec.update(meta)
+        records.append(rec)
+    store = v.store
+    segment = {"vectors": store.new_file(VECTOR_TYPES[v.vector_type], encoded),
+               **segment_rows(store, pd.DataFrame(records)), "proj": None}
+    if v.projection is not None:
+        segment["proj"] = store.new_file(".proj.f32", candidates.project(vectors, v.projection).tobytes())
+    return segment
+
+
+def decoded(encoded: bytes, dim: int, vector_type: str) -> np.ndarray:
+    """Segment-file bytes back to float32 rows: what the index will read."""
+    raw = np.frombuffer(encoded, dtype="<u2" if vector_type == "bfloat16" else "<f4")
+    return decode_vectors(raw.reshape(-1, dim))
+
+
+def compacted_segment(v: LoadedVersion, vector_type: str) -> dict:
+    """Every live row in one segment, its vectors stored as `vector_type`, the lazy columns read back in."""
+    import pandas as pd
+
+    rows = np.arange(len(v.ids))
+    encoded = b"".join(encode_vectors(v.gather(rows[i:i + 4096]), vector_type) for i in range(0, len(rows), 4096))
+    frame = v.rows
+    if vector_type != v.vector_type:  # complexity follows the vectors the index will hold
+        frame = frame.assign(complexity=pd.array(
+            distance.complexity(decoded(encoded, v.dim, vector_type), v.prior), dtype=frame["complexity"].dtype))
+    frame = frame.assign(**{c: v.lazy_column(rows, c) for c in LAZY})
+    return {"vectors": v.store.new_file(VECTOR_TYPES[vector_type], encoded), **segment_rows(v.store, frame),
+            "proj": None}
+
+
+def commit(v: LoadedVersion, manifest: dict, retrain: bool = False) -> None:
+    """Make `manifest` the next version (training the projection first where it is due) and load it into `v`."""
+    live = manifest["row_count"]
+    trained = manifest.get("projection_rows", 0)
+    if live >= candidates.EXACT_ROWS and (retrain or manifest.get("projection") is None
+                                          or (trained < candidates.PCA_SAMPLE and live >= 2 * trained)):
+        train_projection(v.store, manifest, v.dim)
+    manifest["version"] = int(v.manifest["version"]) + 1
+    v.store.commit(manifest)
+    if (manifest.get("projection") != v.manifest.get("projection")
+            or len(manifest["segments"]) < len(v.manifest["segments"])
+            or manifest.get("vectors") != v.manifest.get("vectors")):
+        v.load(manifest)
+        return
+    new_segments = manifest["segments"][len(v.manifest["segments"]):]
+    newly_deleted = set(manifest["deleted"]) - set(v.manifest["deleted"])
+    v.manifest = manifest
+    v.append(new_segments, newly_deleted)
+
+
+def train_projection(store: Store, manifest: dict, dim: int) -> None:
+    """(Re)fit the PCA on up to PCA_SAMPLE live rows and re-project every segment.
+
+    Runs when the index doubles while small, so its cost stays O(1) per added row.
+    """
+    import pyarrow.parquet as pq
+
+    deleted = set(manifest["deleted"])
+    segs = [(s, store.memmap(s["vectors"], dim),
+             pq.read_table(store.path(s["rows"]), columns=["id"]).column("id").to_numpy())
+            for s in manifest["segments"]]
+    live = [(i, j) for i, (_, _, ids) in enumerate(segs) for j in np.flatnonzero(~np.isin(ids, list(deleted)))]
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(live), size=min(len(live), candidates.PCA_SAMPLE), replace=False)
+    chosen = [live[p] for p in sorted(pick)]  # in segment order
+    sample = np.concatenate([rows_of(segs[i][1], [j for _, j in group])
+                             for i, group in itertools.groupby(chosen, key=lambda t: t[0])])
+    projection = candidates.train_projection(sample)
+    manifest["projection"] = store.new_file(".npy", npy_bytes(projection))
+    manifest["projection_rows"] = len(live)
+    for seg, vecs, _ in segs:
+        blocks = [np.arange(i, min(i + 4096, len(vecs))) for i in range(0, len(vecs), 4096)]
+        proj = (np.concatenate([candidates.project(rows_of(vecs, b), projection) for b in blocks]) if blocks
+                else np.zeros((0, 1)))
+        seg["proj"] = store.new_file(".proj.f32", proj.astype("<f4").tobytes())

@@ -1,0 +1,67 @@
+"""Expert selection over an index's model rows: d_asym to the query from each model's MODEL2VEC embedding
+where a fit covers it, else from its source task's embedding; and the MODEL2VEC fit stored with the index."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from taskindex import distance
+from taskindex.errors import IndexUsageError
+from taskindex.index import filters
+from taskindex.index.hit import Hit
+from taskindex.index.segments import npy_bytes
+from taskindex.index.version import LoadedVersion
+from taskindex.select import evaluation, model2vec
+
+
+def model_rows(v: LoadedVersion, where: dict | None) -> np.ndarray:
+    """The model rows a selection may pick (those `where` keeps); an index without models is an error."""
+    if not v.kinds["model"].any():
+        raise IndexUsageError("the index has no model rows: add experts with add_model(...)",
+                              cli="the index has no model rows: add experts with "
+                              "`taskindex add INDEX NAME --kind model --source TASK`")
+    return np.flatnonzero(v.kinds["model"] & (filters.mask(v.rows, where) if where else True))
+
+
+def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int, alpha: float) -> list[Hit]:
+    """The k best of the model `rows` for the query vector, by d_asym(m_j -> query) - alpha * complexity."""
+    names = [v.row_names[r] for r in rows]
+    fit = v.manifest.get("model2vec")
+    m, fitted = evaluation.fitted_vectors(v.gather(rows), names, v.ids[rows], fit, v.theta)
+    # a fitted model is scored with the alpha its bias was learned for; the others with this call's
+    alphas = np.where(fitted, fit["alpha"] if fit else alpha, alpha)
+    cx = np.atleast_1d(distance.complexity(m, v.prior))
+    score = distance.one_to_many(query, m) - alphas * cx
+    top = np.argsort(score, kind="stable")[:k]
+    records = v.records(rows[top].astype(np.int64))
+    return [Hit(names[t], "model", float(score[t]), float(cx[t]), rec, "model2vec" if fitted[t] else "asym")
+            for t, rec in zip(top, records)]
+
+
+def selection_inputs(v: LoadedVersion, errors) -> tuple:
+    """(tasks, models, errors matrix, task vectors, model vectors, each model's source task) from a table."""
+    tasks, models, err = model2vec.error_matrix(model2vec.read_errors(errors), v.names("task"), v.names("model"))
+    task_rows, model_rows_ = (np.array([v.row(n) for n in names], np.int64) for names in (tasks, models))
+    sources = [rec.get("source_task") for rec in v.records(model_rows_)]
+    return tasks, models, err, v.gather(task_rows), v.gather(model_rows_), sources
+
+
+def fit_entry(v: LoadedVersion, errors, alpha: float, seed: int, options: dict) -> dict:
+    """A MODEL2VEC fit on `errors`, as the manifest entry that stores it (its theta written as a new file)."""
+    model2vec.check_options(options)
+    tasks, models, err, tv, mv, _ = selection_inputs(v, errors)
+    f = model2vec.fit(tv, mv, err, v.prior, alpha, models, seed=seed, **options)
+    return {"models": models, "ids": [int(v.ids[v.row(m)]) for m in models], "tasks": tasks,
+            "theta": v.store.new_file(".npy", npy_bytes(f.theta)), "gamma": f.gamma, "alpha": f.alpha,
+            "summary": f.summary, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def fit_coverage(v: LoadedVersion) -> str:
+    """How many of the fitted models are still the rows they were fitted on (a rebuild replaces them all)."""
+    fit = v.manifest.get("model2vec")
+    if fit is None:
+        return "none"
+    live = sum(n in v.by_name and int(v.ids[v.by_name[n]]) == i for n, i in zip(fit["models"], fit["ids"]))
+    return f"{live} of {len(fit['models'])} fitted models live, alpha {fit['alpha']:g}, {fit['created']}"

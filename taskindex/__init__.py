@@ -16,7 +16,7 @@ _EXPORTS = {
     "ProbeError": "errors", "EmbeddingFileError": "errors", "IncompatibleEmbeddingsError": "errors",
     "IndexCorruptError": "errors", "IndexLockedError": "errors", "IndexUsageError": "errors",
     "ManifestError": "errors", "rebuild": "rebuilds.run", "read_manifest": "rebuilds.inputs",
-    "default_index": "shipped",
+    "default_index": "shipped", "Space": "space",
 }
 _MODULES = {"samples": "data.samples", "distance": "distance", "plots": "plots"}  # public modules, by attribute
 

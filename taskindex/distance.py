@@ -14,6 +14,7 @@ import numpy as np
 
 from taskindex.embedding.vector import Embedding
 from taskindex.errors import IncompatibleEmbeddingsError, TaskIndexError
+from taskindex.space import Space
 
 ALPHA = 0.15
 _CHUNK_BYTES = 4 << 20  # temporaries that stay in cache: 2x faster than 64 MiB chunks (bench_query)
@@ -22,13 +23,12 @@ _CHUNK_BYTES = 4 << 20  # temporaries that stay in cache: 2x faster than 64 MiB 
 def check_compatible(embeddings: Sequence[Embedding]) -> None:
     """Refuse to compare embeddings from different probes, methods or layouts."""
     first = embeddings[0]
+    space = Space.of(first.meta)
     for other in embeddings[1:]:
-        if other.space != first.space:
-            diff = {k: (first.space[k], other.space[k]) for k in first.space if first.space[k] != other.space[k]}
-            names = (first.meta.get("task"), other.meta.get("task"))
+        if Space.of(other.meta) != space:
             raise IncompatibleEmbeddingsError(
-                f"embeddings {names[0]!r} and {names[1]!r} come from different spaces "
-                f"({', '.join(f'{k}: {a!r} vs {b!r}' for k, (a, b) in diff.items())}); "
+                f"embeddings {first.meta.get('task')!r} and {other.meta.get('task')!r} come from different spaces "
+                f"({space.differences(Space.of(other.meta))}); "
                 "re-embed both with the same probe, weights, image size and method")
         if other.layout != first.layout:
             raise IncompatibleEmbeddingsError(

@@ -152,7 +152,7 @@ def test_query_by_name_excludes_itself_and_asym_uses_complexity(index, synth):
 def test_mismatched_embeddings_are_refused(index, synth, probe):
     good = synth.make(0)
     other = Embedding(good.vector, good.prior, good.layout, {**good.meta, "image_size": 64})
-    with pytest.raises(IncompatibleEmbeddingsError, match="image_size: 64 vs index 32"):
+    with pytest.raises(IncompatibleEmbeddingsError, match="image_size: 64 vs 32, embedding vs index"):
         index.add("x", other)
     short = Embedding(good.vector[:100], good.prior[:100], [("c", 100)], good.meta)
     with pytest.raises(IncompatibleEmbeddingsError, match="100 filters"):

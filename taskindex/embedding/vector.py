@@ -17,16 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from taskindex.errors import EmbeddingFileError
+from taskindex.space import Space
 
 FORMAT = "taskindex-embedding"
 FORMAT_VERSION = 1
 # t0 = PRIOR_SCALE / mean(w_layer^2): about 1e-3 of a typical filter's Fisher on the
 # shipped probe (tools/bench_embed.py), so it floors dead filters without hiding live ones.
 PRIOR_SCALE = 1e-8
-# Identity keys that must agree for two embeddings to be comparable.
-SPACE_KEYS = ("probe", "fingerprint", "image_size", "method", "prior_scale", "estimator")
-# Embeddings written before the estimator was recorded used the paper's plain mean.
-SPACE_DEFAULTS = {"estimator": "mean"}
 
 
 def _umask() -> int:
@@ -71,7 +68,7 @@ class Embedding:
     @property
     def space(self) -> dict:
         """What must agree for two embeddings to be compared (probe identity + method)."""
-        return {k: self.meta.get(k, SPACE_DEFAULTS.get(k)) for k in SPACE_KEYS}
+        return Space.of(self.meta).to_dict()
 
     def __repr__(self) -> str:
         return (f"Embedding(task={self.meta.get('task')!r}, probe={self.meta.get('probe')!r}, "

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from taskindex import distance
-from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
+from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id
 from taskindex.embedding.vector import PRIOR_SCALE, Embedding
 from taskindex.errors import IndexUsageError, TaskIndexError
 from taskindex.index import candidates, rerank, writes
@@ -387,9 +387,7 @@ class TaskIndex:
 
     def embed_options(self) -> dict:
         """The keyword arguments of `embed` that put a new task in this index's space."""
-        name, trim = parse_estimator(self.space["estimator"])
-        return {"method": self.space["method"], "prior_scale": self.space["prior_scale"], "estimator": name,
-                "trim": trim if name != "mean" else None}
+        return self._v.space_key.embed_options()
 
     def probe(self):
         """Rebuild the index's probe to embed new tasks (registered probes only)."""

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from taskindex.embedding.vector import SPACE_DEFAULTS
 from taskindex.errors import IndexUsageError
 from taskindex.index import candidates
 from taskindex.index.segments import LIGHT_ROWS, arrow_records, frame_table, live_rows, read_frame
 from taskindex.index.storage import HASH_ON_OPEN_BYTES, Store, all_refs, decode_vectors, read_rows
+from taskindex.space import Space
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +42,8 @@ class LoadedVersion:
             store.check(ref, full=not ref["name"].endswith(".npy") and (not is_vectors
                                                                         or vector_bytes <= HASH_ON_OPEN_BYTES))
         self.manifest = manifest
-        self.space = {**SPACE_DEFAULTS, **manifest["space"]}
+        self.space_key = Space.of(manifest["space"])
+        self.space = {**manifest["space"], **self.space_key.to_dict()}
         self.dim = manifest["dim"]
         self.vector_type = manifest.get("vectors", "float32")  # format 1 indexes hold float32
         self.layout = [tuple(x) for x in manifest["layout"]]

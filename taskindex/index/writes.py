@@ -11,12 +11,13 @@ import time
 import numpy as np
 
 from taskindex import distance
-from taskindex.embedding.vector import SPACE_KEYS, Embedding
+from taskindex.embedding.vector import Embedding
 from taskindex.errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
 from taskindex.index import candidates
 from taskindex.index.segments import LAZY, npy_bytes, rows_of, segment_rows
 from taskindex.index.storage import VECTOR_TYPES, Store, decode_vectors, encode_vectors
 from taskindex.index.version import KINDS, LoadedVersion
+from taskindex.space import Space
 
 RESERVED = ("id", "name", "kind", "complexity", "created", "task", "source", "n_samples", "n_classes", "method",
             "embedding_meta")
@@ -61,11 +62,11 @@ def check_embedding(v: LoadedVersion, emb: Embedding) -> None:
     if not np.isfinite(emb.vector).all() or (emb.vector < 0).any():  # the re-rank trusts what passes here
         raise TaskIndexError(f"embedding {emb.meta.get('task')!r} has negative or non-finite entries: a Fisher "
                              "diagonal is finite and >= 0, so re-embed the task")
-    diff = [f"{k}: {emb.space[k]!r} vs index {v.space.get(k)!r}" for k in SPACE_KEYS if emb.space[k] != v.space.get(k)]
-    if diff:
+    space = Space.of(emb.meta)
+    if space != v.space_key:
         raise IncompatibleEmbeddingsError(
-            f"embedding {emb.meta.get('task')!r} does not belong in this index ({'; '.join(diff)}): "
-            "embed it with the index's probe, image size and method")
+            f"embedding {emb.meta.get('task')!r} does not belong in this index ({space.differences(v.space_key)}, "
+            "embedding vs index): embed it with the index's probe, image size and method")
     if emb.dim != v.dim or emb.layout != v.layout:
         raise IncompatibleEmbeddingsError(
             f"embedding has {emb.dim} filters, the index {v.dim}: embed it with the index's probe")

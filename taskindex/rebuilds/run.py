@@ -27,6 +27,7 @@ from taskindex.errors import IndexUsageError, TaskIndexError
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR
 from taskindex.index.task_index import TaskIndex
 from taskindex.rebuilds.inputs import ManifestRow, read_manifest
+from taskindex.space import Space
 from taskindex.embedding.pipeline import available_cores
 
 PLAN = "plan.json"
@@ -122,8 +123,9 @@ def _check_plan(stage: Path, space: dict) -> None:
     plan = stage / PLAN
     if plan.exists():
         staged = json.loads(plan.read_text())["space"]
-        if staged != space:
-            raise IndexUsageError(f"{stage} holds embeddings made for another probe or estimator ({staged}); "
+        if Space.of(staged) != Space.of(space):
+            raise IndexUsageError(f"{stage} holds embeddings made for another space "
+                                  f"({Space.of(staged).differences(Space.of(space))}, staged vs index): "
                                   "delete that folder to start over")
     else:
         plan.write_text(json.dumps({"space": space}, indent=1, sort_keys=True))

@@ -115,7 +115,7 @@ def _writer(root: Path) -> subprocess.Popen:
     from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(root, readonly=True) as idx:
-        first_id = idx.manifest["next_id"]
+        first_id = idx._v.manifest["next_id"]
     return subprocess.Popen([sys.executable, "-m", "taskindex._testing.index_harness", str(root), str(first_id), "100000"],
                             stdout=subprocess.PIPE, text=True)
 
@@ -144,7 +144,7 @@ def crash_trials(root: Path, trials: int, seed: int = 0, max_delay: float = 0.25
             shutil.copytree(start_from, root)
         with TaskIndex.open(root, readonly=True) as idx:
             committed, rows_before = set(idx.names()), len(idx)
-            unused_before = len(_unused(Store(root), idx.manifest))
+            unused_before = len(_unused(Store(root), idx._v.manifest))
         proc = _writer(root)
         first = proc.stdout.readline().strip()  # the writer is up and committing
         if files:
@@ -159,7 +159,7 @@ def crash_trials(root: Path, trials: int, seed: int = 0, max_delay: float = 0.25
         with TaskIndex.open(root, readonly=True) as idx:
             names = set(idx.names())
             torn = [n for n in done[-3:] if idx.get(n)[0].vector[0] != int(n[3:]) + 1]
-            unused = len(_unused(Store(root), idx.manifest)) - unused_before
+            unused = len(_unused(Store(root), idx._v.manifest)) - unused_before
         missing, unreported = committed - names, names - committed
         if missing:
             problems.append(f"returned commits missing: {sorted(missing)}")

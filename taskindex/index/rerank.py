@@ -144,6 +144,30 @@ def _score_pairs(v: LoadedVersion, vectors: np.ndarray, owner: np.ndarray, wante
     return dists
 
 
+def search(v: LoadedVersion, vector: np.ndarray, self_id, k: int, metric: str, alpha: float, keep: np.ndarray,
+           filtered: bool, want: int, exact: bool) -> list[Hit]:
+    """One query's answer: its candidates (every kept row when exact or small), re-ranked exactly."""
+    if exact or v.candidates is None:
+        rows = np.flatnonzero(keep)
+    else:
+        own = int(self_id is not None)
+        rows = candidate_rows(v, vector[None, :], want + own, k + own, keep, filtered)[0]
+    return hits(v, [rank(v, vector, rows, self_id, k, metric, alpha)], metric)[0]
+
+
+def search_many(v: LoadedVersion, vectors: np.ndarray, self_ids: list, k: int, metric: str, alpha: float,
+                keep: np.ndarray, filtered: bool, want: int, exact: bool, device: str | None,
+                progress: bool | None) -> list[list[Hit]]:
+    """`search` for a batch: one projection and one FAISS search for all, then the batched re-rank."""
+    if exact or v.candidates is None:
+        rows = [np.flatnonzero(keep)] * len(vectors)
+    else:
+        # each query gets the candidates `search` would fetch for it (one more only for a row's own name)
+        own = np.array([i is not None for i in self_ids], dtype=np.int64)
+        rows = candidate_rows(v, vectors, want + own, k + own, keep, filtered)
+    return hits(v, rank_batches(v, vectors, rows, self_ids, k, metric, alpha, device, progress), metric)
+
+
 def candidate_rows(v: LoadedVersion, vectors: np.ndarray, fetch, least, keep: np.ndarray,
                    filtered: bool) -> list[np.ndarray]:
     """Each query's FAISS candidates (`fetch` of them, at least `least` that pass the filter) as row numbers."""

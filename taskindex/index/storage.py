@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from taskindex.errors import IndexCorruptError, IndexLockedError, IndexUsageError
+from taskindex.errors import IndexCorruptError, IndexLockedError, IndexUsageError, TaskIndexError
 
 FORMAT = "taskindex-index"
 FORMAT_VERSION = 2  # the newest this code reads: 2 adds bfloat16 vectors; float32 indexes are still written as 1
@@ -358,3 +358,22 @@ def all_refs(manifest: dict) -> list[dict]:
 
 def referenced_files(manifest: dict) -> list[str]:
     return [ref["name"] for ref in all_refs(manifest)]
+
+
+def verify(path: str | os.PathLike) -> list[str]:
+    """Check CURRENT, the manifest and every data file (size and sha256) without loading the index."""
+    store = Store(path)
+    try:
+        manifest = store.read_manifest()
+    except TaskIndexError as exc:
+        return [str(exc)]
+    problems = []
+    for ref in all_refs(manifest):
+        p = store.path(ref)
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != ref["size"]:
+            problems.append(f"{p}: {p.stat().st_size} bytes, expected {ref['size']} (truncated or altered)")
+        elif sha256_file(p) != ref["sha256"]:
+            problems.append(f"{p}: checksum mismatch (altered)")
+    return problems

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -20,8 +19,7 @@ from taskindex.embedding.vector import PRIOR_SCALE, Embedding
 from taskindex.errors import IndexUsageError, TaskIndexError
 from taskindex.index import candidates, rerank, writes
 from taskindex.index.hit import Hit
-from taskindex.index.segments import npy_bytes
-from taskindex.index.storage import Store, all_refs, sha256_file, warm
+from taskindex.index.storage import Store, verify
 from taskindex.index.version import LoadedVersion
 
 if TYPE_CHECKING:
@@ -29,6 +27,11 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 __all__ = ["Hit", "TaskIndex", "verify"]
+
+
+def _held(name: str, doc: str) -> property:
+    """A read-only attribute of the loaded version, as TaskIndex shows it."""
+    return property(lambda self: getattr(self._v, name), doc=doc)
 
 
 class TaskIndex:
@@ -78,7 +81,7 @@ class TaskIndex:
         store = Store(root)
         store.acquire()
         try:
-            store.commit(_first_manifest(store, probe, method, prior_scale, estimator_id(estimator, trim), vectors))
+            store.commit(writes.first_manifest(store, probe, method, prior_scale, estimator_id(estimator, trim), vectors))
         except BaseException:
             store.release()
             raise
@@ -112,36 +115,12 @@ class TaskIndex:
         return (f"TaskIndex({str(self._v.store.root)!r}, rows={len(self)}, probe={self.space['probe']!r}, "
                 f"method={self.space['method']!r}, version={self.version})")
 
-    # --- what the version holds ----------------------------------------------------------------
-
-    @property
-    def readonly(self) -> bool:
-        return self._v.readonly
-
-    @property
-    def manifest(self) -> dict:
-        return self._v.manifest
-
-    @property
-    def space(self) -> dict:
-        """The probe identity, method, prior scale and estimator every row was embedded with."""
-        return self._v.space
-
-    @property
-    def dim(self) -> int:
-        return self._v.dim
-
-    @property
-    def layout(self) -> list[tuple]:
-        return self._v.layout
-
-    @property
-    def prior(self) -> np.ndarray:
-        return self._v.prior
-
-    @property
-    def vector_type(self) -> str:
-        return self._v.vector_type
+    readonly = _held("readonly", "Whether this handle only reads (writers hold the index's lock).")
+    space = _held("space", "The probe identity, method, prior scale and estimator every row was embedded with.")
+    dim = _held("dim", "Values per embedding: one per conv filter of the probe.")
+    layout = _held("layout", "(layer, filters) pairs, in the probe's module order.")
+    prior = _held("prior", "The trivial embedding t0 (the weight-scale prior), float32.")
+    vector_type = _held("vector_type", "How raw vectors are stored: 'float32' (exact) or 'bfloat16'.")
 
     @property
     def version(self) -> int:
@@ -159,12 +138,7 @@ class TaskIndex:
         """Read the stored vectors into memory (the OS page cache, mapped into this process) before queries
         need them: what a server does before it takes traffic, for an index that fits in RAM (a fresh query
         otherwise waits on the disk for rows it has not read). Returns the bytes; safe to interrupt."""
-        from tqdm.auto import tqdm
-
-        files = self._v.vectors
-        with tqdm(total=sum(f.nbytes for f in files), unit="B", unit_scale=True, desc="warm", leave=False,
-                  disable=None if progress is None else not progress) as bar:
-            return sum(warm(f, bar.update) for f in files)
+        return self._v.warm(progress)
 
     def vectors(self, names) -> np.ndarray:
         """The stored vectors (Fisher + t0) of the named rows, float32 (len(names), dim)."""
@@ -188,8 +162,7 @@ class TaskIndex:
         return self._v.rows[keep].reset_index(drop=True)
 
     def to_arrow(self) -> "pa.Table":
-        """to_pandas() as one Arrow table, for DuckDB and polars (the segment files still hold removed rows);
-        made once per version: Arrow tables are immutable."""
+        """to_pandas() as one Arrow table for DuckDB and polars, made once per version (Arrow is immutable)."""
         return self._v.to_arrow()
 
     # --- writing -------------------------------------------------------------------------------
@@ -208,23 +181,9 @@ class TaskIndex:
         only=True makes these rows the whole index in that one commit (a rebuild): every other row goes.
         """
         self._writable()
-        v = self._v
-        batch = writes.checked_rows(v, items, replace or only)
-        if not batch and not (only and len(self)):
-            return
-        if not batch:
-            raise TaskIndexError("only=True with no rows would empty the index: remove rows one by one instead")
-        manifest = json.loads(json.dumps(v.manifest))
-        ids = np.arange(manifest["next_id"], manifest["next_id"] + len(batch), dtype=np.int64)
-        manifest["segments"].append(writes.new_segment(v, batch, ids))
-        if only:
-            replaced = v.ids.tolist()
-        else:
-            replaced = [int(v.ids[v.by_name[n]]) for n, *_ in batch if n in v.by_name]
-        manifest["deleted"] = sorted(set(manifest["deleted"]) | set(replaced))
-        manifest["next_id"] = int(ids[-1]) + 1
-        manifest["row_count"] = len(self) + len(batch) - len(replaced)
-        writes.commit(v, manifest)
+        manifest = writes.added(self._v, items, replace, only)
+        if manifest is not None:
+            writes.commit(self._v, manifest)
 
     def add_model(self, name: str, source=None, metadata: dict | None = None, replace: bool = False) -> None:
         """Add an expert: `source` is the task row it was trained on, that task's Embedding, or None (a black box).
@@ -266,12 +225,7 @@ class TaskIndex:
         self._writable()
         if vectors is not None:
             writes.check_vector_type(vectors)
-        manifest = json.loads(json.dumps(self._v.manifest))
-        manifest["vectors"] = vector_type = vectors or self.vector_type
-        manifest.update(segments=[], deleted=[], projection=None, projection_rows=0)
-        if len(self):
-            manifest["segments"] = [writes.compacted_segment(self._v, vector_type)]
-        writes.commit(self._v, manifest, retrain=True)
+        writes.commit(self._v, writes.compacted(self._v, vectors or self.vector_type), retrain=True)
         removed = 0
         for p in self._v.store.unreferenced(self._v.manifest):
             p.unlink(missing_ok=True)
@@ -401,17 +355,10 @@ class TaskIndex:
 
         refine: candidates re-ranked with the exact distance per result wanted (more: higher recall, slower);
         None: the index's default for its size (`info()["refine"]`)."""
-        v = self._v
-        keep, filtered = rerank.plan(v, k, metric, kind, where)
-        alpha = self._alpha(alpha)
-        want = rerank.want(v, k, metric, refine)
+        keep, filtered = rerank.plan(self._v, k, metric, kind, where)
+        alpha, want = self._alpha(alpha), rerank.want(self._v, k, metric, refine)
         emb, self_id = self._as_embedding(query, probe)
-        if exact or v.candidates is None:
-            rows = np.flatnonzero(keep)
-        else:
-            own = int(self_id is not None)
-            rows = rerank.candidate_rows(v, emb.vector[None, :], want + own, k + own, keep, filtered)[0]
-        return rerank.hits(v, [rerank.rank(v, emb.vector, rows, self_id, k, metric, alpha)], metric)[0]
+        return rerank.search(self._v, emb.vector, self_id, k, metric, alpha, keep, filtered, want, exact)
 
     def query_many(self, queries: Iterable | None = None, k: int = 10, metric: str = "sym", kind: str | None = None,
                    where: dict | None = None, exact: bool = False, alpha: float | None = None, probe=None,
@@ -423,23 +370,14 @@ class TaskIndex:
         device: where the re-rank runs. None: numpy threads over the cores, or a CUDA GPU where torch is
         already imported and sees one; a torch device ('cuda', 'cuda:1', 'cpu') runs it in torch there,
         each candidate row read once for the whole batch."""
-        v = self._v
-        keep, filtered = rerank.plan(v, k, metric, kind, where)
-        alpha = self._alpha(alpha)
-        want = rerank.want(v, k, metric, refine)
+        keep, filtered = rerank.plan(self._v, k, metric, kind, where)
+        alpha, want = self._alpha(alpha), rerank.want(self._v, k, metric, refine)
         pairs = [self._as_embedding(q, probe) for q in (self.names() if queries is None else queries)]
         if not pairs:
             return []
-        vectors = np.stack([e.vector for e, _ in pairs]).astype(np.float32)
-        if exact or v.candidates is None:
-            rows = [np.flatnonzero(keep)] * len(pairs)
-        else:
-            # each query gets the candidates `query` would fetch for it (one more only for a row's own name)
-            own = np.array([i is not None for _, i in pairs], dtype=np.int64)
-            rows = rerank.candidate_rows(v, vectors, want + own, k + own, keep, filtered)
-        ranked = rerank.rank_batches(v, vectors, rows, [i for _, i in pairs], k, metric, alpha,
-                                     rerank.torch_device(device), progress)
-        return rerank.hits(v, ranked, metric)
+        return rerank.search_many(self._v, np.stack([e.vector for e, _ in pairs]).astype(np.float32),
+                                  [i for _, i in pairs], k, metric, alpha, keep, filtered, want, exact,
+                                  rerank.torch_device(device), progress)
 
     # --- checking ------------------------------------------------------------------------------
 
@@ -458,35 +396,3 @@ class TaskIndex:
                 "candidates": v.candidates.kind if v.candidates is not None else "exact",
                 "refine": candidates.default_refine(len(self)) if v.candidates is not None else None,
                 "alpha": self.alpha, "model2vec": fit_coverage(v), "created": v.manifest["created"]}
-
-
-def _first_manifest(store: Store, probe, method: str, prior_scale: float, estimator: str, vectors: str) -> dict:
-    """Version 1 of a new index: its space, layout and prior, and no rows."""
-    from taskindex.embedding.fisher import weight_scale_prior
-
-    prior = weight_scale_prior(probe.backbone, prior_scale).astype(np.float32)
-    return {"version": 1,
-            "space": {**probe.identity, "method": method, "prior_scale": float(prior_scale), "estimator": estimator},
-            "dim": probe.dim, "layout": probe.layout, "prior": store.new_file(".npy", npy_bytes(prior)),
-            "vectors": vectors, "projection": None, "projection_rows": 0, "segments": [], "deleted": [],
-            "next_id": 0, "row_count": 0, "model2vec": None, "alpha": distance.ALPHA,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-
-
-def verify(path: str | os.PathLike) -> list[str]:
-    """Check CURRENT, the manifest and every data file (size and sha256) without loading the index."""
-    store = Store(path)
-    try:
-        manifest = store.read_manifest()
-    except TaskIndexError as exc:
-        return [str(exc)]
-    problems = []
-    for ref in all_refs(manifest):
-        p = store.path(ref)
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-        elif p.stat().st_size != ref["size"]:
-            problems.append(f"{p}: {p.stat().st_size} bytes, expected {ref['size']} (truncated or altered)")
-        elif sha256_file(p) != ref["sha256"]:
-            problems.append(f"{p}: checksum mismatch (altered)")
-    return problems

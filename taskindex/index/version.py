@@ -15,7 +15,7 @@ import numpy as np
 from taskindex.errors import IndexUsageError
 from taskindex.index import candidates
 from taskindex.index.segments import LIGHT_ROWS, arrow_records, frame_table, live_rows, read_frame
-from taskindex.index.storage import HASH_ON_OPEN_BYTES, Store, all_refs, decode_vectors, read_rows
+from taskindex.index.storage import HASH_ON_OPEN_BYTES, Store, all_refs, decode_vectors, read_rows, warm
 from taskindex.space import Space
 
 if TYPE_CHECKING:
@@ -187,6 +187,14 @@ class LoadedVersion:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise IndexUsageError(f"no row named {name!r} in the index{hint}: see `taskindex ls`")
         return self.by_name[name]
+
+    def warm(self, progress: bool | None) -> int:
+        """Read every vector file into the page cache, with a bar; returns the bytes."""
+        from tqdm.auto import tqdm
+
+        with tqdm(total=sum(f.nbytes for f in self.vectors), unit="B", unit_scale=True, desc="warm", leave=False,
+                  disable=None if progress is None else not progress) as bar:
+            return sum(warm(f, bar.update) for f in self.vectors)
 
     def vector(self, row: int) -> np.ndarray:
         return decode_vectors(self.vectors[self.seg[row]][self.pos[row]])

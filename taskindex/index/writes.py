@@ -113,6 +113,23 @@ def _check_metadata(v: LoadedVersion, name: str, meta, types: dict) -> None:
                                  "use one type per key (convert the value or choose another key)")
 
 
+def added(v: LoadedVersion, items, replace: bool, only: bool) -> dict | None:
+    """The next manifest once `items` are added (None: nothing to add); `only` removes every other row."""
+    batch = checked_rows(v, items, replace or only)
+    if not batch and not (only and len(v.ids)):
+        return None
+    if not batch:
+        raise TaskIndexError("only=True with no rows would empty the index: remove rows one by one instead")
+    manifest = json.loads(json.dumps(v.manifest))
+    ids = np.arange(manifest["next_id"], manifest["next_id"] + len(batch), dtype=np.int64)
+    manifest["segments"].append(new_segment(v, batch, ids))
+    replaced = v.ids.tolist() if only else [int(v.ids[v.by_name[n]]) for n, *_ in batch if n in v.by_name]
+    manifest["deleted"] = sorted(set(manifest["deleted"]) | set(replaced))
+    manifest["next_id"] = int(ids[-1]) + 1
+    manifest["row_count"] = len(v.ids) + len(batch) - len(replaced)
+    return manifest
+
+
 def new_segment(v: LoadedVersion, batch: list[tuple], ids: np.ndarray) -> dict:
     """The files of a segment holding `batch` as rows `ids`: vectors, metadata, and their projection if trained."""
     import pandas as pd
@@ -143,7 +160,16 @@ def decoded(encoded: bytes, dim: int, vector_type: str) -> np.ndarray:
     return decode_vectors(raw.reshape(-1, dim))
 
 
-def compacted_segment(v: LoadedVersion, vector_type: str) -> dict:
+def compacted(v: LoadedVersion, vector_type: str) -> dict:
+    """The next manifest once every live row is folded into one segment (the projection to be retrained)."""
+    manifest = json.loads(json.dumps(v.manifest))
+    manifest.update(vectors=vector_type, segments=[], deleted=[], projection=None, projection_rows=0)
+    if len(v.ids):
+        manifest["segments"] = [_compacted_segment(v, vector_type)]
+    return manifest
+
+
+def _compacted_segment(v: LoadedVersion, vector_type: str) -> dict:
     """Every live row in one segment, its vectors stored as `vector_type`, the lazy columns read back in."""
     import pandas as pd
 
@@ -203,3 +229,16 @@ def train_projection(store: Store, manifest: dict, dim: int) -> None:
         proj = (np.concatenate([candidates.project(rows_of(vecs, b), projection) for b in blocks]) if blocks
                 else np.zeros((0, 1)))
         seg["proj"] = store.new_file(".proj.f32", proj.astype("<f4").tobytes())
+
+
+def first_manifest(store: Store, probe, method: str, prior_scale: float, estimator: str, vectors: str) -> dict:
+    """Version 1 of a new index: its space, layout and prior, and no rows."""
+    from taskindex.embedding.fisher import weight_scale_prior
+
+    prior = weight_scale_prior(probe.backbone, prior_scale).astype(np.float32)
+    return {"version": 1,
+            "space": {**probe.identity, "method": method, "prior_scale": float(prior_scale), "estimator": estimator},
+            "dim": probe.dim, "layout": probe.layout, "prior": store.new_file(".npy", npy_bytes(prior)),
+            "vectors": vectors, "projection": None, "projection_rows": 0, "segments": [], "deleted": [],
+            "next_id": 0, "row_count": 0, "model2vec": None, "alpha": distance.ALPHA,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -1,0 +1,115 @@
+"""Searching an index for a task: its nearest rows (query) and the best experts for it (select)."""
+
+from __future__ import annotations
+
+import click
+
+from taskindex.cli.options import data_options
+from taskindex.cli.output import api_errors, json_output, row_table, table
+from taskindex.shipped import default_index_path
+
+
+def _index_and_target(args: tuple[str, ...], embedding_file, row_name, command: str) -> tuple[str, tuple]:
+    """[INDEX] (DATA | --embedding FILE | --name NAME): the index path (default: shipped) and DATA if given."""
+    from taskindex.errors import TaskIndexError
+
+    given = sum(x is not None for x in (embedding_file, row_name))
+    if len(args) > 2 or (len(args) == 2 and given) or (not args and not given):
+        raise TaskIndexError(f"usage: taskindex {command} [INDEX] (DATA | --embedding FILE | --name NAME)")
+    if given > 1:
+        raise TaskIndexError("pass only one of DATA, --embedding or --name")
+    if len(args) == 2 or (len(args) == 1 and given):
+        return args[0], args[1:]
+    return default_index_path(), args
+
+
+def _search(command: str, args, embedding_file, row_name, read: dict, search) -> dict:
+    """Open the index of ARGS read-only and time `search(index, target)`: the target a row name, a saved
+    embedding, or DATA embedded in the index's space (TaskIndex.embed with the `read` options)."""
+    import time
+
+    from taskindex.embedding.vector import Embedding
+    from taskindex.index import TaskIndex
+
+    index, rest = _index_and_target(args, embedding_file, row_name, command)
+    with TaskIndex.open(index, readonly=True) as idx:
+        start = time.perf_counter()
+        target = (row_name or (Embedding.load(embedding_file) if embedding_file else
+                               idx.embed(rest[0], read["max_samples"], image_column=read["image_column"],
+                                         label_column=read["label_column"], progress=False)))
+        hits = search(idx, target)
+        seconds = time.perf_counter() - start
+    return {"index": index, "seconds": seconds, "hits": [h.to_dict() for h in hits]}
+
+
+def target_options(f):
+    """What a query or select asks about: DATA, --embedding FILE or --name NAME, and how DATA is read."""
+    f = data_options(f)
+    f = click.option("--name", "row_name", help="Ask with a task row already in the index.")(f)
+    return click.option("--embedding", "embedding_file", type=click.Path(), help="Ask with a saved .emb file.")(f)
+
+
+def _show_rows(r: dict) -> None:
+    row_table([{**h["metadata"], "distance": h["distance"]} for h in r["hits"]],
+              ["name", "kind", "distance", "complexity"])
+    click.echo(f"({len(r['hits'])} rows, {r['metric']}, {r['seconds'] * 1000:.1f} ms)")
+
+
+@click.command()
+@click.argument("args", nargs=-1)
+@target_options
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--metric", type=click.Choice(["sym", "asym"]), default="sym", show_default=True)
+@click.option("--kind", type=click.Choice(["task", "model"]), default=None)
+@click.option("--where", multiple=True, help="Filter: key=value, key!=value, key>=3, 'key in a,b' (repeatable).")
+@click.option("--exact", is_flag=True, help="Brute-force exact distances over every row.")
+@click.option("--refine", type=click.IntRange(min=1), default=None,
+              help="Candidates re-ranked exactly per result: more is slower, with higher recall "
+                   "(default: the index's for its size, see `info`).")
+@click.option("--alpha", type=click.FloatRange(min=0), default=None,
+              help="Complexity weight of --metric asym (default: the index's, see `taskindex alpha`).")
+@json_output(_show_rows)
+@api_errors
+def query(args, embedding_file, row_name, max_samples, image_column, label_column, k, metric, kind, where, exact,
+          refine, alpha):
+    """Nearest rows: query [INDEX] (DATA | --embedding FILE | --name NAME).
+
+    Without INDEX the shipped default index is used."""
+    from taskindex.index.filters import parse_where
+
+    where = parse_where(where)
+    result = _search("query", args, embedding_file, row_name, dict(max_samples=max_samples, image_column=image_column,
+                                                                  label_column=label_column),
+                     lambda idx, q: idx.query(q, k=k, metric=metric, kind=kind, where=where, exact=exact, alpha=alpha,
+                                              refine=refine))
+    return {**result, "metric": metric}
+
+
+def _show_models(r: dict) -> None:
+    table([{**h["metadata"], "score": h["distance"], "ranked_by": h["ranked_by"]} for h in r["hits"]],
+          ["name", "score", "ranked_by", "complexity", "source_task"])
+    click.echo(f"({len(r['hits'])} models, {r['seconds'] * 1000:.1f} ms)")
+
+
+@click.command()
+@click.argument("args", nargs=-1)
+@target_options
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--where", multiple=True, help="Filter the models: key=value, key!=value, 'key in a,b' (repeatable).")
+@click.option("--alpha", type=click.FloatRange(min=0), default=None,
+              help="Complexity weight of d_asym (default: the index's, see `info`).")
+@json_output(_show_models)
+@api_errors
+def select(args, embedding_file, row_name, max_samples, image_column, label_column, k, where, alpha):
+    """Best experts for a task: select [INDEX] (DATA | --embedding FILE | --name NAME).
+
+    Ranks the model rows by d_asym(model -> task), with MODEL2VEC where the index holds a fit."""
+    from taskindex.index.filters import parse_where
+
+    where = parse_where(where)
+    return _search("select", args, embedding_file, row_name, dict(max_samples=max_samples, image_column=image_column,
+                                                                 label_column=label_column),
+                   lambda idx, q: idx.select_model(q, k=k, where=where, alpha=alpha))
+
+
+COMMANDS = [query, select]

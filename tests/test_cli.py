@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from clikit import FAST_PROBE, PYTHON_WORDING, assert_flag_wording, assert_user_error, make_image_folder
 
 from taskindex import Embedding
-from taskindex.cli.main import cli
+from taskindex.cli import cli
 
 
 @pytest.fixture
@@ -180,3 +180,20 @@ def test_embed_errors_speak_in_flags(runner, image_folder, tmp_path, monkeypatch
     monkeypatch.setattr(torchvision.models, "resnet18", offline)
     r = runner.invoke(cli, ["embed", str(image_folder), "-o", str(out), "--probe", "resnet18"])
     assert "--weights FILE" in assert_flag_wording(r, "could not download ImageNet weights for resnet18")
+
+
+def test_ctrl_c_is_exit_130_with_the_commands_own_line(runner, monkeypatch, tmp_path):
+    import taskindex.rebuilds.run
+    from taskindex.index import TaskIndex
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TaskIndex, "open", interrupt)
+    r = runner.invoke(cli, ["ls", str(tmp_path / "idx")])
+    assert r.exit_code == 130 and r.output == "Interrupted: nothing was written.\n", r.output
+    monkeypatch.setattr(taskindex.rebuilds.run, "rebuild", interrupt)
+    r = runner.invoke(cli, ["rebuild", str(tmp_path / "idx"), "--manifest", "rows.csv"])
+    assert r.exit_code == 130, r.output
+    assert r.output == (f"Interrupted: {tmp_path / 'idx'} is unchanged; `--resume` goes on from the rows already "
+                        "embedded.\n")

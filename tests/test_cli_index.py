@@ -13,7 +13,7 @@ from clikit import assert_flag_wording, make_image_folder, parse_table
 from clikit import assert_user_error as user_error
 
 from taskindex import Embedding
-from taskindex.cli.main import cli
+from taskindex.cli import cli
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,48 @@ def test_rm_and_compact(built, tmp_path):
     assert out["rows"] == 2 and out["version"] == 6 == new["version"]
     assert json.loads(r.invoke(cli, ["info", str(idx), "--json"]).output)["segments"] == 1
     assert r.invoke(cli, ["verify", str(idx)]).output.strip() == "ok"
+
+
+def test_rm_of_several_rows_is_one_commit_and_an_unknown_name_among_them_removes_none(built, tmp_path):
+    import shutil
+
+    from taskindex.index import TaskIndex
+
+    r = CliRunner()
+    idx = tmp_path / "copy"
+    shutil.copytree(built / "idx", idx)
+    version = json.loads(r.invoke(cli, ["info", str(idx), "--json"]).output)["version"]
+    user_error(r.invoke(cli, ["rm", str(idx), "one", "uno", "three"]), "no row named 'uno'")
+    with TaskIndex.open(idx, readonly=True) as index:  # not even "one", named before the unknown one
+        assert sorted(index.names()) == ["one", "three", "two"] and index.version == version
+    res = r.invoke(cli, ["rm", str(idx), "one", "two", "three", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output) == {"removed": ["one", "two", "three"], "rows": 0, "version": version + 1}
+    with TaskIndex.open(idx, readonly=True) as index:
+        assert list(index.names()) == [] and index.version == version + 1
+    assert r.invoke(cli, ["rm", str(idx), "one"]).output.startswith("Error: no row named 'one'")
+
+
+def test_ls_where_and_kind_are_to_pandas_where_and_kind(built):
+    from taskindex.index import TaskIndex
+
+    r = CliRunner()
+    idx = str(built / "idx")
+    cases = [((), {}), (("--kind", "task"), {"kind": "task"}), (("--kind", "model"), {"kind": "model"}),
+             (("--where", "seed>=1"), {"where": {"seed": (">=", 1)}}),
+             (("--where", "owner in ana", "--kind", "task", "--where", "seed!=0"),
+              {"where": {"owner": ["ana"], "seed": ("!=", 0)}, "kind": "task"}),
+             (("--where", "seed=2", "--kind", "task"), {"where": {"seed": 2}, "kind": "task"})]
+    kept = []
+    with TaskIndex.open(idx, readonly=True) as index:
+        for flags, kwargs in cases:
+            res = r.invoke(cli, ["ls", idx, *flags, "--json"])
+            assert res.exit_code == 0, res.output
+            want = json.loads(index.to_pandas(**kwargs).to_json(orient="records"))
+            assert json.loads(res.output) == want, flags
+            kept.append(sorted(row["name"] for row in want))
+    # each case keeps other rows: a flag ls ignored would show
+    assert kept == [["one", "three", "two"], ["one", "two"], ["three"], ["three", "two"], ["two"], []]
 
 
 def test_warm_reads_every_vector_file_of_the_committed_version(built):

@@ -182,6 +182,50 @@ def test_embed_errors_speak_in_flags(runner, image_folder, tmp_path, monkeypatch
     assert "--weights FILE" in assert_flag_wording(r, "could not download ImageNet weights for resnet18")
 
 
+def _commands(group, path=("taskindex",)):
+    """Every command with the words that call it, groups included: (("taskindex", "model2vec", "fit"), command)."""
+    import click
+
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def _example_lines(help_text: str) -> list[str]:
+    """The lines of the Example block of a --help page (up to the Options), or [] if it has none."""
+    if "\n  Example:\n" not in help_text:
+        return []
+    block = help_text.split("\n  Example:\n", 1)[1].split("\nOptions:", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def test_every_commands_help_has_an_example_block_of_lines_that_parse(runner):
+    """Each --help shows an Example block (sqlite-utils' way): one command a line, kept as written (not re-wrapped
+    into a paragraph), with at least one line of the command itself, and every line's flags parse."""
+    import shlex
+
+    import click
+
+    commands = [(("taskindex",), cli), *_commands(cli)]
+    assert len(commands) == 21  # the group, 18 commands, model2vec and its fit and eval
+    for words, command in commands:
+        r = runner.invoke(cli, [*words[1:], "--help"])
+        assert r.exit_code == 0, r.output
+        lines = _example_lines(r.output)
+        assert lines, f"{' '.join(words)} --help has no Example block"
+        assert any(line.startswith(" ".join(words) + " ") for line in lines), lines
+        for line in lines:
+            tokens = shlex.split(line)
+            assert tokens[0] == "taskindex" and tokens.count("taskindex") == 1, line  # one command, not re-wrapped
+            name, target, rest = "taskindex", cli, tokens[1:]
+            while isinstance(target, click.Group):
+                name, rest = rest[0], rest[1:]
+                target = target.commands[name]
+            with target.make_context(name, rest):
+                pass  # a UsageError here is a flag or argument the command does not take
+
+
 def test_ctrl_c_is_exit_130_with_the_commands_own_line(runner, monkeypatch, tmp_path):
     import taskindex.rebuilds.run
     from taskindex.index import TaskIndex

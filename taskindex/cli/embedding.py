@@ -42,7 +42,15 @@ def _label_passes(value: str | None) -> dict:
 @api_errors
 def embed(data, output, probe, weights, method, expectation, label_passes, estimator, trim, image_size, device, seed,
           max_samples, image_column, label_column):
-    """Embed the task in DATA (folder, .parquet, .csv or sample:NAME) into a .emb file."""
+    """Embed the task in DATA (folder, .parquet, .csv or sample:NAME) into a .emb file.
+
+    Example:
+
+    \b
+        taskindex embed sample:fashion-footwear -o footwear.emb
+        taskindex embed ./pets -o pets.emb --probe resnet34 --max-samples 500
+        taskindex embed tasks.parquet -o t.emb --image-column img --label-column y --json
+    """
     from taskindex.data.sources import load_task
     from taskindex.distance import complexity
     from taskindex.embedding.pipeline import embed as embed_task
@@ -66,7 +74,14 @@ def embed(data, output, probe, weights, method, expectation, label_passes, estim
 @json_output(template("{distance:.6f}"))
 @api_errors
 def distance(a, b, metric, alpha):
-    """Distance between two embedding files A and B."""
+    """Distance between two embedding files A and B.
+
+    Example:
+
+    \b
+        taskindex distance footwear.emb pets.emb
+        taskindex distance footwear.emb pets.emb --metric asym --alpha 0.2 --json
+    """
     from taskindex import distance as dist
     from taskindex.embedding.vector import Embedding
 
@@ -81,7 +96,14 @@ def distance(a, b, metric, alpha):
 @json_output(lambda rows: table(rows, ["name", "image_size", "imagenet_weights"]))
 @api_errors
 def probes():
-    """List the registered probe networks."""
+    """List the registered probe networks.
+
+    Example:
+
+    \b
+        taskindex probes
+        taskindex probes --json
+    """
     from taskindex.embedding.probes import list_probes, probe_spec
 
     return [{"name": n, "image_size": probe_spec(n).default_image_size, "imagenet_weights": probe_spec(n).pretrained}
@@ -93,7 +115,14 @@ def probes():
 @json_output(lambda rows: table(rows, ["name", "dataset", "group", "classes"]))
 @api_errors
 def samples(dataset):
-    """List the named sample tasks (use them as DATA with sample:NAME)."""
+    """List the named sample tasks (use them as DATA with sample:NAME).
+
+    Example:
+
+    \b
+        taskindex samples --dataset mnist
+        taskindex embed sample:mnist-round -o round.emb
+    """
     from taskindex.data import samples as s
 
     rows = [s.describe(n) for n in s.names(dataset)]

@@ -36,7 +36,14 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict:
                       "{vectors} vectors"))
 @api_errors
 def create(index, probe, weights, image_size, method, estimator, trim, vectors):
-    """Create an empty index at INDEX for one probe, method and estimator."""
+    """Create an empty index at INDEX for one probe, method and estimator.
+
+    Example:
+
+    \b
+        taskindex create my.index
+        taskindex create my.index --probe resnet18 --weights random --image-size 32 --vectors bfloat16
+    """
     from taskindex.index import TaskIndex
 
     with TaskIndex.create(index, probe=probe, weights=weights, image_size=image_size, method=method,
@@ -71,7 +78,16 @@ def _check_add_flags(data, embedding_file, source_task, kind) -> None:
 @json_output(template("added {name} ({kind}): {rows} rows, version {version}"))
 @api_errors
 def add(index, name, data, embedding_file, kind, source_task, meta, replace, max_samples, image_column, label_column):
-    """Add NAME to INDEX: embed DATA with the index's probe, take --embedding FILE, or (a model) --source TASK."""
+    """Add NAME to INDEX: embed DATA with the index's probe, take --embedding FILE, or (a model) --source TASK.
+
+    Example:
+
+    \b
+        taskindex add my.index footwear sample:fashion-footwear --meta dataset=fashion-mnist
+        taskindex add my.index footwear --embedding footwear.emb --replace
+        taskindex add my.index footwear-expert --kind model --source footwear
+        taskindex add my.index pets pets.parquet --image-column img --label-column y
+    """
     from taskindex.embedding.vector import Embedding
     from taskindex.errors import IndexUsageError
     from taskindex.index import TaskIndex
@@ -100,7 +116,15 @@ def add(index, name, data, embedding_file, kind, source_task, meta, replace, max
 @json_output(lambda rows: row_table(rows, ["name", "kind", "complexity"]))
 @api_errors
 def ls_cmd(index, kind, where):
-    """List the rows of INDEX (default: the shipped index)."""
+    """List the rows of INDEX (default: the shipped index).
+
+    Example:
+
+    \b
+        taskindex ls --kind model
+        taskindex ls --where dataset=mnist --where "group in subset,semantic"
+        taskindex ls my.index --json
+    """
     import json
 
     from taskindex.index import TaskIndex
@@ -121,7 +145,14 @@ def _show_info(info: dict) -> None:
 @json_output(_show_info)
 @api_errors
 def info(index):
-    """Probe, method, size and storage of INDEX (default: the shipped index)."""
+    """Probe, method, size and storage of INDEX (default: the shipped index).
+
+    Example:
+
+    \b
+        taskindex info
+        taskindex info my.index --json
+    """
     from taskindex.index import TaskIndex
 
     with TaskIndex.open(index or default_index_path(), readonly=True) as idx:
@@ -134,7 +165,14 @@ def info(index):
 @json_output(lambda r: click.echo(f"removed {len(r['removed'])}: {r['rows']} rows, version {r['version']}"))
 @api_errors
 def rm(index, names):
-    """Remove rows NAMES from INDEX, in one commit (an unknown name removes none of them)."""
+    """Remove rows NAMES from INDEX, in one commit (an unknown name removes none of them).
+
+    Example:
+
+    \b
+        taskindex rm my.index footwear
+        taskindex rm my.index footwear footwear-expert pets
+    """
     from taskindex.index import TaskIndex
 
     with TaskIndex.open(index) as idx:
@@ -147,7 +185,14 @@ def rm(index, names):
 @json_output(lambda r: click.echo("ok" if r["ok"] else "\n".join(r["problems"])))
 @api_errors
 def verify(index):
-    """Check every file of INDEX against its manifest (sizes and sha256). Exit 1 if damaged."""
+    """Check every file of INDEX against its manifest (sizes and sha256). Exit 1 if damaged.
+
+    Example:
+
+    \b
+        taskindex verify
+        taskindex verify my.index --json
+    """
     from taskindex.index import verify as verify_index
 
     path = index or default_index_path()
@@ -160,7 +205,14 @@ def verify(index):
 @json_output(lambda r: click.echo(f"warmed {r['bytes'] / 2**20:,.1f} MiB in {r['seconds']:.1f} s"))
 @api_errors
 def warm(index):
-    """Read INDEX's vectors into the OS page cache, so the first queries of any process do not wait on the disk."""
+    """Read INDEX's vectors into the OS page cache, so the first queries of any process do not wait on the disk.
+
+    Example:
+
+    \b
+        taskindex warm
+        taskindex warm my.index --json
+    """
     import time
 
     from taskindex.index import TaskIndex
@@ -179,7 +231,14 @@ def warm(index):
 @json_output(template("compacted: {rows} rows ({vectors}), version {version}, {files_removed} old files removed"))
 @api_errors
 def compact(index, vectors):
-    """Fold INDEX's history into one segment and delete files no version needs."""
+    """Fold INDEX's history into one segment and delete files no version needs.
+
+    Example:
+
+    \b
+        taskindex compact my.index
+        taskindex compact my.index --vectors bfloat16
+    """
     from taskindex.index import TaskIndex
 
     with TaskIndex.open(index) as idx:
@@ -193,7 +252,14 @@ def compact(index, vectors):
 @json_output(template("alpha {alpha:g} (version {version}; MODEL2VEC: {model2vec})"))
 @api_errors
 def alpha_cmd(index, value):
-    """Show INDEX's alpha (the complexity weight of d_asym), or store VALUE."""
+    """Show INDEX's alpha (the complexity weight of d_asym), or store VALUE.
+
+    Example:
+
+    \b
+        taskindex alpha my.index
+        taskindex alpha my.index 0.2
+    """
     from taskindex.index import TaskIndex
 
     with TaskIndex.open(index, readonly=value is None) as idx:

@@ -18,7 +18,15 @@ __all__ = ["cli", "main", "default_index_path"]  # default_index_path: tests/tes
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="taskindex")
 def cli():
-    """taskindex: embed image-classification tasks with TASK2VEC and compare them."""
+    """taskindex: embed image-classification tasks with TASK2VEC and compare them.
+
+    Example:
+
+    \b
+        taskindex query --name fashion-footwear -k 5
+        taskindex select sample:mnist-round -k 3
+        taskindex ls --kind model
+    """
 
 
 for module in (embedding, index, search, model2vec, plot, rebuild):

@@ -9,7 +9,14 @@ from taskindex.cli.output import api_errors, json_output, progress
 
 @click.group(name="model2vec")
 def model2vec_group():
-    """Learn model embeddings from observed errors (MODEL2VEC) and judge expert selection."""
+    """Learn model embeddings from observed errors (MODEL2VEC) and judge expert selection.
+
+    Example:
+
+    \b
+        taskindex model2vec fit my.index errors.csv
+        taskindex model2vec eval my.index errors.csv
+    """
 
 
 def _show_fit(r: dict) -> None:
@@ -29,7 +36,14 @@ def _show_fit(r: dict) -> None:
 @json_output(_show_fit)
 @api_errors
 def model2vec_fit(index, errors, seed, holdout, max_steps, patience):
-    """Fit MODEL2VEC on ERRORS (.csv or .parquet: task, model, error) and store it in INDEX."""
+    """Fit MODEL2VEC on ERRORS (.csv or .parquet: task, model, error) and store it in INDEX.
+
+    Example:
+
+    \b
+        taskindex model2vec fit my.index errors.csv
+        taskindex model2vec fit my.index errors.parquet --holdout 0.25 --max-steps 500 --json
+    """
     from taskindex.index import TaskIndex
 
     options = {k: v for k, v in (("holdout", holdout), ("max_steps", max_steps), ("patience", patience))
@@ -55,7 +69,14 @@ def _show_evaluation(report: dict) -> None:
 @json_output(_show_evaluation)
 @api_errors
 def model2vec_eval(index, errors, seed):
-    """Leave-one-out expert selection on ERRORS: d_asym and MODEL2VEC against the best and a random model."""
+    """Leave-one-out expert selection on ERRORS: d_asym and MODEL2VEC against the best and a random model.
+
+    Example:
+
+    \b
+        taskindex model2vec eval my.index errors.csv
+        taskindex model2vec eval my.index errors.csv --seed 1 --json
+    """
     from taskindex.index import TaskIndex
 
     with TaskIndex.open(index, readonly=True) as idx:

@@ -22,7 +22,15 @@ from taskindex.shipped import default_index_path
 @json_output(template("wrote {output}"))
 @api_errors
 def plot(index, plot_kind, output, color_by, against, row_kind, where, method):
-    """Draw INDEX (default: the shipped index) as a figure: the paper's Fig. 1 and 2 for your rows."""
+    """Draw INDEX (default: the shipped index) as a figure: the paper's Fig. 1 and 2 for your rows.
+
+    Example:
+
+    \b
+        taskindex plot -o tasks.png
+        taskindex plot --kind map --color-by dataset -o map.svg
+        taskindex plot --kind complexity --against n_samples --where dataset=mnist -o complexity.pdf
+    """
     from taskindex import plots
     from taskindex.index import TaskIndex
     from taskindex.index.filters import parse_where

@@ -38,7 +38,15 @@ def _show_report(r: dict) -> None:
 @api_errors(interrupted="Interrupted: {index} is unchanged; `--resume` goes on from the rows already embedded.")
 def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_failures, probe, weights, image_size,
             estimator, trim):
-    """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once."""
+    """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once.
+
+    Example:
+
+    \b
+        taskindex rebuild my.index --manifest tasks.csv --workers 4
+        taskindex rebuild my.index --manifest tasks.csv --resume --allow-failures
+        taskindex rebuild my.index --manifest tasks.yaml --ray auto --json
+    """
     from taskindex.rebuilds.run import rebuild as run
 
     report = run(index, manifest_file, workers=workers, threads=threads, resume=resume, allow_failures=allow_failures,

@@ -74,7 +74,15 @@ def query(args, embedding_file, row_name, max_samples, image_column, label_colum
           refine, alpha):
     """Nearest rows: query [INDEX] (DATA | --embedding FILE | --name NAME).
 
-    Without INDEX the shipped default index is used."""
+    Without INDEX the shipped default index is used.
+
+    Example:
+
+    \b
+        taskindex query --name fashion-footwear -k 5
+        taskindex query sample:mnist-round --kind task --where dataset=mnist
+        taskindex query my.index --embedding footwear.emb --metric asym --exact --json
+    """
     from taskindex.index.filters import parse_where
 
     where = parse_where(where)
@@ -103,7 +111,15 @@ def _show_models(r: dict) -> None:
 def select(args, embedding_file, row_name, max_samples, image_column, label_column, k, where, alpha):
     """Best experts for a task: select [INDEX] (DATA | --embedding FILE | --name NAME).
 
-    Ranks the model rows by d_asym(model -> task), with MODEL2VEC where the index holds a fit."""
+    Ranks the model rows by d_asym(model -> task), with MODEL2VEC where the index holds a fit.
+
+    Example:
+
+    \b
+        taskindex select --name fashion-footwear -k 3
+        taskindex select sample:mnist-round --where dataset=mnist
+        taskindex select my.index --embedding footwear.emb --alpha 0.2 --json
+    """
     from taskindex.index.filters import parse_where
 
     where = parse_where(where)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from taskindex.data import samples
-from taskindex.embedding.pipeline import embed
-from taskindex.index.task_index import TaskIndex
+from taskindex.index import TaskIndex
 from taskindex.shipped import EXPERT_ERRORS as ERRORS
-from taskindex.shipped import default_index_path
+from taskindex.shipped import default_index
 
 
 def show(title: str, hits, seconds: float) -> None:
@@ -21,10 +19,10 @@ def show(title: str, hits, seconds: float) -> None:
 
 
 def main() -> None:
-    with TaskIndex.open(default_index_path(), readonly=True) as index:
+    with default_index() as index:
         info = index.info()
-        print(f"index {info['path']}: {info['tasks']} tasks, {info['models']} experts, {info['probe']} @ {info['image_size']} px, "
-              f"{info['method']}")
+        print(f"index {info['path']}: {info['tasks']} tasks, {info['models']} experts, {info['probe']} @ "
+              f"{info['image_size']} px, {info['method']}")
         start = time.perf_counter()
         hits = index.query("fashion-footwear", k=5, kind="task")
         show("nearest to the indexed task 'fashion-footwear'", hits, time.perf_counter() - start)
@@ -32,7 +30,7 @@ def main() -> None:
         task = samples.load("fashion-sandal-vs-rest", max_per_class=60, seed=7)  # images the index has not seen
         probe = index.probe()
         start = time.perf_counter()
-        emb = embed(task, probe, **index.embed_options())
+        emb = index.embed(task, probe=probe)
         embedded = time.perf_counter() - start
         start = time.perf_counter()
         hits = index.query(emb, k=5, kind="task")

@@ -143,7 +143,7 @@ def test_sigkill_then_resume_embeds_only_the_missing_rows_and_the_live_index_sta
     ([{"name": "a", "source": "sample:digits-round"}, {"name": "a", "source": "sample:mnist-round"}],
      r"line 3: name 'a' repeats line 2"),
     ([{"name": "a", "source": "sample:digits-round", "per_class": "many"}],
-     r"line 2: per_class must be a whole number >= 1; got 'many'"),
+     r"line 2: per_class must be a positive integer; got 'many'"),
     ([{"name": "a", "source": "sample:digits-round", "kind": "expert"}], r"line 2: unknown kind 'expert'"),
     ([{"name": "a", "source": "sample:no-such-task"}], r"line 2: source: unknown sample task 'no-such-task'"),
     ([{"name": "", "source": "sample:digits-round"}], r"line 2: name is missing"),
@@ -170,7 +170,7 @@ def test_yaml_and_parquet_manifests(tmp_path):
         "  - name: round\n    source: sample:digits-round\n    per_class: 5\n    metadata: {owner: ana, n: 3}\n"
         "  - name: tops\n    kind: model\n    source: sample:fashion-tops\n"
         "  - name: bad\n    source: sample:digits-round\n    seed: -1\n")
-    with pytest.raises(ManifestError, match=r"m.yaml, line 9: seed must be a whole number >= 0; got -1"):
+    with pytest.raises(ManifestError, match=r"m.yaml, line 9: seed must be an integer >= 0; got -1"):
         read_manifest(tmp_path / "m.yaml")
     text = (tmp_path / "m.yaml").read_text().rsplit("  - name: bad", 1)[0]
     (tmp_path / "m.yaml").write_text(text)
@@ -183,7 +183,7 @@ def test_yaml_and_parquet_manifests(tmp_path):
     assert [(r.name, r.seed, r.metadata) for r in rows] == [("x", 0, {"owner": "ana"}), ("y", 1, {})]
     pq.write_table(pa.table({"name": ["x"], "source": ["sample:digits-round"], "seed": ["zero"]}),
                    tmp_path / "m.parquet")
-    with pytest.raises(ManifestError, match=r"m.parquet, row 1: seed must be a whole number"):
+    with pytest.raises(ManifestError, match=r"m.parquet, row 1: seed must be an integer"):
         read_manifest(tmp_path / "m.parquet")
 
 

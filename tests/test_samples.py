@@ -134,7 +134,7 @@ def test_unknown_name_suggests_close_matches():
     assert "unknown sample task 'fashon-all'" in message
     assert "did you mean 'fashion-all'" in message
     assert "taskindex.samples.names()" in message
-    with pytest.raises(TaskError, match="max_per_class must be a positive integer or None; got 0"):
+    with pytest.raises(TaskError, match=r"max_per_class must be a positive integer or None \(as many as the smallest class has\); got 0"):
         samples.load("mnist-all", max_per_class=0)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from taskindex import validation
 from taskindex.errors import TaskError
 
 
@@ -79,9 +80,7 @@ def check_indices(indices: Any, n: int) -> np.ndarray:
 
 
 def positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise TaskError(f"{what} must be a positive integer; got {value!r}")
-    return int(value)
+    return validation.integer(value, what, error=TaskError)
 
 
 def one_line(err: BaseException) -> str:

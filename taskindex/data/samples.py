@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from taskindex import validation
 from taskindex.errors import TaskError
 from taskindex.data.task import Task, balanced_order
 
@@ -81,11 +82,7 @@ def load(name: str, max_per_class: int | None = 200, seed: int = 0) -> Task:
     sample task is balanced (a vs-rest task gets as many 'rest' images as named ones).
     """
     s = spec(name)
-    valid = max_per_class is None or (
-        isinstance(max_per_class, (int, np.integer)) and not isinstance(max_per_class, bool) and max_per_class >= 1
-    )
-    if not valid:
-        raise TaskError(f"max_per_class must be a positive integer or None; got {max_per_class!r}")
+    validation.integer(max_per_class, "max_per_class", none="as many as the smallest class has", error=TaskError)
     images, labels = arrays(s.dataset)
     pools = [np.flatnonzero(np.isin(labels, group)) for group in s.groups]
     cap = min(len(p) for p in pools) if max_per_class is None else int(max_per_class)

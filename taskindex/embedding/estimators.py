@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from taskindex import validation
 from taskindex.errors import TaskIndexError
 
 ESTIMATORS = ("trimmed", "winsorized", "mean")
@@ -37,9 +38,9 @@ def estimator_id(estimator: str, trim: float | None = None) -> str:
     if estimator == "mean":
         return "mean"
     trim = DEFAULT_TRIM if trim is None else trim
-    if isinstance(trim, bool) or not isinstance(trim, (int, float)) or not 0 < trim < 0.5:
-        raise TaskIndexError(f"trim must be a fraction in (0, 0.5), the share of images cut at each end "
-                             f"per filter; got {trim!r}")
+    if not (validation.is_number(trim) and 0 < trim < 0.5):
+        raise TaskIndexError(f"trim must be a fraction in (0, 0.5); got {trim!r} (the share of images cut at each "
+                             "end per filter)")
     return f"{estimator}:{float(trim):g}"
 
 

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from taskindex import __version__
+from taskindex import validation
 from taskindex.embedding.vector import PRIOR_SCALE, Embedding
 from taskindex.errors import TaskError, TaskIndexError
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
@@ -33,21 +34,14 @@ LABEL_PASSES = 2
 
 
 def _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads):
-    if method not in METHODS:
-        raise TaskIndexError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if expectation not in EXPECTATIONS:
-        raise TaskIndexError(f"unknown expectation {expectation!r}: use 'sample' (a label drawn per image) "
-                             "or 'exact' (sum over labels)")
-    if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 2):
-        raise TaskIndexError(f"max_samples must be an integer >= 2 or None; got {max_samples!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise TaskIndexError(f"batch_size must be a positive integer; got {batch_size!r}")
-    if not isinstance(seed, int):
-        raise TaskIndexError(f"seed must be an integer; got {seed!r}")
-    if label_passes is not None and (not isinstance(label_passes, int) or label_passes < 1):
-        raise TaskIndexError(f"label_passes must be a positive integer or None (all C - 1); got {label_passes!r}")
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise TaskIndexError(f"threads must be a positive integer or None (the idle cores); got {threads!r}")
+    validation.choice(method, "method", METHODS)
+    validation.choice(expectation, "expectation", EXPECTATIONS,
+                      fix="'sample' draws a label per image, 'exact' sums over labels")
+    validation.integer(max_samples, "max_samples", 2, none="every image")
+    validation.integer(batch_size, "batch_size")
+    validation.integer(seed, "seed", None)
+    validation.integer(label_passes, "label_passes", none="all C - 1")
+    validation.integer(threads, "threads", none="the idle cores")
 
 
 def embed(

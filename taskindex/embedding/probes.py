@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from taskindex import validation
 from taskindex.errors import ProbeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -92,10 +93,8 @@ class Probe:
         std: tuple[float, float, float] = IMAGENET_STD,
         device: str | torch.device | None = None,
     ):
-        if not isinstance(image_size, int) or image_size < 8:
-            raise ProbeError(f"image_size must be an integer >= 8; got {image_size!r}")
-        if not isinstance(feature_dim, int) or feature_dim < 1:
-            raise ProbeError(f"feature_dim must be a positive integer; got {feature_dim!r}")
+        validation.integer(image_size, "image_size", 8, error=ProbeError)
+        validation.integer(feature_dim, "feature_dim", error=ProbeError)
         self.backbone = backbone.eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -289,8 +288,7 @@ def load_probe(
     """Build a registered probe. weights: 'imagenet', None (random init) or a state_dict path."""
     spec = probe_spec(name)
     size = spec.default_image_size if image_size is None else image_size
-    if not isinstance(size, int) or isinstance(size, bool) or size < 8:
-        raise ProbeError(f"image_size must be an integer >= 8; got {image_size!r}")
+    validation.integer(size, "image_size", 8, error=ProbeError)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
         raise ProbeError(f"weights must be 'imagenet', None or a file path; got {weights!r}")
     weights = os.fspath(weights) if weights is not None else None

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from taskindex import distance
+from taskindex import distance, validation
 from taskindex.errors import TaskIndexError
 from taskindex.index import candidates, filters
 from taskindex.index.hit import Hit
@@ -26,12 +26,9 @@ BATCH_PAIRS = 1 << 21  # candidate pairs of the queries query_many ranks togethe
 
 def plan(v: LoadedVersion, k, metric, kind, where) -> tuple[np.ndarray, bool]:
     """Checked arguments of a query: (the rows the filter keeps, whether anything is filtered)."""
-    if metric not in ("sym", "asym"):
-        raise TaskIndexError(f"unknown metric {metric!r}: use 'sym' or 'asym'")
-    if kind not in (None, *KINDS):
-        raise TaskIndexError(f"unknown kind {kind!r}: use 'task', 'model' or None")
-    if not isinstance(k, int) or k < 1:
-        raise TaskIndexError(f"k must be a positive integer; got {k!r}")
+    validation.choice(metric, "metric", ("sym", "asym"))
+    validation.choice(kind, "kind", (*KINDS, None))
+    validation.integer(k, "k")
     keep = filters.mask(v.rows, where) if where else np.ones(len(v.ids), dtype=bool)
     if kind is not None:
         keep &= v.kinds[kind]
@@ -41,11 +38,8 @@ def plan(v: LoadedVersion, k, metric, kind, where) -> tuple[np.ndarray, bool]:
 def want(v: LoadedVersion, k: int, metric: str, refine: int | None) -> int:
     """Candidates fetched for k answers (a row's own name as the query costs one more: itself, dropped):
     asym re-orders by complexity, so it looks further."""
-    if refine is None:
-        refine = candidates.default_refine(len(v.ids))
-    elif isinstance(refine, bool) or not isinstance(refine, (int, np.integer)) or refine < 1:
-        raise TaskIndexError(f"refine must be a positive integer (candidates per result); got {refine!r}")
-    return k * int(refine) * (2 if metric == "asym" else 1)
+    refine = validation.integer(refine, "refine", none="the index's default", fix="candidates per result")
+    return k * (refine or candidates.default_refine(len(v.ids))) * (2 if metric == "asym" else 1)
 
 
 def _own(v: LoadedVersion, rows: np.ndarray, self_id) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from taskindex import distance
+from taskindex import distance, validation
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id
 from taskindex.embedding.vector import PRIOR_SCALE, Embedding
 from taskindex.errors import IndexUsageError, TaskIndexError
@@ -69,8 +69,7 @@ class TaskIndex:
             what = f"{str(root)!r} already exists and is not empty: choose a new path"
             raise IndexUsageError(f"{what} or open it with TaskIndex.open",
                                   cli=f"{what} or add rows to it with `taskindex add`")
-        if method not in ("montecarlo", "variational"):
-            raise TaskIndexError(f"unknown method {method!r}: use montecarlo or variational")
+        validation.choice(method, "method", ("montecarlo", "variational"))
         writes.check_vector_type(vectors)
         if isinstance(probe, str):
             probe = load_probe(probe, weights=weights, image_size=image_size, device="cpu")
@@ -254,9 +253,7 @@ class TaskIndex:
         """A given alpha, checked, or (None, where a default is allowed) the index's."""
         if alpha is None and default:
             return self.alpha
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not np.isfinite(alpha) or alpha < 0:
-            raise TaskIndexError(f"alpha must be a finite number >= 0; got {alpha!r}")
-        return float(alpha)
+        return validation.number(alpha, "alpha", low=0)
 
     @property
     def model2vec(self) -> dict | None:
@@ -274,8 +271,7 @@ class TaskIndex:
         """
         from taskindex.select import experts
 
-        if not isinstance(k, int) or k < 1:
-            raise TaskIndexError(f"k must be a positive integer; got {k!r}")
+        validation.integer(k, "k")
         rows = experts.model_rows(self._v, where)
         alpha = self._alpha(alpha)
         emb, _ = self._as_embedding(query, probe)

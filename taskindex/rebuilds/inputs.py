@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from taskindex import validation
 from taskindex.errors import ManifestError
 from taskindex.data.sources import check_source
 
@@ -150,9 +151,7 @@ def _integer(v: Any, key: str, low: int, fail) -> int:
         v = int(v)
     if isinstance(v, float) and v.is_integer():
         v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise fail(f"{key} must be a whole number >= {low}; got {v!r}")
-    return v
+    return validation.integer(v, key, low, error=fail)
 
 
 def _typed(text: str) -> Any:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from taskindex import validation
 from taskindex.embedding.vector import Embedding
 from taskindex.errors import IndexUsageError, TaskIndexError
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR
@@ -73,9 +74,8 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
     started here, or a cluster address ("auto", "ray://host:10001")."""
     start = time.perf_counter()
     rows = read_manifest(manifest)  # every row checked before any work
-    for key, value in (("workers", workers), ("threads", threads)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise TaskIndexError(f"{key} must be a whole number >= 1; got {value!r}")
+    validation.integer(workers, "workers", none="one per two cores")
+    validation.integer(threads, "threads", none="each worker's share of the cores")
     workers = min(workers or default_workers(), len(rows))
     index = Path(index)
     stage = staging_dir(index)

@@ -101,7 +101,7 @@ def test_rm_and_compact(built, tmp_path):
     r = CliRunner()
     assert json.loads(r.invoke(cli, ["rm", str(idx), "two", "--json"]).output)["rows"] == 2
     with TaskIndex.open(idx, readonly=True) as index:
-        old = index._v.manifest
+        old = index._v.manifest.to_json()
         rows = {n: (index.get(n)[0].vector.copy(), index.metadata(index._v.row(n))) for n in index.names()}
     before = _on_disk(idx)
     assert len(old["segments"]) == 3 and len(old["deleted"]) == 1 and old["version"] == 5
@@ -109,7 +109,7 @@ def test_rm_and_compact(built, tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     with TaskIndex.open(idx, readonly=True) as index:
-        new = index._v.manifest
+        new = index._v.manifest.to_json()
         assert set(index.names()) == set(rows) == {"one", "three"}
         for n, (vector, meta) in rows.items():
             assert np.array_equal(index.get(n)[0].vector, vector)
@@ -174,7 +174,7 @@ def test_warm_reads_every_vector_file_of_the_committed_version(built):
 
     idx = str(built / "idx")
     with TaskIndex.open(idx, readonly=True) as index:
-        stored = sum(s["vectors"]["size"] for s in index._v.manifest["segments"])
+        stored = sum(s["vectors"]["size"] for s in index._v.manifest.segments)
     out = CliRunner().invoke(cli, ["warm", idx, "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["bytes"] == stored > 0

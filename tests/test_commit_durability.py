@@ -158,8 +158,8 @@ def test_the_commit_that_trains_the_projection_makes_every_projected_file_durabl
         idx.add_many([(f"r{i}", synth.make(i % 20)) for i in range(candidates.EXACT_ROWS - 3)])
         idx.add_many([(f"s{i}", synth.make(i % 20)) for i in range(2)])
         journal, new = _run(idx._v.store.root, monkeypatch, lambda: idx.add("last", synth.make(1)))
-        assert idx._v.manifest["projection"] is not None
-        segments = len(idx._v.manifest["segments"])
+        assert idx._v.manifest.projection is not None
+        segments = len(idx._v.manifest.segments)
     assert_durable_commit(journal, new)
     data = sorted(Path(p).name.split(".", 1)[1] for p in new if "/data/" in p)
     assert data == sorted(["f32", "json", "parquet", "npy"] + ["proj.f32"] * segments)

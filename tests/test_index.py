@@ -216,7 +216,7 @@ def _rows_trained_and_late(index, rows: Overlapping, spread: float) -> list[Embe
     embs = [_scaled(rows.make(), float(np.exp(rng.normal(0.0, spread)))) for _ in range(candidates.EXACT_ROWS + 100)]
     index.add_many([(f"r{i}", e) for i, e in enumerate(embs[:candidates.EXACT_ROWS])])
     index.add_many([(f"r{i}", e) for i, e in enumerate(embs[candidates.EXACT_ROWS:], candidates.EXACT_ROWS)])
-    assert index.info()["candidates"] == "flat" and index._v.manifest["projection_rows"] == candidates.EXACT_ROWS
+    assert index.info()["candidates"] == "flat" and index._v.manifest.projection_rows == candidates.EXACT_ROWS
     return embs
 
 
@@ -358,12 +358,12 @@ def test_damaged_files_are_reported_by_verify_and_open_naming_the_file(index, sy
     index.add_many([(f"r{i}", synth.make(i % 20)) for i in range(candidates.EXACT_ROWS if trained else 5)])
     index.close()
     root = tmp_path / "idx"
-    segment = index._v.manifest["segments"][0]
+    segment = index._v.manifest.segments[0]
     victim = {"vectors": lambda: root / "data" / segment["vectors"]["name"],
               "rows": lambda: root / "data" / segment["rows"]["name"],
-              "prior": lambda: root / "data" / index._v.manifest["prior"]["name"],
+              "prior": lambda: root / "data" / index._v.manifest.prior["name"],
               "proj": lambda: root / "data" / segment["proj"]["name"],
-              "projection": lambda: root / "data" / index._v.manifest["projection"]["name"],
+              "projection": lambda: root / "data" / index._v.manifest.projection["name"],
               "manifest": lambda: root / (root / "CURRENT").read_text().split()[0],
               "CURRENT": lambda: root / "CURRENT"}[target]()
     raw = bytearray(victim.read_bytes())
@@ -393,7 +393,7 @@ while done < rounds or (len(seen) < 2 and time.monotonic() < deadline):
     done += 1
     with TaskIndex.open(path, readonly=True) as idx:
         frame = idx.to_pandas()
-        assert len(frame) == idx._v.manifest["row_count"], "row count differs from its manifest"
+        assert len(frame) == idx._v.manifest.row_count, "row count differs from its manifest"
         seen.add(len(frame))
         if not len(frame):
             continue
@@ -442,7 +442,7 @@ def test_sigkill_during_commits_never_loses_or_tears_a_commit(tmp_path, one_thre
     index_with_rows(below, candidates.EXACT_ROWS - 2)
     with TaskIndex.open(below, readonly=True) as idx:
         # the training commit writes a segment (2 files), the projection, and a projected file per segment
-        files = 3 + len(idx._v.manifest["segments"]) + 2
+        files = 3 + len(idx._v.manifest.segments) + 2
     trials = crash_trials(root, trials=8, seed=1, start_from=below, files=files)
     assert [t["problems"] for t in trials if t["problems"]] == []
     # killed inside the training commit after it had written the projection (the writer reported row 510 first)
@@ -591,7 +591,7 @@ def test_query_many_answers_rows_added_after_the_projection_was_trained_as_query
     index.add_many([(f"r{i}", rows.make()) for i in range(candidates.EXACT_ROWS)])
     late = [f"late{i}" for i in range(250)]
     index.add_many([(n, rows.make()) for n in late])
-    assert index._v.manifest["projection_rows"] == candidates.EXACT_ROWS and len(index) == candidates.EXACT_ROWS + 250
+    assert index._v.manifest.projection_rows == candidates.EXACT_ROWS and len(index) == candidates.EXACT_ROWS + 250
     embeddings = [rows.make() for _ in range(10)]
     queries = [*late, *embeddings, "r0", "r1"]  # row names, late and trained on, beside embeddings in one batch
     for k in (1, 5):

@@ -365,7 +365,7 @@ def test_fit_persists_across_reopen_and_compact(tmp_path, tiny_probe):
     removed = idx.compact()
     assert removed > 0
     assert idx.verify() == []
-    theta = tmp_path / "i" / "data" / idx._v.manifest["model2vec"]["theta"]["name"]
+    theta = tmp_path / "i" / "data" / idx._v.manifest.model2vec["theta"]["name"]
     assert theta.is_file()
     assert idx.model2vec == fit and key(idx.select_model("q")) == hits
     assert json.loads(json.dumps(idx.info()))["model2vec"].startswith("3 of 3 fitted models live")
@@ -380,7 +380,7 @@ def test_an_altered_fit_file_fails_the_selection_that_reads_it_not_a_plain_query
     for j in range(3):
         idx.add_model(f"m{j}", f"t{j}")
     idx.fit_model2vec(error_table([f"t{i}" for i in range(6)], ["m0", "m1", "m2"]), **FAST)
-    theta = tmp_path / "i" / "data" / idx._v.manifest["model2vec"]["theta"]["name"]
+    theta = tmp_path / "i" / "data" / idx._v.manifest.model2vec["theta"]["name"]
     idx.close()
     raw = bytearray(theta.read_bytes())
     raw[-1] ^= 0x01  # same size, one bit flipped in the last float

@@ -140,7 +140,7 @@ def test_bfloat16_and_float32_give_the_same_answers_on_the_real_embeddings(shipp
         for n in names:
             assert [h.name for h in a.query(n, k=10)] == [h.name for h in b.query(n, k=10)]
         # half the disk for the vectors
-        size = {idx: sum(s["vectors"]["size"] for s in idx._v.manifest["segments"]) for idx in (a, b)}
+        size = {idx: sum(s["vectors"]["size"] for s in idx._v.manifest.segments) for idx in (a, b)}
         assert size[b] * 2 == size[a]
 
 

@@ -115,7 +115,7 @@ def _writer(root: Path) -> subprocess.Popen:
     from taskindex.index.task_index import TaskIndex
 
     with TaskIndex.open(root, readonly=True) as idx:
-        first_id = idx._v.manifest["next_id"]
+        first_id = idx._v.manifest.next_id
     return subprocess.Popen([sys.executable, "-m", "taskindex._testing.index_harness", str(root), str(first_id), "100000"],
                             stdout=subprocess.PIPE, text=True)
 
@@ -181,8 +181,8 @@ def _wait_for_files(folder: Path, count: int, timeout: float = 300.0) -> None:
         time.sleep(0.0005)
 
 
-def _unused(store, manifest: dict) -> list[Path]:
-    return [p for p in store.unreferenced(manifest) if p.parent == store.data]
+def _unused(store, manifest) -> list[Path]:
+    return [p for p in store.unreferenced(manifest.to_json()) if p.parent == store.data]
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from taskindex import distance, validation
+from taskindex import validation
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id
 from taskindex.embedding.vector import PRIOR_SCALE, Embedding
 from taskindex.errors import IndexUsageError, TaskIndexError
 from taskindex.index import candidates, rerank, writes
 from taskindex.index.hit import Hit
+from taskindex.index.manifest import Manifest
 from taskindex.index.storage import Store, verify
 from taskindex.index.version import LoadedVersion
 
@@ -38,7 +39,7 @@ class TaskIndex:
     """A vector database of TASK2VEC embeddings. Open with TaskIndex.open, make with TaskIndex.create."""
 
     def __init__(self, store: Store, readonly: bool):
-        self._v = LoadedVersion(store, store.read_manifest(), readonly)
+        self._v = LoadedVersion(store, Manifest.from_json(store.read_manifest()), readonly)
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -80,7 +81,8 @@ class TaskIndex:
         store = Store(root)
         store.acquire()
         try:
-            store.commit(writes.first_manifest(store, probe, method, prior_scale, estimator_id(estimator, trim), vectors))
+            first = writes.first_manifest(store, probe, method, prior_scale, estimator_id(estimator, trim), vectors)
+            store.commit(first.to_json())
         except BaseException:
             store.release()
             raise
@@ -123,7 +125,7 @@ class TaskIndex:
 
     @property
     def version(self) -> int:
-        return int(self._v.manifest["version"])
+        return self._v.manifest.version
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -211,10 +213,8 @@ class TaskIndex:
         """Remove one or more rows in one commit (their ids are never reused); an unknown name removes nothing."""
         self._writable()
         gone = {int(self._v.ids[self._v.row(n)]) for n in (name, *names)}
-        manifest = json.loads(json.dumps(self._v.manifest))
-        manifest["deleted"] = sorted(set(manifest["deleted"]) | gone)
-        manifest["row_count"] = len(self) - len(gone)
-        writes.commit(self._v, manifest)
+        m = self._v.manifest
+        writes.commit(self._v, m.but(deleted=(*m.deleted, *gone), row_count=len(self) - len(gone)))
 
     def compact(self, vectors: str | None = None) -> int:
         """Fold all segments into one, forget deleted rows, retrain the projection, drop old files.
@@ -226,7 +226,7 @@ class TaskIndex:
             writes.check_vector_type(vectors)
         writes.commit(self._v, writes.compacted(self._v, vectors or self.vector_type), retrain=True)
         removed = 0
-        for p in self._v.store.unreferenced(self._v.manifest):
+        for p in self._v.store.unreferenced(self._v.manifest.to_json()):
             p.unlink(missing_ok=True)
             removed += 1
         return removed
@@ -240,14 +240,12 @@ class TaskIndex:
     @property
     def alpha(self) -> float:
         """The complexity weight of d_asym for this index (expert selection), 0.15 unless set."""
-        return float(self._v.manifest.get("alpha", distance.ALPHA))
+        return float(self._v.manifest.alpha)
 
     def set_alpha(self, alpha: float) -> None:
         """Store a new alpha (one commit). Fitted models keep the alpha of their MODEL2VEC fit until the next fit."""
         self._writable()
-        manifest = json.loads(json.dumps(self._v.manifest))
-        manifest["alpha"] = self._alpha(alpha, default=False)
-        writes.commit(self._v, manifest)
+        writes.commit(self._v, self._v.manifest.but(alpha=self._alpha(alpha, default=False)))
 
     def _alpha(self, alpha, default: bool = True) -> float:
         """A given alpha, checked, or (None, where a default is allowed) the index's."""
@@ -258,7 +256,7 @@ class TaskIndex:
     @property
     def model2vec(self) -> dict | None:
         """The stored MODEL2VEC fit: models, gamma, alpha and the training summary (None before a fit)."""
-        fit = self._v.manifest.get("model2vec")
+        fit = self._v.manifest.model2vec
         return None if fit is None else {k: v for k, v in fit.items() if k != "theta"}
 
     def select_model(self, query, k: int = 5, where: dict | None = None, alpha: float | None = None,
@@ -286,9 +284,7 @@ class TaskIndex:
 
         self._writable()
         entry = experts.fit_entry(self._v, errors, self.alpha, seed, options)
-        manifest = json.loads(json.dumps(self._v.manifest))
-        manifest["model2vec"] = entry
-        writes.commit(self._v, manifest)
+        writes.commit(self._v, self._v.manifest.but(model2vec=entry))
         return dict(entry["summary"])
 
     def evaluate_selection(self, errors, seed: int = 0, exclude: dict | None = None, progress: bool | None = None,
@@ -387,8 +383,8 @@ class TaskIndex:
         v = self._v
         return {"path": str(v.store.root), "version": self.version, "rows": len(self),
                 "tasks": int(v.kinds["task"].sum()), "models": int(v.kinds["model"].sum()), "dim": self.dim,
-                "vectors": self.vector_type, **self.space, "segments": len(v.manifest["segments"]),
-                "deleted_rows": len(v.manifest["deleted"]),
+                "vectors": self.vector_type, **self.space, "segments": len(v.manifest.segments),
+                "deleted_rows": len(v.manifest.deleted),
                 "candidates": v.candidates.kind if v.candidates is not None else "exact",
                 "refine": candidates.default_refine(len(self)) if v.candidates is not None else None,
-                "alpha": self.alpha, "model2vec": fit_coverage(v), "created": v.manifest["created"]}
+                "alpha": self.alpha, "model2vec": fit_coverage(v), "created": v.manifest.created}

@@ -14,6 +14,7 @@ import numpy as np
 
 from taskindex.errors import IndexUsageError
 from taskindex.index import candidates
+from taskindex.index.manifest import Manifest
 from taskindex.index.segments import LIGHT_ROWS, arrow_records, frame_table, live_rows, read_frame
 from taskindex.index.storage import HASH_ON_OPEN_BYTES, Store, all_refs, decode_vectors, read_rows, warm
 from taskindex.space import Space
@@ -28,27 +29,27 @@ KINDS = ("task", "model")
 class LoadedVersion:
     """The state queries and writes read, for the version `manifest` of the index in `store`."""
 
-    def __init__(self, store: Store, manifest: dict, readonly: bool):
+    def __init__(self, store: Store, manifest: Manifest, readonly: bool):
         self.store = store
         self.readonly = readonly
         self.load(manifest)
 
-    def load(self, manifest: dict) -> None:
+    def load(self, manifest: Manifest) -> None:
         """Read a committed version from disk, checking its files."""
         store = self.store
-        vector_bytes = sum(s["vectors"]["size"] for s in manifest["segments"])
-        for ref in all_refs(manifest):  # .npy files are hashed as load_npy reads them (MODEL2VEC's on first use)
+        vector_bytes = sum(s["vectors"]["size"] for s in manifest.segments)
+        for ref in all_refs(manifest.to_json()):  # .npy files are hashed as load_npy reads them (MODEL2VEC's on first use)
             is_vectors = ref["name"].endswith((".f32", ".bf16")) and not ref["name"].endswith(".proj.f32")
             store.check(ref, full=not ref["name"].endswith(".npy") and (not is_vectors
                                                                         or vector_bytes <= HASH_ON_OPEN_BYTES))
         self.manifest = manifest
-        self.space_key = Space.of(manifest["space"])
-        self.space = {**manifest["space"], **self.space_key.to_dict()}
-        self.dim = manifest["dim"]
-        self.vector_type = manifest.get("vectors", "float32")  # format 1 indexes hold float32
-        self.layout = [tuple(x) for x in manifest["layout"]]
-        self.prior = store.load_npy(manifest["prior"])
-        self.projection = store.load_npy(manifest["projection"]) if manifest.get("projection") else None
+        self.space_key = Space.of(manifest.space)
+        self.space = {**manifest.space, **self.space_key.to_dict()}
+        self.dim = manifest.dim
+        self.vector_type = manifest.vectors
+        self.layout = list(manifest.layout)
+        self.prior = store.load_npy(manifest.prior)
+        self.projection = store.load_npy(manifest.projection) if manifest.projection else None
         self._fit = None  # (theta's file name, theta): MODEL2VEC's parameters, read when a selection needs them
         self.vectors, self.projs = [], []
         self.seg = self.pos = np.zeros(0, np.int64)
@@ -56,8 +57,8 @@ class LoadedVersion:
         self.candidates = None
         self.light = None  # a light index's rows as JSON records, one dict a live row
         self._arrow = None  # (the frame, to_arrow() of it)
-        segments, deleted = manifest["segments"], set(manifest["deleted"])
-        if self.readonly and manifest["row_count"] <= LIGHT_ROWS and all(s.get("records") for s in segments):
+        segments, deleted = list(manifest.segments), set(manifest.deleted)
+        if self.readonly and manifest.row_count <= LIGHT_ROWS and all(s.get("records") for s in segments):
             self._frame = None  # read from Parquet on first use (filters, to_pandas)
             self._open_light(segments, deleted)
         else:
@@ -70,7 +71,7 @@ class LoadedVersion:
 
     @property
     def theta(self) -> np.ndarray | None:
-        fit = self.manifest.get("model2vec")
+        fit = self.manifest.model2vec
         if not fit:
             return None
         if self._fit is None or self._fit[0] != fit["theta"]["name"]:
@@ -81,8 +82,8 @@ class LoadedVersion:
     def rows(self) -> "pd.DataFrame":
         """The live rows' metadata as a DataFrame, in row order."""
         if self._frame is None:
-            frames = self._segment_frames(self.manifest["segments"], 0)
-            self._frame = live_rows(frames, set(self.manifest["deleted"])).drop(columns=["_seg", "_pos"])
+            frames = self._segment_frames(list(self.manifest.segments), 0)
+            self._frame = live_rows(frames, set(self.manifest.deleted)).drop(columns=["_seg", "_pos"])
         return self._frame
 
     def _segment_frames(self, segments: list[dict], first: int) -> list["pd.DataFrame"]:
@@ -221,7 +222,7 @@ class LoadedVersion:
         for i, r in enumerate(rows):
             by_seg.setdefault(int(self.seg[r]), []).append(i)
         for seg, members in by_seg.items():
-            file = pq.ParquetFile(self.store.path(self.manifest["segments"][seg]["rows"]))
+            file = pq.ParquetFile(self.store.path(self.manifest.segments[seg]["rows"]))
             starts = np.cumsum([0] + [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)])
             members = np.array(members)
             pos = self.pos[rows[members]]

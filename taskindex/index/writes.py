@@ -14,6 +14,7 @@ from taskindex import distance
 from taskindex.embedding.vector import Embedding
 from taskindex.errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
 from taskindex.index import candidates
+from taskindex.index.manifest import Manifest
 from taskindex.index.segments import LAZY, npy_bytes, rows_of, segment_rows
 from taskindex.index.storage import VECTOR_TYPES, Store, decode_vectors, encode_vectors
 from taskindex.index.version import KINDS, LoadedVersion
@@ -113,21 +114,18 @@ def _check_metadata(v: LoadedVersion, name: str, meta, types: dict) -> None:
                                  "use one type per key (convert the value or choose another key)")
 
 
-def added(v: LoadedVersion, items, replace: bool, only: bool) -> dict | None:
+def added(v: LoadedVersion, items, replace: bool, only: bool) -> Manifest | None:
     """The next manifest once `items` are added (None: nothing to add); `only` removes every other row."""
     batch = checked_rows(v, items, replace or only)
     if not batch and not (only and len(v.ids)):
         return None
     if not batch:
         raise TaskIndexError("only=True with no rows would empty the index: remove rows one by one instead")
-    manifest = json.loads(json.dumps(v.manifest))
-    ids = np.arange(manifest["next_id"], manifest["next_id"] + len(batch), dtype=np.int64)
-    manifest["segments"].append(new_segment(v, batch, ids))
+    m = v.manifest
+    ids = np.arange(m.next_id, m.next_id + len(batch), dtype=np.int64)
     replaced = v.ids.tolist() if only else [int(v.ids[v.by_name[n]]) for n, *_ in batch if n in v.by_name]
-    manifest["deleted"] = sorted(set(manifest["deleted"]) | set(replaced))
-    manifest["next_id"] = int(ids[-1]) + 1
-    manifest["row_count"] = len(v.ids) + len(batch) - len(replaced)
-    return manifest
+    return m.but(segments=(*m.segments, new_segment(v, batch, ids)), deleted=(*m.deleted, *replaced),
+                 next_id=int(ids[-1]) + 1, row_count=len(v.ids) + len(batch) - len(replaced))
 
 
 def new_segment(v: LoadedVersion, batch: list[tuple], ids: np.ndarray) -> dict:
@@ -160,13 +158,10 @@ def decoded(encoded: bytes, dim: int, vector_type: str) -> np.ndarray:
     return decode_vectors(raw.reshape(-1, dim))
 
 
-def compacted(v: LoadedVersion, vector_type: str) -> dict:
+def compacted(v: LoadedVersion, vector_type: str) -> Manifest:
     """The next manifest once every live row is folded into one segment (the projection to be retrained)."""
-    manifest = json.loads(json.dumps(v.manifest))
-    manifest.update(vectors=vector_type, segments=[], deleted=[], projection=None, projection_rows=0)
-    if len(v.ids):
-        manifest["segments"] = [_compacted_segment(v, vector_type)]
-    return manifest
+    segments = (_compacted_segment(v, vector_type),) if len(v.ids) else ()
+    return v.manifest.but(vectors=vector_type, segments=segments, deleted=(), projection=None, projection_rows=0)
 
 
 def _compacted_segment(v: LoadedVersion, vector_type: str) -> dict:
@@ -184,37 +179,34 @@ def _compacted_segment(v: LoadedVersion, vector_type: str) -> dict:
             "proj": None}
 
 
-def commit(v: LoadedVersion, manifest: dict, retrain: bool = False) -> None:
+def commit(v: LoadedVersion, manifest: Manifest, retrain: bool = False) -> None:
     """Make `manifest` the next version (training the projection first where it is due) and load it into `v`."""
-    live = manifest["row_count"]
-    trained = manifest.get("projection_rows", 0)
-    if live >= candidates.EXACT_ROWS and (retrain or manifest.get("projection") is None
+    live, trained = manifest.row_count, manifest.projection_rows
+    if live >= candidates.EXACT_ROWS and (retrain or manifest.projection is None
                                           or (trained < candidates.PCA_SAMPLE and live >= 2 * trained)):
-        train_projection(v.store, manifest, v.dim)
-    manifest["version"] = int(v.manifest["version"]) + 1
-    v.store.commit(manifest)
-    if (manifest.get("projection") != v.manifest.get("projection")
-            or len(manifest["segments"]) < len(v.manifest["segments"])
-            or manifest.get("vectors") != v.manifest.get("vectors")):
+        manifest = train_projection(v.store, manifest, v.dim)
+    manifest = manifest.but(version=v.manifest.version + 1)
+    v.store.commit(manifest.to_json())
+    old = v.manifest
+    if (manifest.projection != old.projection or len(manifest.segments) < len(old.segments)
+            or manifest.vectors != old.vectors):
         v.load(manifest)
         return
-    new_segments = manifest["segments"][len(v.manifest["segments"]):]
-    newly_deleted = set(manifest["deleted"]) - set(v.manifest["deleted"])
     v.manifest = manifest
-    v.append(new_segments, newly_deleted)
+    v.append(list(manifest.segments[len(old.segments):]), set(manifest.deleted) - set(old.deleted))
 
 
-def train_projection(store: Store, manifest: dict, dim: int) -> None:
+def train_projection(store: Store, manifest: Manifest, dim: int) -> Manifest:
     """(Re)fit the PCA on up to PCA_SAMPLE live rows and re-project every segment.
 
     Runs when the index doubles while small, so its cost stays O(1) per added row.
     """
     import pyarrow.parquet as pq
 
-    deleted = set(manifest["deleted"])
+    deleted = set(manifest.deleted)
     segs = [(s, store.memmap(s["vectors"], dim),
              pq.read_table(store.path(s["rows"]), columns=["id"]).column("id").to_numpy())
-            for s in manifest["segments"]]
+            for s in manifest.segments]
     live = [(i, j) for i, (_, _, ids) in enumerate(segs) for j in np.flatnonzero(~np.isin(ids, list(deleted)))]
     rng = np.random.default_rng(0)
     pick = rng.choice(len(live), size=min(len(live), candidates.PCA_SAMPLE), replace=False)
@@ -222,23 +214,23 @@ def train_projection(store: Store, manifest: dict, dim: int) -> None:
     sample = np.concatenate([rows_of(segs[i][1], [j for _, j in group])
                              for i, group in itertools.groupby(chosen, key=lambda t: t[0])])
     projection = candidates.train_projection(sample)
-    manifest["projection"] = store.new_file(".npy", npy_bytes(projection))
-    manifest["projection_rows"] = len(live)
+    projection_file = store.new_file(".npy", npy_bytes(projection))
+    segments = []
     for seg, vecs, _ in segs:
         blocks = [np.arange(i, min(i + 4096, len(vecs))) for i in range(0, len(vecs), 4096)]
         proj = (np.concatenate([candidates.project(rows_of(vecs, b), projection) for b in blocks]) if blocks
                 else np.zeros((0, 1)))
-        seg["proj"] = store.new_file(".proj.f32", proj.astype("<f4").tobytes())
+        segments.append({**seg, "proj": store.new_file(".proj.f32", proj.astype("<f4").tobytes())})
+    return manifest.but(projection=projection_file, projection_rows=len(live), segments=tuple(segments))
 
 
-def first_manifest(store: Store, probe, method: str, prior_scale: float, estimator: str, vectors: str) -> dict:
+def first_manifest(store: Store, probe, method: str, prior_scale: float, estimator: str, vectors: str) -> Manifest:
     """Version 1 of a new index: its space, layout and prior, and no rows."""
     from taskindex.embedding.fisher import weight_scale_prior
 
     prior = weight_scale_prior(probe.backbone, prior_scale).astype(np.float32)
-    return {"version": 1,
-            "space": {**probe.identity, "method": method, "prior_scale": float(prior_scale), "estimator": estimator},
-            "dim": probe.dim, "layout": probe.layout, "prior": store.new_file(".npy", npy_bytes(prior)),
-            "vectors": vectors, "projection": None, "projection_rows": 0, "segments": [], "deleted": [],
-            "next_id": 0, "row_count": 0, "model2vec": None, "alpha": distance.ALPHA,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return Manifest(version=1, space={**probe.identity, "method": method, "prior_scale": float(prior_scale),
+                                      "estimator": estimator},
+                    dim=probe.dim, layout=tuple(tuple(x) for x in probe.layout),
+                    prior=store.new_file(".npy", npy_bytes(prior)), vectors=vectors,
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

@@ -28,7 +28,7 @@ def model_rows(v: LoadedVersion, where: dict | None) -> np.ndarray:
 def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int, alpha: float) -> list[Hit]:
     """The k best of the model `rows` for the query vector, by d_asym(m_j -> query) - alpha * complexity."""
     names = [v.row_names[r] for r in rows]
-    fit = v.manifest.get("model2vec")
+    fit = v.manifest.model2vec
     m, fitted = evaluation.fitted_vectors(v.gather(rows), names, v.ids[rows], fit, v.theta)
     # a fitted model is scored with the alpha its bias was learned for; the others with this call's
     alphas = np.where(fitted, fit["alpha"] if fit else alpha, alpha)
@@ -60,7 +60,7 @@ def fit_entry(v: LoadedVersion, errors, alpha: float, seed: int, options: dict) 
 
 def fit_coverage(v: LoadedVersion) -> str:
     """How many of the fitted models are still the rows they were fitted on (a rebuild replaces them all)."""
-    fit = v.manifest.get("model2vec")
+    fit = v.manifest.model2vec
     if fit is None:
         return "none"
     live = sum(n in v.by_name and int(v.ids[v.by_name[n]]) == i for n, i in zip(fit["models"], fit["ids"]))

@@ -107,9 +107,7 @@ class Task:
         name: str | None = None,
     ) -> Task:
         """One row per image: a file path, encoded bytes, or the Hugging Face {bytes, path} struct."""
-        path = Path(path).expanduser().absolute()
-        parts = readers.read_parquet(path, image_column, label_column)
-        return cls(*parts, name=path.stem if name is None else name, source=str(path))
+        return cls._from_table(readers.read_parquet, path, image_column, label_column, name)
 
     @classmethod
     def from_csv(
@@ -120,9 +118,14 @@ class Task:
         name: str | None = None,
     ) -> Task:
         """One row per image file; relative paths are relative to the CSV, so the folder can move."""
+        return cls._from_table(readers.read_csv, path, image_column, label_column, name)
+
+    @classmethod
+    def _from_table(cls, read, path: str | os.PathLike, image_column: str, label_column: str,
+                    name: str | None) -> Task:
+        """A task from a table file through `read` (Parquet or CSV), named after the file unless named."""
         path = Path(path).expanduser().absolute()
-        parts = readers.read_csv(path, image_column, label_column)
-        return cls(*parts, name=path.stem if name is None else name, source=str(path))
+        return cls(*read(path, image_column, label_column), name=path.stem if name is None else name, source=str(path))
 
     @classmethod
     def from_arrays(

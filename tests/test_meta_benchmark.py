@@ -1,23 +1,17 @@
-"""tools/meta_benchmark.py --quick end to end: real experts fine-tuned from the pretrained probe, real images."""
+"""python -m tools.experiments.meta_benchmark --quick end to end: real experts fine-tuned from the pretrained
+probe, real images."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
 
 @pytest.mark.slow
 def test_quick_meta_benchmark_runs_and_its_figures_are_consistent(tmp_path, capsys):
-    sys.path.insert(0, str(TOOLS))
-    try:
-        import meta_benchmark
-    finally:
-        sys.path.remove(str(TOOLS))
+    from tools.experiments import meta_benchmark
+
     out = tmp_path / "results.json"
     assert meta_benchmark.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]) == 0
     printed = capsys.readouterr().out

@@ -1,20 +1,13 @@
-"""The paper's claims measured on the shipped index (tools/paper_figures.py): real images, the real probe."""
+"""The paper's claims measured on the shipped index (tools.experiments.paper_figures): real images, the real probe."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from taskindex import TaskIndex, load_probe
 from taskindex.shipped import default_index_path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import paper_figures  # noqa: E402
-
-sys.path.pop(0)
+from tools.experiments import paper_figures
 
 
 def test_clustering_d_sym_recovers_the_datasets_and_families_and_neighbours_are_close():

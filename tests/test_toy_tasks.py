@@ -1,18 +1,12 @@
-"""Claim 6, the toy task space of supplementary 5 (tools/toy_tasks.py): the library's embedding against
-the paper's closed-form Fisher of a two-layer sigmoid network, on k-means tasks of a 2-D grid."""
+"""Claim 6, the toy task space of supplementary 5 (tools.experiments.toy_tasks): the library's embedding
+against the paper's closed-form Fisher of a two-layer sigmoid network, on k-means tasks of a 2-D grid."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import toy_tasks  # noqa: E402
-
-sys.path.pop(0)
+from tools.experiments import toy_tasks
 
 
 def test_every_toy_task_is_binary_on_the_same_grid_and_decodes_exactly():

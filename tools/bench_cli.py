@@ -6,31 +6,29 @@ The package's bytecode is compiled first, as `pip install` does: with PYTHONDONT
 this machine) an editable install would otherwise recompile every module on every run.
 Run it with nothing else on the machine:
 
-    .venv/bin/python tools/bench_cli.py --runs 21
+    .venv/bin/python -m tools.bench_cli --runs 21
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import time
+
+from tools import harness
 
 
 def timed(cmd: list[str]) -> float:
-    t = time.perf_counter()
-    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t
+    return harness.timed(subprocess.run, cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)[1]
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    p = harness.parser("tools.bench_cli", __doc__)
     p.add_argument("--runs", type=int, default=21)
     p.add_argument("--name", default="fashion-sandal-vs-rest", help="row of the shipped index to query by")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     import compileall
 
     import taskindex
@@ -42,13 +40,10 @@ def main() -> int:
         "import numpy, click (the floor)": [sys.executable, "-c", "import numpy, click"],
         f"taskindex query --name {args.name} -k 3": [exe, "query", "--name", args.name, "-k", "3"],
     }
-    for cmd in commands.values():  # warm the page cache and the bytecode
-        timed(cmd)
-    times = {k: [] for k in commands}
-    for _ in range(args.runs):
-        for k, cmd in commands.items():
-            times[k].append(timed(cmd))
-    print(f"{args.runs} runs each, alternating; load average {os.getloadavg()[0]:.2f} at the end")
+    calls = {k: lambda r, cmd=cmd: timed(cmd) for k, cmd in commands.items()}
+    harness.alternate(calls, 1)  # warm the page cache and the bytecode
+    times = harness.alternate(calls, args.runs)
+    print(f"{args.runs} runs each, alternating; load average {harness.load1():.2f} at the end")
     floor = statistics.median(times["import numpy, click (the floor)"])
     for k, v in times.items():
         med = statistics.median(v)

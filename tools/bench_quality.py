@@ -1,6 +1,6 @@
 """Does a fresh sample of a task find that task first? Task identification by estimator and label mode.
 
-    .venv/bin/python tools/bench_quality.py [--per-class 100 50 25] [--labels exact:2 sample]
+    .venv/bin/python -m tools.bench_quality [--per-class 100 50 25] [--labels exact:2 sample]
         [--image-size 64] [--heldout-per-dataset 8] [--json results.json]
 
 For every task, two independent samples (disjoint images where the dataset has
@@ -24,9 +24,7 @@ the mean complexity and Fisher norm per images-per-class (supplementary 1.2).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 
@@ -36,16 +34,14 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_name  # noqa: E402
-
 from taskindex import Embedding, Task, load_probe
 from taskindex.data import samples
-from taskindex.embedding import pipeline as task2vec  # noqa: E402
-from taskindex.distance import complexity, pairwise  # noqa: E402
-from taskindex.embedding.estimators import FilterEstimator  # noqa: E402
-from taskindex.embedding.fisher import weights_per_filter  # noqa: E402
-from taskindex.data.task import balanced_order  # noqa: E402
+from taskindex.data.task import balanced_order
+from taskindex.distance import complexity, pairwise
+from taskindex.embedding import pipeline as task2vec
+from taskindex.embedding.estimators import FilterEstimator
+from taskindex.embedding.fisher import weights_per_filter
+from tools import harness
 
 ESTIMATORS = ["mean", "trimmed:0.02", "trimmed:0.05", "trimmed:0.1", "trimmed:0.2", "winsorized:0.05",
               "winsorized:0.1", "median"]
@@ -213,7 +209,7 @@ def run(args) -> dict:
 def against_index(path: str, per_class: int, seed: int) -> dict:
     """A fresh sample of every named task queried against an index that holds the task: its rank.
 
-    Rows named NAME@N (tools/build_default_index.py) are the same task at N images per class: the
+    Rows named NAME@N (tools.experiments.build_default_index) are the same task at N images per class: the
     rank of the task counts the first row of it under either name; the rank of the row NAME alone
     is reported beside it."""
     from taskindex import TaskIndex
@@ -256,33 +252,30 @@ def timing(per_class: int, repeats: int = 2) -> list[dict]:
         task2vec.embed(task, probe, max_samples=None, progress=False)  # warm-up
         row = {"classes": classes, "images": len(keep)}
         for name, kw in {**TIMED, **(SLOW if classes == 2 else {})}.items():
-            best = np.inf
-            for _ in range(1 if name in SLOW else repeats):
-                start = time.perf_counter()
-                task2vec.embed(task, probe, max_samples=None, progress=False, **kw)
-                best = min(best, time.perf_counter() - start)
-            row[name] = best
+            row[name] = harness.best_of(lambda: task2vec.embed(task, probe, max_samples=None, progress=False, **kw),
+                                        1 if name in SLOW else repeats, warm=False)[0]
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
 def table(results: dict) -> str:
-    lines = ["| set | labels | img/class | estimator | P@1 | P@3 | MRR | same-task d_sym | nearest-other d_sym "
-             "| ratio | complexity vs error (Spearman) | mean complexity | s/embedding |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [harness.md_row(["set", "labels", "img/class", "estimator", "P@1", "P@3", "MRR", "same-task d_sym",
+                             "nearest-other d_sym", "ratio", "complexity vs error (Spearman)", "mean complexity",
+                             "s/embedding"]),
+             harness.md_rule("llrlrrrrrrrrr")]
     for r in results["configs"]:
         rho = r.get("spearman_complexity_error")
-        lines.append(f"| {r['set']} ({r['tasks']}) | {r['labels']} | {r['per_class']} | {r['estimator']} "
-                     f"| {r['P@1']:.2f} | {r['P@3']:.2f} | {r['MRR']:.3f} | {r['same']:.3f} "
-                     f"| {r['nearest_other']:.3f} | {r['same'] / r['nearest_other']:.2f} "
-                     f"| {'' if rho is None else f'{rho:.2f}'} | {r['mean_complexity']:.3f} "
-                     f"| {r['seconds_per_embedding']:.2f} |")
+        lines.append(harness.md_row([
+            f"{r['set']} ({r['tasks']})", r["labels"], r["per_class"], r["estimator"], f"{r['P@1']:.2f}",
+            f"{r['P@3']:.2f}", f"{r['MRR']:.3f}", f"{r['same']:.3f}", f"{r['nearest_other']:.3f}",
+            f"{r['same'] / r['nearest_other']:.2f}", "" if rho is None else f"{rho:.2f}", f"{r['mean_complexity']:.3f}",
+            f"{r['seconds_per_embedding']:.2f}"]))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser("tools.bench_quality", __doc__)
     ap.add_argument("--per-class", type=int, nargs="+", default=[100])
     ap.add_argument("--labels", nargs="+", default=["exact:2", "sample"],
                     help="exact (all C-1 label directions), exact:N (the N leading ones) or sample")
@@ -293,7 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="first N tasks of each set (a quick look)")
     ap.add_argument("--json", help="write every figure to this file")
     ap.add_argument("--index", help="instead: query a fresh sample (seed 123) of every named task against "
-                                    "this index, which must hold them under their names (e.g. index_data)")
+                                    "this index, which must hold them under their names (e.g. the shipped "
+                                    "taskindex/package_data/default.index)")
     ap.add_argument("--timing", action="store_true",
                     help="instead: seconds per embedding by number of classes for the label/estimator settings")
     args = ap.parse_args(argv)
@@ -302,19 +296,20 @@ def main(argv=None) -> int:
         rows = timing(args.per_class[0])
         base = next(iter(TIMED))
         cols = [*TIMED, *SLOW]
-        print("| classes | images | " + " | ".join(cols) + " |\n|---:|---:|" + "---:|" * len(cols))
+        print(harness.md_row(["classes", "images", *cols]))
+        print(harness.md_rule("r" * (2 + len(cols))))
         for r in rows:
-            print(f"| {r['classes']} | {r['images']} | " + " | ".join(
-                f"{r[k]:.2f} s ({r[k] / r[base]:.2f}x)" if k in r else "" for k in cols) + " |")
-        print(f"load average {os.getloadavg()}; {cpu_name()}; torch {torch.__version__}")
+            print(harness.md_row([r["classes"], r["images"], *(f"{r[k]:.2f} s ({r[k] / r[base]:.2f}x)" if k in r else ""
+                                                                for k in cols)]))
+        print(f"load average {harness.loads()}; {harness.cpu_name()}; torch {torch.__version__}")
         return 0
     if args.index:
         print(json.dumps(against_index(args.index, args.per_class[0], 123), indent=1))
         return 0
     start = time.perf_counter()
     results = run(args)
-    load = os.getloadavg()
-    results["machine"] = {"cpu": cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    load = harness.loads()
+    results["machine"] = {"cpu": harness.cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                           "load_average_1_5_15": load, "wall_seconds": time.perf_counter() - start}
     if args.json:
         with open(args.json, "w") as f:

@@ -1,6 +1,6 @@
 """How an index's raw vectors are read: through the memory map, with the read-ahead hint, or with read calls.
 
-Measures, on an index that tools/bench_query.py kept (`--keep`):
+Measures, on an index that `python -m tools.bench_query --keep` kept:
 * a query's gather: 200 random rows through the map (MADV_RANDOM), then the same through
   `storage.read_rows` (one MADV_WILLNEED per run first), fresh rows for each, cold from disk
   and again once they are cached;
@@ -9,13 +9,11 @@ Measures, on an index that tools/bench_query.py kept (`--keep`):
 "Cold" needs the page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`, root), which the tool does
 when it may (--drop-caches); otherwise the figures say "cache not dropped". Run it alone:
 
-    .venv/bin/python tools/bench_reads.py /tmp/taskindex-bench/index-100000 --drop-caches
+    .venv/bin/python -m tools.bench_reads /tmp/taskindex-bench/index-100000 --drop-caches
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -23,8 +21,9 @@ import time
 
 import numpy as np
 
-from taskindex.index.task_index import TaskIndex
 from taskindex.index.storage import decode_vectors, read_rows
+from taskindex.index.task_index import TaskIndex
+from tools import harness
 
 
 def drop(enabled: bool) -> bool:
@@ -39,15 +38,16 @@ def drop(enabled: bool) -> bool:
         return False
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    p = harness.parser("tools.bench_reads", __doc__)
     p.add_argument("index")
     p.add_argument("--rows", type=int, default=200)
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--drop-caches", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     idx = TaskIndex.open(args.index, readonly=True)
-    files, dim = idx._vectors, idx.dim
+    v = harness.loaded(idx)
+    files, dim = v.vectors, idx.dim
     rng = np.random.default_rng(0)
 
     def gather(pos_by_seg, hinted):
@@ -60,21 +60,16 @@ def main() -> int:
 
     def draw():
         rows = np.sort(rng.choice(len(idx), args.rows, replace=False))
-        segs = idx._seg[rows]
-        return [(s, idx._pos[rows[segs == s]]) for s in np.unique(segs)]
+        segs = v.seg[rows]
+        return [(s, v.pos[rows[segs == s]]) for s in np.unique(segs)]
+
+    def twice(hinted):  # fresh rows from disk, then the same rows again from the cache
+        sets = draw()
+        return harness.timed(gather, sets, hinted)[1], harness.timed(gather, sets, hinted)[1]
 
     cold = drop(args.drop_caches)
-    times = {("map", "disk"): [], ("map + WILLNEED", "disk"): [], ("map", "cached"): [],
-             ("map + WILLNEED", "cached"): []}
-    for _ in range(args.trials):
-        for way, hinted in (("map", False), ("map + WILLNEED", True)):
-            sets = draw()
-            t = time.perf_counter()
-            gather(sets, hinted)
-            times[(way, "disk")].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            gather(sets, hinted)
-            times[(way, "cached")].append(time.perf_counter() - t)
+    got = harness.alternate({"map": lambda r: twice(False), "map + WILLNEED": lambda r: twice(True)}, args.trials)
+    times = {(way, where): [t[i] for t in got[way]] for i, where in enumerate(("disk", "cached")) for way in got}
     state = "cache dropped first" if cold else "cache not dropped"
     print(f"gather of {args.rows} random rows of {files[0].strides[0]:,} B, {len(idx):,} rows ({state}; "
           f"median of {args.trials}):")
@@ -97,7 +92,7 @@ def main() -> int:
                 read_rows(mm, pos, out)
         dt = time.perf_counter() - t
         print(f"  {way:<16} {mb / dt:8.0f} MB/s ({'from disk' if cold else 'cache not dropped'})")
-    print(f"load average {os.getloadavg()[0]:.2f}")
+    print(f"load average {harness.load1():.2f}")
     return 0
 
 

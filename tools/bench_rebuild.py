@@ -1,6 +1,6 @@
 """Rebuild throughput: rows per minute by executor, on one manifest, side by side in one run.
 
-    .venv/bin/python tools/bench_rebuild.py [--rows 12] [--per-class 20] [--image-size 64]
+    .venv/bin/python -m tools.bench_rebuild [--rows 12] [--per-class 20] [--image-size 64]
 
 Rebuilds a fresh index from the same manifest (named sample tasks, pretrained
 EfficientNet-Lite0) with: 1 worker with 1 thread, 2 workers with 1 thread each, 1 worker
@@ -13,7 +13,6 @@ process, with the pool's start-up timed apart: what a rebuild of many rows sees.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures as cf
 import csv
 import multiprocessing
@@ -23,14 +22,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine import cpu_name  # noqa: E402
-
-from taskindex.data import samples  # noqa: E402
-from taskindex.index.task_index import TaskIndex  # noqa: E402
-from taskindex.rebuilds import run as rebuilds  # noqa: E402
-from taskindex.rebuilds.inputs import read_manifest  # noqa: E402
-from taskindex.rebuilds.run import default_workers, rebuild  # noqa: E402
+from taskindex.data import samples
+from taskindex.index.task_index import TaskIndex
+from taskindex.rebuilds import run as rebuilds
+from taskindex.rebuilds.inputs import read_manifest
+from taskindex.rebuilds.run import default_workers, rebuild
+from tools import harness
 
 
 def warm_up(_=None) -> int:
@@ -70,7 +67,7 @@ def manifest(path: str, rows: int, per_class: int) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser("tools.bench_rebuild", __doc__)
     ap.add_argument("--rows", type=int, default=12)
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--image-size", type=int, default=64)
@@ -78,7 +75,7 @@ def main(argv=None) -> int:
     tmp = tempfile.mkdtemp(prefix="bench-rebuild-")
     path = os.path.join(tmp, "m.csv")
     manifest(path, args.rows, args.per_class)
-    load = os.getloadavg()[0]
+    load = harness.load1()
     warm_up()  # every in-process run finds the datasets decoded; pool workers decode their own (their cost)
     TaskIndex.create(os.path.join(tmp, "template"), image_size=args.image_size).close()
     runs = {"1 worker, 1 thread": dict(workers=1, threads=1), "2 workers, 1 thread each": dict(workers=2, threads=1),
@@ -88,28 +85,25 @@ def main(argv=None) -> int:
     for label, kw in runs.items():
         out = os.path.join(tmp, label.replace(" ", "_"))
         shutil.copytree(os.path.join(tmp, "template"), out)
-        start = time.perf_counter()
-        rebuild(out, path, progress=False, **kw)
-        results[label] = time.perf_counter() - start
+        results[label] = harness.timed(rebuild, out, path, progress=False, **kw)[1]
         print(f"{label}: {results[label]:.1f} s", flush=True)
     import ray
 
-    start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ray_start = time.perf_counter() - start
+    ray_start = harness.timed(ray.init, num_cpus=2, include_dashboard=False, logging_level="ERROR",
+                              log_to_driver=False)[1]
     out = os.path.join(tmp, "ray")
     shutil.copytree(os.path.join(tmp, "template"), out)
-    start = time.perf_counter()
-    rebuild(out, path, ray_address="local", progress=False)
-    results["Ray, local instance, 2 CPUs (1 a task)"] = time.perf_counter() - start
+    results["Ray, local instance, 2 CPUs (1 a task)"] = harness.timed(rebuild, out, path, ray_address="local",
+                                                                      progress=False)[1]
     ray.shutdown()
     base = results["1 worker, 1 thread"]
     print(f"\n{args.rows} rows ({args.per_class} images per class), efficientnet_lite0 @ {args.image_size} px; "
-          f"{cpu_name()}, {os.cpu_count()} cores; load average {load:.2f} at the start, "
-          f"{os.getloadavg()[0]:.2f} at the end\n")
-    print("| executor | seconds | rows/min | speed vs 1 worker, 1 thread |\n|---|---:|---:|---:|")
+          f"{harness.cpu_name()}, {os.cpu_count()} cores; load average {load:.2f} at the start, "
+          f"{harness.load1():.2f} at the end\n")
+    print(harness.md_row(["executor", "seconds", "rows/min", "speed vs 1 worker, 1 thread"]))
+    print(harness.md_rule("lrrr"))
     for label, sec in results.items():
-        print(f"| {label} | {sec:.1f} | {60 * args.rows / sec:.1f} | {base / sec:.2f}x |")
+        print(harness.md_row([label, f"{sec:.1f}", f"{60 * args.rows / sec:.1f}", f"{base / sec:.2f}x"]))
     pool = results["2 workers, 1 thread each"]
     ray_sec = results["Ray, local instance, 2 CPUs (1 a task)"]
     print(f"\nRay start-up (ray.init) {ray_start:.1f} s, not in the table; Ray vs the 2-worker pool: "

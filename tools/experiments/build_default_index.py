@@ -1,19 +1,18 @@
-"""Build the shipped default index (index_data/) from its manifest, tools/default_index.csv.
+"""Build the shipped default index (taskindex/package_data/default.index) from its manifest, default_index.csv here.
 
-    .venv/bin/python tools/build_default_index.py [--out index_data] [--image-size 64] [--workers N]
-    .venv/bin/python tools/build_default_index.py --experts-only   # only the experts and the fit
+    .venv/bin/python -m tools.experiments.build_default_index [--out DIR] [--image-size 64] [--workers N]
+    .venv/bin/python -m tools.experiments.build_default_index --experts-only   # only the experts and the fit
 
 The same as `taskindex rebuild` on that manifest (every named sample task at 100 images per
 class and a few at 30 and 300, fixed seeds, real images available offline, the pretrained
 EfficientNet-Lite0 shipped on PyPI), then the expert-selection benchmark's experts as model
-rows and a MODEL2VEC fit on its errors (tools/expert_errors.csv), into a fresh index beside
+rows and a MODEL2VEC fit on its errors (taskindex/package_data/expert_errors.csv), into a fresh index beside
 --out that is compacted and moved into place at the end: an interrupted build never leaves a half-built index, and
 running it again with --resume goes on from the rows already embedded.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -23,25 +22,27 @@ from taskindex.index.task_index import TaskIndex
 from taskindex.rebuilds.run import rebuild, staging_dir
 from taskindex.shipped import DEFAULT_INDEX
 from taskindex.shipped import EXPERT_ERRORS as ERRORS
+from tools import harness
 
 MANIFEST = Path(__file__).with_name("default_index.csv")
-CACHE = Path(__file__).resolve().parent.parent / ".cache" / "meta_benchmark"
 
 
-def add_experts(path: Path, cache: Path = CACHE) -> None:
+def add_experts(path: Path, cache: Path | None = None) -> None:
     """The benchmark's experts as model rows (their source tasks' embeddings, not their weights) and a
-    MODEL2VEC fit on the benchmark's errors; the experts are trained into the cache if missing."""
+    MODEL2VEC fit on the benchmark's errors; the experts are trained into the cache (default: the
+    benchmark's, expert_zoo.CACHE_DIR) if missing."""
     import pandas as pd
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import meta_benchmark
+    from tools.experiments import expert_zoo, meta_benchmark  # torch: not for --help
 
     if not ERRORS.is_file():  # before anything changes
-        raise SystemExit(f"{ERRORS} is missing: run tools/meta_benchmark.py --errors-out {ERRORS} first")
+        raise SystemExit(f"{ERRORS} is missing: run `python -m tools.experiments.meta_benchmark --errors-out {ERRORS}` "
+                         "first")
     errors = pd.read_csv(ERRORS)
     with TaskIndex.open(path) as index:
-        for name, emb, meta in meta_benchmark.expert_rows(cache, index, progress=True):
-            meta["weights"] = "not shipped: tools/expert_zoo.py trains it" if emb is not None else "imagenet"
+        for name, emb, meta in meta_benchmark.expert_rows(cache or expert_zoo.CACHE_DIR, index, progress=True):
+            meta["weights"] = ("not shipped: python -m tools.experiments.expert_zoo trains it" if emb is not None
+                               else "imagenet")
             index.add_model(name, emb, metadata=meta, replace=True)
         summary = index.fit_model2vec(errors)
         print(f"MODEL2VEC: held-out loss {summary['initial_val_loss']:.4f} -> {summary['val_loss']:.4f}",
@@ -50,7 +51,7 @@ def add_experts(path: Path, cache: Path = CACHE) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = harness.parser("tools.experiments.build_default_index", __doc__)
     ap.add_argument("--out", default=str(DEFAULT_INDEX))
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None)

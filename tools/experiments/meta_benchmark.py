@@ -1,6 +1,6 @@
 """The paper's Table 1 (model selection) on images that install offline, with LogME beside it.
 
-A zoo of EfficientNet-Lite0 experts fine-tuned on Fashion-MNIST, MNIST and digits tasks (tools/expert_zoo.py),
+A zoo of EfficientNet-Lite0 experts fine-tuned on Fashion-MNIST, MNIST and digits tasks (tools.experiments.expert_zoo),
 the ImageNet network as the generic expert, and every named sample task as a target on images no expert saw.
 Ground truth: the test error of a linear classifier on each expert's frozen features. Each selection method
 picks one expert per target, never one fine-tuned on the target's own classes (the paper's leave-one-out);
@@ -8,15 +8,13 @@ MODEL2VEC is fitted leave-one-out, never on the target's own row. Reported: mean
 (Optimal), the relative error increase of each method, the rank correlation of its scores with the true
 errors, and its wall time per query.
 
-    python tools/meta_benchmark.py                      # 14 experts + ImageNet, 43 targets, 3 seeds
-    python tools/meta_benchmark.py --quick              # a minute: 2 tiny experts, 4 targets (a test runs it)
+    python -m tools.experiments.meta_benchmark            # 14 experts + ImageNet, 43 targets, 3 seeds
+    python -m tools.experiments.meta_benchmark --quick    # a minute: 2 tiny experts, 4 targets (a test runs it)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -25,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import expert_zoo  # noqa: E402
-from taskindex import Embedding, TaskIndex, embed  # noqa: E402
-from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator  # noqa: E402
-from taskindex.distance import one_to_many  # noqa: E402
+from taskindex import Embedding, TaskIndex, embed
+from taskindex.distance import one_to_many
+from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
+from tools import harness
+from tools.experiments import expert_zoo
 
 SOURCE_PER_CLASS = 100  # images per class of an expert's source task that TASK2VEC sees (as the shipped index)
 METHODS = ("chance", "imagenet", "task2vec", "asym", "model2vec", "logme")
@@ -189,8 +186,8 @@ def timing(root: Path, idx: TaskIndex, image_size: int, quick: bool, n_targets: 
 
 def markdown(results: dict) -> str:
     """One block of rows per estimator: mean over seeds (sd over seeds)."""
-    lines = ["| estimator | | Optimal | " + " | ".join(LABELS[m] for m in METHODS) + " |",
-             "|---|---|---|" + "---|" * len(METHODS)]
+    lines = [harness.md_row(["estimator", "", "Optimal", *(LABELS[m] for m in METHODS)]),
+             harness.md_rule("l" * (3 + len(METHODS)))]
     for est, runs in results.items():
         def cell(method, key, fmt):
             vals = [r[method][key] for r in runs if r[method].get(key) is not None]
@@ -200,17 +197,17 @@ def markdown(results: dict) -> str:
             return fmt.format(np.mean(vals)) + sd
 
         opt = np.mean([r["optimal"] for r in runs])
-        lines.append(f"| {est} | error / relative increase | {opt:.3f} | "
-                     + " | ".join(cell(m, "relative_increase", "{:+.1%}") for m in METHODS) + " |")
-        lines.append(f"| {est} | Spearman / weighted tau | | | | "
-                     + " | ".join(f"{cell(m, 'spearman', '{:.2f}')} / {cell(m, 'wtau', '{:.2f}')}"
-                                  for m in METHODS[2:]) + " |")
+        lines.append(harness.md_row([est, "error / relative increase", f"{opt:.3f}",
+                                     *(cell(m, "relative_increase", "{:+.1%}") for m in METHODS)]))
+        lines.append(harness.md_row([est, "Spearman / weighted tau", "", "", "",
+                                     *(f"{cell(m, 'spearman', '{:.2f}')} / {cell(m, 'wtau', '{:.2f}')}"
+                                       for m in METHODS[2:])]))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent.parent / ".cache/meta_benchmark"))
+    parser = harness.parser("tools.experiments.meta_benchmark", __doc__.splitlines()[0], raw=False)
+    parser.add_argument("--cache-dir", default=str(expert_zoo.CACHE_DIR))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
     parser.add_argument("--estimators", nargs="+", default=None,
                         help=f"default {estimator_id(DEFAULT_ESTIMATOR)} and the paper's mean (quick: the default only)")
@@ -219,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timing", type=int, default=None, metavar="N",
                         help="also time N queries side by side (default 8; quick 2); 0: no timing")
     parser.add_argument("--errors-out", default=None,
-                        help="write the mean error over seeds per (task, model) here, as CSV (tools/expert_errors.csv)")
+                        help="write the mean error over seeds per (task, model) here, as CSV (the shipped one: "
+                             "taskindex/package_data/expert_errors.csv)")
     parser.add_argument("--json", dest="json_out", default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -231,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr.isatty()
     start = time.perf_counter()
-    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at start: {harness.load_text()}")
     table = expert_zoo.error_table(root, seeds, size, quick, progress)
     print(f"error table: {len(table)} (target, expert, seed) rows, {time.perf_counter() - start:.0f} s so far")
     if args.errors_out:
@@ -243,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             results[est] = [evaluate(idx, table, seed, quick, progress) for seed in seeds]
             n = args.timing if args.timing is not None else (2 if quick else 8)
             if n and est == estimators[0]:
-                print(f"timing {n} queries; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+                print(f"timing {n} queries; load average {harness.load_text()}")
                 timings = timing(root, idx, size, quick, n)
     print(markdown(results))
     if timings:
@@ -252,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
               f"select alone {timings['select_seconds'] * 1000:.1f} ms, LogME {timings['logme_seconds']:.2f} s; "
               f"LogME / TASK2VEC {timings['logme_over_task2vec']:.1f}x, LogME / select {timings['logme_over_select']:.0f}x")
     results = {**results, "timing": timings}
-    print(f"run time {time.perf_counter() - start:.0f} s; load average at end: "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"run time {time.perf_counter() - start:.0f} s; load average at end: {harness.load_text()}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1, default=float))
     return 0

@@ -1,6 +1,6 @@
 """The paper's claims about what the embedding captures, measured on the shipped index and on the toy tasks.
 
-    .venv/bin/python tools/paper_figures.py [--index index_data] [--out docs/figures] [--permutations 1000]
+    .venv/bin/python -m tools.experiments.paper_figures [--index DIR] [--out docs/figures] [--permutations 1000]
         [--sizes 32 64 128 256 512 1000] [--seeds 0 1 2] [--json results.json]
 
 Claim 1, semantic structure (paper Fig. 2 left and centre): hierarchical clustering of d_sym between
@@ -16,12 +16,12 @@ Claim 3, difficulty (Fig. 2 right): complexity and the norm of the Fisher correl
 of a linear classifier on the probe's features (Spearman).
 Claim 4, sample size (supp. 1.2): the norm and the complexity of one task embedded from n of its images.
 Claim 5, invariances: renamed classes give the same embedding; another number of classes the same size.
-Claim 6, the toy setting of supp. 5 (tools/toy_tasks.py): the library against the closed-form Fisher.
+Claim 6, the toy setting of supp. 5 (tools.experiments.toy_tasks): the library against the closed-form Fisher.
+--index defaults to the shipped index (taskindex/package_data/default.index).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -32,11 +32,8 @@ import numpy as np
 from taskindex import TaskIndex, distance, plots
 from taskindex.shipped import DEFAULT_INDEX
 from taskindex.shipped import EXPERT_ERRORS as ERRORS
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import toy_tasks  # noqa: E402  (a sibling tool)
-
-sys.path.pop(0)
+from tools import harness
+from tools.experiments import toy_tasks
 
 
 # the semantic families of the named sample tasks (taskindex.data.samples), after the classes they are about:
@@ -261,7 +258,7 @@ def neighbour_figure(result: dict):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = harness.parser("tools.experiments.paper_figures", __doc__.splitlines()[0], raw=False)
     ap.add_argument("--index", default=str(DEFAULT_INDEX))
     ap.add_argument("--out", default=None, help="folder for the PNG figures (none: numbers only)")
     ap.add_argument("--permutations", type=int, default=1000)
@@ -272,9 +269,8 @@ def main(argv=None) -> int:
     start, seconds = time.perf_counter(), {}
 
     def timed(label, fn, *a, **kw):
-        t = time.perf_counter()
-        value = fn(*a, **kw)
-        seconds[label] = round(time.perf_counter() - t, 1)
+        value, seconds[label] = harness.timed(fn, *a, **kw)
+        seconds[label] = round(seconds[label], 1)
         return value
 
     with TaskIndex.open(args.index, readonly=True) as index:
@@ -304,14 +300,7 @@ def main(argv=None) -> int:
 
 def summary(result: dict) -> dict:
     """The numbers README quotes, without the per-task lists and matrices."""
-    drop = {"d_sym", "complexity", "probe_error", "names", "error", "norm"}
-
-    def trim(v):
-        if isinstance(v, dict):
-            return {k: trim(x) for k, x in v.items() if k not in drop}
-        return v
-
-    out = trim(result)
+    out = harness.without(result, {"d_sym", "complexity", "probe_error", "names", "error", "norm"})
     for name, per in result["sample_size"]["tasks"].items():
         out["sample_size"]["tasks"][name] = {
             est: {"n": r["n"], "complexity_mean": [round(float(np.mean(c)), 4) for c in r["complexity"]],

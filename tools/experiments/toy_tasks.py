@@ -1,4 +1,6 @@
-"""The toy task space of supplementary 5 (claim 6 of tools/paper_figures.py).
+"""The toy task space of supplementary 5 (claim 6 of tools.experiments.paper_figures).
+
+    .venv/bin/python -m tools.experiments.toy_tasks [--tasks 64] [--seed 0] [--json results.json]
 
 Tasks: a uniform 32 x 32 grid of the square [-1, 1]^2, clustered by k-means into k = 3..16 clusters,
 half of the clusters (a random half) labelled 1. Every task has the same inputs (the grid): only the
@@ -16,6 +18,10 @@ uint8 levels, so decoding is exact): the library embeds the tasks with its own p
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -24,6 +30,7 @@ from taskindex import Probe, Task, distance, embed
 from taskindex.embedding.head import fit_head
 from taskindex.data.task import balanced_order
 from taskindex._testing.reference import two_layer_fisher
+from tools import harness
 
 GRID = 32
 HIDDEN = 16
@@ -247,3 +254,21 @@ def map_figure(result: dict, seed: int = 0):
         fig.colorbar(ax.collections[0], ax=ax, label="complexity", fraction=0.04)
     fig.tight_layout()
     return fig
+
+
+def main(argv=None) -> int:
+    """measure() on its own: the agreement figures per feature map and estimator, without the per-task lists."""
+    ap = harness.parser("tools.experiments.toy_tasks", __doc__.splitlines()[0], raw=False)
+    ap.add_argument("--tasks", type=int, default=64, help="toy tasks (k = 3..16 in turn)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write every number (and the d_sym matrices) here")
+    args = ap.parse_args(argv)
+    result = measure(args.tasks, args.seed)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+    print(json.dumps(harness.without(result, {"d_sym", "complexity", "probe_error", "k", "boundary"}), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,7 +33,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: setup
-	$(BIN)/python tools/bench_embed.py
+	$(BIN)/python -m tools.bench_embed
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from clikit import assert_user_error
 
 from taskindex.index import candidates
-from taskindex.cli.main import cli
+from taskindex.cli import cli
 from taskindex.errors import TaskIndexError
 from taskindex.index.filters import parse_where
 from taskindex.index.task_index import TaskIndex

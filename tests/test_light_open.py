@@ -96,7 +96,7 @@ def test_a_small_read_only_query_imports_neither_pandas_nor_pyarrow(tmp_path, pr
     _fill(tmp_path / "idx", probe)
     code = f"""
 import sys
-from taskindex.cli.main import cli
+from taskindex.cli import cli
 sys.argv = ["taskindex", "query", {str(tmp_path / "idx")!r}, "--name", "t3", "-k", "3", "--json"]
 try:
     cli()

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from taskindex import Embedding, TaskIndex, TaskIndexError, plots
-from taskindex.cli.main import cli
+from taskindex.cli import cli
 
 from clikit import assert_user_error
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from clikit import assert_user_error, make_image_folder
 
 from taskindex.data import samples
-from taskindex.cli.main import cli
+from taskindex.cli import cli
 from taskindex.errors import IndexUsageError, ManifestError
 from taskindex.index.task_index import TaskIndex
 from taskindex.rebuilds.inputs import read_manifest
@@ -111,7 +111,7 @@ def test_sigkill_then_resume_embeds_only_the_missing_rows_and_the_live_index_sta
                              **idx.embed_options()))
         version = idx.version
     stage = staging_dir(index)
-    proc = subprocess.Popen([sys.executable, "-c", "from taskindex.cli.main import main; main()", "rebuild", str(index),
+    proc = subprocess.Popen([sys.executable, "-c", "from taskindex.cli import main; main()", "rebuild", str(index),
                              "--manifest", manifest, "--workers", "1", "--json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -21,7 +21,7 @@ from clikit import assert_user_error
 
 from taskindex import Embedding, TaskIndex, TaskIndexError, distance
 from taskindex.select import model2vec
-from taskindex.cli.main import cli
+from taskindex.cli import cli
 from taskindex.errors import IndexCorruptError
 
 FAST = {"max_steps": 20, "patience": 20}  # a fit that only needs to exist, not to be good
@@ -729,7 +729,7 @@ def test_fit_options_are_checked(tmp_path, tiny_probe):
 def test_cli_alpha_shows_and_stores_the_index_alpha(tmp_path, tiny_probe):
     from click.testing import CliRunner
 
-    from taskindex.cli.main import cli
+    from taskindex.cli import cli
 
     idx, _ = small_index(tmp_path, tiny_probe)
     idx.close()

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from taskindex import distance
-from taskindex.cli.main import cli, default_index_path
+from taskindex.cli import cli
+from taskindex.shipped import default_index_path
 from taskindex.errors import TaskIndexError
 from taskindex.index.task_index import TaskIndex, verify
 from taskindex._testing.index_harness import Overlapping, wide_probe

@@ -10,9 +10,8 @@ import click
 
 from taskindex import __version__
 from taskindex.cli import embedding, index, model2vec, plot, rebuild, search
-from taskindex.shipped import default_index_path
 
-__all__ = ["cli", "main", "default_index_path"]  # default_index_path: tests/test_vectors.py imports it from here
+__all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

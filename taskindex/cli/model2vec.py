@@ -28,7 +28,7 @@ def _show_fit(r: dict) -> None:
 
 @model2vec_group.command(name="fit")
 @click.argument("index")
-@click.argument("errors", type=click.Path())
+@click.argument("errors", type=click.Path(), required=False)
 @click.option("--seed", type=int, default=0, show_default=True, help="Which tasks are held out for early stopping.")
 @click.option("--holdout", type=float, default=None, help="Share of tasks held out for early stopping (0.2).")
 @click.option("--max-steps", type=int, default=None, help="Most Adam steps (300).")
@@ -36,12 +36,13 @@ def _show_fit(r: dict) -> None:
 @json_output(_show_fit)
 @api_errors
 def model2vec_fit(index, errors, seed, holdout, max_steps, patience):
-    """Fit MODEL2VEC on ERRORS (.csv or .parquet: task, model, error) and store it in INDEX.
+    """Fit MODEL2VEC on ERRORS (.csv or .parquet: task, model, error; default: INDEX's results), store it in INDEX.
 
     Example:
 
     \b
         taskindex model2vec fit my.index errors.csv
+        taskindex model2vec fit my.index
         taskindex model2vec fit my.index errors.parquet --holdout 0.25 --max-steps 500 --json
     """
     from taskindex.index import TaskIndex
@@ -64,12 +65,13 @@ def _show_evaluation(report: dict) -> None:
 
 @model2vec_group.command(name="eval")
 @click.argument("index")
-@click.argument("errors", type=click.Path())
+@click.argument("errors", type=click.Path(), required=False)
 @click.option("--seed", type=int, default=0, show_default=True)
 @json_output(_show_evaluation)
 @api_errors
 def model2vec_eval(index, errors, seed):
-    """Leave-one-out expert selection on ERRORS: d_asym and MODEL2VEC against the best and a random model.
+    """Leave-one-out expert selection on ERRORS (default: INDEX's results): d_asym and MODEL2VEC against the best
+    and a random model.
 
     Example:
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from taskindex.data import samples
-from taskindex.errors import TaskError
+from taskindex.errors import TaskError, TaskIndexError
 from taskindex.data.task import Task
 
 SOURCE_HELP = "an image folder (one sub-folder per class), a .parquet or .csv file, or sample:NAME"
@@ -27,6 +27,15 @@ def load_task(data: str, image_column: str = "image", label_column: str = "label
     if not os.path.exists(data):
         raise TaskError(f"{data!r} does not exist: pass {SOURCE_HELP} (see `taskindex samples`)")
     raise TaskError(f"cannot read a task from {data!r}: pass {SOURCE_HELP}")
+
+
+def as_task(task, image_column: str = "image", label_column: str = "label") -> Task:
+    """A Task as given, or read from where one is stored (a folder, .parquet, .csv or sample:NAME)."""
+    if isinstance(task, (str, os.PathLike)):
+        return load_task(os.fspath(task), image_column, label_column)
+    if not isinstance(task, Task):
+        raise TaskIndexError(f"task must be a taskindex.Task or the path of its images; got {type(task).__name__}")
+    return task
 
 
 def check_source(data: str) -> str | None:

@@ -29,6 +29,7 @@ class Manifest:
     projection_rows: int = 0
     model2vec: dict | None = None
     alpha: float = distance.ALPHA
+    results: dict | None = None  # file ref of the Parquet table of measured errors (select/results.py)
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":

@@ -351,6 +351,8 @@ def all_refs(manifest: dict) -> list[dict]:
         refs.append(manifest["projection"])
     if manifest.get("model2vec"):
         refs.append(manifest["model2vec"]["theta"])
+    if manifest.get("results"):
+        refs.append(manifest["results"])
     for seg in manifest["segments"]:
         refs += [seg[k] for k in ("vectors", "proj", "rows", "records") if seg.get(k)]
     return refs

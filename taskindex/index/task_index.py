@@ -74,19 +74,8 @@ class TaskIndex:
         writes.check_vector_type(vectors)
         if isinstance(probe, str):
             probe = load_probe(probe, weights=weights, image_size=image_size, device="cpu")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise IndexUsageError(f"cannot create {str(root)!r}: {exc.strerror}") from None
-        store = Store(root)
-        store.acquire()
-        try:
-            first = writes.first_manifest(store, probe, method, prior_scale, estimator_id(estimator, trim), vectors)
-            store.commit(first.to_json())
-        except BaseException:
-            store.release()
-            raise
-        return cls(store, readonly=False)
+        return cls(writes.created(root, probe, method, prior_scale, estimator_id(estimator, trim), vectors),
+                   readonly=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, readonly: bool = False) -> "TaskIndex":
@@ -162,8 +151,12 @@ class TaskIndex:
         keep, _ = rerank.plan(self._v, 1, "sym", kind, where)
         return self._v.rows[keep].reset_index(drop=True)
 
-    def to_arrow(self) -> "pa.Table":
-        """to_pandas() as one Arrow table for DuckDB and polars, made once per version (Arrow is immutable)."""
+    def to_arrow(self, table: str = "rows") -> "pa.Table":
+        """to_pandas(), or results() with table="results", as one Arrow table for DuckDB and polars."""
+        if validation.choice(table, "table", ("rows", "results")) == "results":
+            import pyarrow as pa
+
+            return pa.Table.from_pandas(self.results(), preserve_index=False).replace_schema_metadata(None)
         return self._v.to_arrow()
 
     # --- writing -------------------------------------------------------------------------------
@@ -275,8 +268,27 @@ class TaskIndex:
         emb, _ = self._as_embedding(query, probe)
         return experts.ranked_models(self._v, emb.vector, rows, k, alpha) if len(rows) else []
 
-    def fit_model2vec(self, errors, seed: int = 0, **options) -> dict:
-        """Learn MODEL2VEC from observed errors (task, model, error) and store it (one commit); returns its summary.
+    def add_results(self, table, replace: bool = False) -> int:
+        """Store measured errors (a DataFrame, .csv or .parquet: task, model, error and any other columns) as
+        part of the index, in one commit; returns the results it holds. A pair already held is refused unless
+        `replace`; `metric` and `seed` columns, where given, tell repeats of a pair apart."""
+        from taskindex.select import experts
+
+        self._writable()
+        ref, held = experts.results_file(self._v, table, replace)
+        writes.commit(self._v, self._v.manifest.but(results=ref))
+        return held
+
+    def results(self) -> "pd.DataFrame":
+        """The results the index holds (task, model, error, and the other columns they came with)."""
+        import pandas as pd
+
+        stored = self._v.results()
+        return pd.DataFrame({"task": [], "model": [], "error": []}) if stored is None else stored
+
+    def fit_model2vec(self, errors=None, seed: int = 0, **options) -> dict:
+        """Learn MODEL2VEC from observed errors (task, model, error; None: the results the index holds) and
+        store it (one commit); returns its summary.
 
         options: alpha_s, lr, weight_decay, max_steps, patience, holdout (supp. 4.3 defaults).
         """
@@ -287,9 +299,9 @@ class TaskIndex:
         writes.commit(self._v, self._v.manifest.but(model2vec=entry))
         return dict(entry["summary"])
 
-    def evaluate_selection(self, errors, seed: int = 0, exclude: dict | None = None, progress: bool | None = None,
+    def evaluate_selection(self, errors=None, seed: int = 0, exclude: dict | None = None, progress: bool | None = None,
                            **options):
-        """Leave-one-out expert selection on an errors table (a SelectionReport); changes nothing.
+        """Leave-one-out expert selection on an errors table, or the results held (a SelectionReport).
 
         exclude: {task: [models]} never picked for that task, beside the model trained on it.
         """
@@ -321,15 +333,11 @@ class TaskIndex:
 
         task: a Task, or where to read one: an image folder, a .parquet/.csv file (image_column, label_column)
         or sample:NAME."""
-        from taskindex.data.sources import load_task
-        from taskindex.data.task import Task
+        from taskindex.data.sources import as_task
         from taskindex.embedding.pipeline import embed
 
-        if isinstance(task, (str, os.PathLike)):
-            task = load_task(os.fspath(task), image_column, label_column)
-        elif not isinstance(task, Task):
-            raise TaskIndexError(f"task must be a taskindex.Task or the path of its images; got {type(task).__name__}")
-        return embed(task, probe or self.probe(), max_samples=max_samples, progress=progress, **self.embed_options())
+        return embed(as_task(task, image_column, label_column), probe or self.probe(), max_samples=max_samples,
+                     progress=progress, **self.embed_options())
 
     def embed_options(self) -> dict:
         """The keyword arguments of `embed` that put a new task in this index's space."""

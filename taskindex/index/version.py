@@ -189,6 +189,14 @@ class LoadedVersion:
             raise IndexUsageError(f"no row named {name!r} in the index{hint}: see `taskindex ls`")
         return self.by_name[name]
 
+    def results(self) -> "pd.DataFrame | None":
+        """The stored results table (None before any were added)."""
+        if not self.manifest.results:
+            return None
+        import pandas as pd
+
+        return pd.read_parquet(self.store.path(self.manifest.results))
+
     def warm(self, progress: bool | None) -> int:
         """Read every vector file into the page cache, with a bar; returns the bytes."""
         from tqdm.auto import tqdm

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -222,6 +223,22 @@ def train_projection(store: Store, manifest: Manifest, dim: int) -> Manifest:
                 else np.zeros((0, 1)))
         segments.append({**seg, "proj": store.new_file(".proj.f32", proj.astype("<f4").tobytes())})
     return manifest.but(projection=projection_file, projection_rows=len(live), segments=tuple(segments))
+
+
+def created(root: Path, probe, method: str, prior_scale: float, estimator: str, vectors: str) -> Store:
+    """A new index folder holding version 1, its writer lock held by the returned store."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IndexUsageError(f"cannot create {str(root)!r}: {exc.strerror}") from None
+    store = Store(root)
+    store.acquire()
+    try:
+        store.commit(first_manifest(store, probe, method, prior_scale, estimator, vectors).to_json())
+    except BaseException:
+        store.release()
+        raise
+    return store
 
 
 def first_manifest(store: Store, probe, method: str, prior_scale: float, estimator: str, vectors: str) -> Manifest:

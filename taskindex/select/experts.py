@@ -13,7 +13,7 @@ from taskindex.index import filters
 from taskindex.index.hit import Hit
 from taskindex.index.segments import npy_bytes
 from taskindex.index.version import LoadedVersion
-from taskindex.select import evaluation, model2vec
+from taskindex.select import evaluation, model2vec, results
 
 
 def model_rows(v: LoadedVersion, where: dict | None) -> np.ndarray:
@@ -41,8 +41,18 @@ def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int,
 
 
 def selection_inputs(v: LoadedVersion, errors) -> tuple:
-    """(tasks, models, errors matrix, task vectors, model vectors, each model's source task) from a table."""
-    tasks, models, err = model2vec.error_matrix(model2vec.read_errors(errors), v.names("task"), v.names("model"))
+    """(tasks, models, errors matrix, task vectors, model vectors, each model's source task) from a table, or
+    (errors=None) from the results the index holds, averaged over repeats."""
+    if errors is None:
+        stored = v.results()
+        if stored is None:
+            what = "the index holds no results"
+            raise IndexUsageError(f"{what}: pass an errors table, or store one with add_results(table)",
+                                  cli=f"{what}: pass ERRORS, or store one with `taskindex results add INDEX FILE`")
+        table = results.mean_errors(stored, v.names("task"), v.names("model"))
+    else:
+        table = model2vec.read_errors(errors)
+    tasks, models, err = model2vec.error_matrix(table, v.names("task"), v.names("model"))
     task_rows, model_rows_ = (np.array([v.row(n) for n in names], np.int64) for names in (tasks, models))
     sources = [rec.get("source_task") for rec in v.records(model_rows_)]
     return tasks, models, err, v.gather(task_rows), v.gather(model_rows_), sources
@@ -56,6 +66,12 @@ def fit_entry(v: LoadedVersion, errors, alpha: float, seed: int, options: dict) 
     return {"models": models, "ids": [int(v.ids[v.row(m)]) for m in models], "tasks": tasks,
             "theta": v.store.new_file(".npy", npy_bytes(f.theta)), "gamma": f.gamma, "alpha": f.alpha,
             "summary": f.summary, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def results_file(v: LoadedVersion, table, replace: bool) -> tuple[dict, int]:
+    """The stored results with `table` added, written as the next version's results file; (its ref, rows)."""
+    frame = results.merged(v.results(), table, v.names("task"), v.names("model"), replace)
+    return v.store.new_file(".parquet", results.parquet_bytes(frame)), len(frame)
 
 
 def fit_coverage(v: LoadedVersion) -> str:

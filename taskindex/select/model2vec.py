@@ -9,7 +9,6 @@ tasks decides how far to move.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from taskindex.errors import TaskIndexError
+from taskindex.select import results
 
 ALPHA_S = 20.0        # soft-label temperature of supp. 4.3
 LR = 0.05             # Adam, as supp. 4.3
@@ -36,52 +36,12 @@ def check_options(options: dict) -> None:
 
 def read_errors(errors) -> pd.DataFrame:
     """A table of observed errors (task, model, error): a DataFrame, or a .csv / .parquet file."""
-    if isinstance(errors, pd.DataFrame):
-        table = errors
-    elif isinstance(errors, (str, os.PathLike)):
-        path = os.fspath(errors)
-        if not os.path.isfile(path):
-            raise TaskIndexError(f"errors table {path!r} does not exist: pass a .csv or .parquet file "
-                                 "with columns task, model, error")
-        try:
-            table = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
-        except Exception as exc:  # pandas raises many types for unreadable files
-            raise TaskIndexError(f"cannot read errors table {path!r} ({type(exc).__name__}): "
-                                 "give a .csv or .parquet file with columns task, model, error") from None
-    else:
-        raise TaskIndexError(f"errors must be a DataFrame or a .csv/.parquet path; got {type(errors).__name__}")
-    missing = [c for c in COLUMNS if c not in table.columns]
-    if missing:
-        raise TaskIndexError(f"errors table lacks column(s) {', '.join(missing)}: it needs task, model, error "
-                             f"(it has {', '.join(map(str, table.columns))})")
-    return table[list(COLUMNS)].copy()
+    return results.read_table(errors)[list(COLUMNS)]
 
 
 def error_matrix(table: pd.DataFrame, tasks, models) -> tuple[list[str], list[str], np.ndarray]:
     """Check an errors table against the index's rows; returns (tasks, models, errors[task, model])."""
-    table = table.assign(task=table["task"].astype(str), model=table["model"].astype(str))
-    err = pd.to_numeric(table["error"], errors="coerce")
-    bad = table[~np.isfinite(err.to_numpy(np.float64, na_value=np.nan)) | (err < 0).to_numpy()]
-    if len(bad):
-        r = bad.iloc[0]
-        value = r["error"].item() if isinstance(r["error"], np.generic) else r["error"]
-        raise TaskIndexError(f"error for ({r['task']!r}, {r['model']!r}) is {value!r}: errors must be "
-                             f"finite numbers >= 0 ({len(bad)} bad row(s)); fix or drop them")
-    dup = table[table.duplicated(["task", "model"], keep=False)]
-    if len(dup):
-        r = dup.iloc[0]
-        times = int(((dup["task"] == r["task"]) & (dup["model"] == r["model"])).sum())
-        raise TaskIndexError(f"({r['task']!r}, {r['model']!r}) appears {times} times: give one error per "
-                             "(task, model), e.g. the mean of the repeats")
-    unknown_t = sorted(set(table["task"]) - set(tasks))
-    if unknown_t:
-        raise TaskIndexError(f"errors table names {len(unknown_t)} task(s) that are not task rows of the index "
-                             f"(e.g. {', '.join(unknown_t[:3])}): add them with `taskindex add` or drop their rows")
-    unknown_m = sorted(set(table["model"]) - set(models))
-    if unknown_m:
-        what = (f"errors table names {len(unknown_m)} model(s) that are not model rows of the index "
-                f"(e.g. {', '.join(unknown_m[:3])})")
-        raise TaskIndexError(f"{what}: add them with add_model", cli=f"{what}: add them with `taskindex add --kind model`")
+    table = results.check(table, tasks, models)
     task_names = sorted(set(table["task"]))
     model_names = sorted(set(table["model"]))
     if len(model_names) < 2:
@@ -90,7 +50,7 @@ def error_matrix(table: pd.DataFrame, tasks, models) -> tuple[list[str], list[st
     if len(task_names) < MIN_TASKS:
         raise TaskIndexError(f"errors table has {len(task_names)} task(s): MODEL2VEC needs at least {MIN_TASKS} "
                              "(some to fit on, one to stop early on)")
-    wide = table.assign(error=err).pivot(index="task", columns="model", values="error")
+    wide = table.pivot(index="task", columns="model", values="error")
     wide = wide.reindex(index=task_names, columns=model_names)
     holes = np.argwhere(wide.isna().to_numpy())
     if len(holes):

@@ -1,4 +1,4 @@
-"""The shipped index (index_data/) and `make demo`: what a new user sees first."""
+"""The shipped index (taskindex/package_data/default.index) and `make demo`: what a new user sees first."""
 
 from __future__ import annotations
 
@@ -28,9 +28,12 @@ def test_shipped_index_holds_the_benchmark_experts_and_their_fit():
         fit = index.model2vec
         assert fit is not None and sorted(fit["models"]) == sorted(models["name"])
         assert fit["summary"]["val_loss"] < fit["summary"]["initial_val_loss"]
+        held = index.results()  # the benchmark's errors, remembered: selection ranks by them
+        assert len(held) == len(errors) and set(held["task"]) == set(errors["task"])
         hits = index.select_model("fashion-footwear", k=3)
-        assert [h.ranked_by for h in hits] == ["model2vec"] * 3
-        assert all(h.kind == "model" for h in hits)
+        assert [h.ranked_by for h in hits] == ["neighbors"] * 3 and all(h.kind == "model" for h in hits)
+        assert all(e["task"] != "fashion-footwear" for h in hits for e in h.evidence)  # a row: treated as new
+        assert [h.ranked_by for h in index.select_model("fashion-footwear", k=3, by="model2vec")] == ["model2vec"] * 3
 
 
 @pytest.mark.slow
@@ -40,5 +43,6 @@ def test_demo_finds_the_fresh_task_and_picks_an_expert(capsys):
     demo.main()
     out = capsys.readouterr().out
     assert "the new sample found its own task first" in out
-    assert "best experts for the new sample" in out and "ranked by model2vec" in out
+    assert "best experts for the new sample" in out and "ranked by neighbors" in out
+    assert "its error there" in out  # the evidence of the pick
     assert "experts on fashion-sandal-vs-rest by the test error" in out

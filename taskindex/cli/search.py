@@ -96,6 +96,10 @@ def query(args, embedding_file, row_name, max_samples, image_column, label_colum
 def _show_models(r: dict) -> None:
     table([{**h["metadata"], "score": h["distance"], "ranked_by": h["ranked_by"]} for h in r["hits"]],
           ["name", "score", "ranked_by", "complexity", "source_task"])
+    for h in r["hits"]:
+        if h.get("evidence"):
+            click.echo(f"{h['name']}: " + "; ".join(f"{e['task']} (d_sym {e['d_sym']:.3f}, weight {e['weight']:.2f}) "
+                                                    f"error {e['error']:.3f}" for e in h["evidence"]))
     click.echo(f"({len(r['hits'])} models, {r['seconds'] * 1000:.1f} ms)")
 
 
@@ -106,12 +110,16 @@ def _show_models(r: dict) -> None:
 @click.option("--where", multiple=True, help="Filter the models: key=value, key!=value, 'key in a,b' (repeatable).")
 @click.option("--alpha", type=click.FloatRange(min=0), default=None,
               help="Complexity weight of d_asym (default: the index's, see `info`).")
+@click.option("--by", type=click.Choice(["auto", "neighbors", "model2vec", "asym"]), default="auto",
+              show_default=True, help="neighbors: the experts' results on the nearest known tasks (auto where the "
+              "index holds results); model2vec: d_asym with MODEL2VEC where fitted; asym: d_asym only.")
 @json_output(_show_models)
 @api_errors
-def select(args, embedding_file, row_name, max_samples, image_column, label_column, k, where, alpha):
+def select(args, embedding_file, row_name, max_samples, image_column, label_column, k, where, alpha, by):
     """Best experts for a task: select [INDEX] (DATA | --embedding FILE | --name NAME).
 
-    Ranks the model rows by d_asym(model -> task), with MODEL2VEC where the index holds a fit.
+    Ranks the model rows by their results on the known tasks nearest to the task where the index holds
+    results (each pick lists them), else by d_asym(model -> task) with MODEL2VEC where the index holds a fit.
 
     Example:
 
@@ -119,13 +127,14 @@ def select(args, embedding_file, row_name, max_samples, image_column, label_colu
         taskindex select --name fashion-footwear -k 3
         taskindex select sample:mnist-round --where dataset=mnist
         taskindex select my.index --embedding footwear.emb --alpha 0.2 --json
+        taskindex select --name fashion-footwear --by asym
     """
     from taskindex.index.filters import parse_where
 
     where = parse_where(where)
     return _search("select", args, embedding_file, row_name, dict(max_samples=max_samples, image_column=image_column,
                                                                  label_column=label_column),
-                   lambda idx, q: idx.select_model(q, k=k, where=where, alpha=alpha))
+                   lambda idx, q: idx.select_model(q, k=k, where=where, alpha=alpha, by=by))
 
 
 COMMANDS = [query, select]

@@ -14,8 +14,10 @@ class Hit:
     distance: float
     complexity: float
     metadata: dict = field(default_factory=dict)
-    ranked_by: str = "sym"  # sym, asym or model2vec: the score in `distance`
+    ranked_by: str = "sym"  # sym, asym, model2vec or neighbors: the score in `distance`
+    evidence: list = field(default_factory=list)  # neighbors: the known tasks, and the errors, behind the score
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "distance": self.distance, "complexity": self.complexity,
-                "ranked_by": self.ranked_by, "metadata": self.metadata}
+        out = {"name": self.name, "kind": self.kind, "distance": self.distance, "complexity": self.complexity,
+               "ranked_by": self.ranked_by, "metadata": self.metadata}
+        return {**out, "evidence": self.evidence} if self.evidence else out

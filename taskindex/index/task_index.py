@@ -253,20 +253,20 @@ class TaskIndex:
         return None if fit is None else {k: v for k, v in fit.items() if k != "theta"}
 
     def select_model(self, query, k: int = 5, where: dict | None = None, alpha: float | None = None,
-                     probe=None) -> list[Hit]:
-        """The k model rows best suited to `query` (Embedding, Task or row name), best first.
+                     probe=None, by: str = "auto") -> list[Hit]:
+        """The k model rows best suited to `query` (Embedding, Task or row name), best first (docs/selection.md).
 
-        Ranked by d_asym(m_j -> query); m_j is the MODEL2VEC embedding where a fit covers the model
-        (hit.ranked_by 'model2vec', scored with the fit's alpha), else the model's source embedding ('asym',
-        scored with `alpha` or the index's).
-        """
+        by="neighbors": by their results on the known tasks nearest to the query (hit.evidence lists them);
+        "model2vec": by d_asym(m_j -> query), m_j the MODEL2VEC embedding where a fit covers the model, else
+        its source task's ('asym'); "asym": source embeddings only; "auto": neighbors where the index holds
+        results, else model2vec. A row-name query is treated as new: its own results are left out."""
         from taskindex.select import experts
 
         validation.integer(k, "k")
-        rows = experts.model_rows(self._v, where)
-        alpha = self._alpha(alpha)
-        emb, _ = self._as_embedding(query, probe)
-        return experts.ranked_models(self._v, emb.vector, rows, k, alpha) if len(rows) else []
+        validation.choice(by, "by", experts.BY)
+        rows, alpha = experts.model_rows(self._v, where), self._alpha(alpha)
+        emb, self_id = self._as_embedding(query, probe)
+        return experts.select(self._v, emb.vector, self_id, rows, k, alpha, by) if len(rows) else []
 
     def add_results(self, table, replace: bool = False) -> int:
         """Store measured errors (a DataFrame, .csv or .parquet: task, model, error and any other columns) as

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from taskindex import distance
-from taskindex.select import model2vec
+from taskindex.select import model2vec, neighbors
 from taskindex.errors import TaskIndexError
 
 
@@ -36,6 +36,9 @@ def fitted_vectors(vectors: np.ndarray, names: list[str], ids: np.ndarray, fit: 
     return out, used
 
 
+METHODS = ("asym", "model2vec", "static", "neighbors")
+
+
 @dataclass
 class SelectionReport:
     """Leave-one-out expert selection on an errors table: per task, what each method picked and its error."""
@@ -51,8 +54,9 @@ class SelectionReport:
 def evaluate(tasks: list[str], models: list[str], err: np.ndarray, task_vectors: np.ndarray,
              model_vectors: np.ndarray, prior: np.ndarray, alpha: float, source_tasks: list[str | None],
              seed: int = 0, fit_options: dict | None = None, exclude: dict | None = None,
-             progress: bool | None = None) -> SelectionReport:
-    """Leave-one-out: for each task, d_asym and a MODEL2VEC fit on the other tasks pick among the allowed models.
+             progress: bool | None = None, neighbors_kt: tuple = (neighbors.K, neighbors.TAU)) -> SelectionReport:
+    """Leave-one-out: for each task, d_asym, a MODEL2VEC fit on the other tasks, the best expert on average over
+    the other tasks (static) and the neighbours selector (its k and tau) pick among the allowed models.
 
     A model is never picked for the task it was trained on (its source_task), nor for a task that
     `exclude` maps to it ({task: [models]}: e.g. experts trained on other images of the same classes).
@@ -60,7 +64,8 @@ def evaluate(tasks: list[str], models: list[str], err: np.ndarray, task_vectors:
     from tqdm.auto import tqdm
 
     n, k = err.shape
-    sc = {"asym": np.full((n, k), np.nan), "model2vec": np.full((n, k), np.nan)}
+    sc = {m: np.full((n, k), np.nan) for m in METHODS}
+    d = distance.pairwise(task_vectors)
     records = []
     for i in tqdm(range(n), desc="leave-one-out", disable=progress is False or n < 2, leave=False):
         banned = set((exclude or {}).get(tasks[i], ()))
@@ -73,6 +78,9 @@ def evaluate(tasks: list[str], models: list[str], err: np.ndarray, task_vectors:
                           **(fit_options or {}))
         m = model_vectors.astype(np.float64) * np.exp(f.theta.astype(np.float64))
         sc["model2vec"][i, allowed] = distance.asym_to_target(m[allowed], task_vectors[i], alpha, prior)
+        sc["static"][i, allowed] = neighbors.scores(np.zeros(n - 1), err[others], k=n, tau=np.inf)[0][allowed]
+        sc["neighbors"][i, allowed] = neighbors.scores(d[i, others], err[others], sc["asym"][i], *neighbors_kt
+                                                       )[0][allowed]
         row = {"task": tasks[i], "optimal_model": models[int(np.nanargmin(np.where(allowed, err[i], np.nan)))],
                "optimal_error": float(err[i, allowed].min()), "chance_error": float(err[i, allowed].mean())}
         for method, s in sc.items():
@@ -83,7 +91,7 @@ def evaluate(tasks: list[str], models: list[str], err: np.ndarray, task_vectors:
     per_task = pd.DataFrame(records)
     opt = per_task["optimal_error"].mean()
     summary = {"tasks": n, "models": k, "alpha": alpha, "optimal_error": float(opt)}
-    for method in ("chance", "asym", "model2vec"):
+    for method in ("chance", *METHODS):
         mean = float(per_task[f"{method}_error"].mean())
         summary[f"{method}_error"] = mean
         summary[f"{method}_relative_increase"] = float(mean / opt - 1) if opt > 0 else float("nan")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 
 from taskindex import distance
 from taskindex.errors import IndexUsageError
@@ -13,7 +14,7 @@ from taskindex.index import filters
 from taskindex.index.hit import Hit
 from taskindex.index.segments import npy_bytes
 from taskindex.index.version import LoadedVersion
-from taskindex.select import evaluation, model2vec, results
+from taskindex.select import evaluation, model2vec, neighbors, results
 
 
 def model_rows(v: LoadedVersion, where: dict | None) -> np.ndarray:
@@ -25,11 +26,13 @@ def model_rows(v: LoadedVersion, where: dict | None) -> np.ndarray:
     return np.flatnonzero(v.kinds["model"] & (filters.mask(v.rows, where) if where else True))
 
 
-def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int, alpha: float) -> list[Hit]:
-    """The k best of the model `rows` for the query vector, by d_asym(m_j -> query) - alpha * complexity."""
+def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int, alpha: float,
+                  use_fit: bool = True) -> list[Hit]:
+    """The k best of the model `rows` for the query vector, by d_asym(m_j -> query): m_j the MODEL2VEC
+    embedding where a fit covers the model (and `use_fit`), else its source task's."""
     names = [v.row_names[r] for r in rows]
-    fit = v.manifest.model2vec
-    m, fitted = evaluation.fitted_vectors(v.gather(rows), names, v.ids[rows], fit, v.theta)
+    fit = v.manifest.model2vec if use_fit else None
+    m, fitted = evaluation.fitted_vectors(v.gather(rows), names, v.ids[rows], fit, v.theta if use_fit else None)
     # a fitted model is scored with the alpha its bias was learned for; the others with this call's
     alphas = np.where(fitted, fit["alpha"] if fit else alpha, alpha)
     cx = np.atleast_1d(distance.complexity(m, v.prior))
@@ -38,6 +41,57 @@ def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int,
     records = v.records(rows[top].astype(np.int64))
     return [Hit(names[t], "model", float(score[t]), float(cx[t]), rec, "model2vec" if fitted[t] else "asym")
             for t, rec in zip(top, records)]
+
+
+BY = ("auto", "neighbors", "model2vec", "asym")
+
+
+def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: int, alpha: float,
+           by: str) -> list[Hit]:
+    """The k best of the model `rows` for the query vector, ranked as `by` says; "auto": by the results the
+    index holds where it holds any on its live rows, else as MODEL2VEC (where fitted) and d_asym rank them."""
+    if by == "auto":
+        by = "neighbors" if _results_matrix(v, self_id) is not None else "model2vec"
+    if by == "neighbors":
+        return _by_neighbors(v, query, self_id, rows, k, alpha)
+    return ranked_models(v, query, rows, k, alpha, use_fit=by == "model2vec")
+
+
+def _results_matrix(v: LoadedVersion, self_id) -> tuple[list[str], np.ndarray, pd.DataFrame] | None:
+    """(task rows with results, their rows, the mean error table), the query's own row left out; None when
+    the index holds no results on live task and model rows."""
+    stored = v.results()
+    if stored is None:
+        return None
+    table = results.mean_errors(stored, v.names("task"), v.names("model"))
+    own = v.row_names[int(np.searchsorted(v.ids, self_id))] if self_id is not None else None
+    table = table[table["task"] != own]
+    if table.empty:
+        return None
+    tasks = sorted(set(table["task"]))
+    return tasks, np.array([v.row(t) for t in tasks], np.int64), table
+
+
+def _by_neighbors(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: int, alpha: float) -> list[Hit]:
+    """Experts ranked by their standardised errors on the query's nearest known tasks (select/neighbors.py),
+    each falling back on d_asym by the share of those tasks it was not measured on."""
+    found = _results_matrix(v, self_id)
+    if found is None:
+        raise IndexUsageError("the index holds no results on its rows: add them with add_results(table), or "
+                              "select by='auto', 'model2vec' or 'asym'",
+                              cli="the index holds no results on its rows: add them with `taskindex results add "
+                              "INDEX FILE`, or pass --by auto, model2vec or asym")
+    tasks, task_rows, table = found
+    names = [v.row_names[r] for r in rows]
+    err = table.pivot(index="task", columns="model", values="error").reindex(index=tasks, columns=names).to_numpy()
+    dists = distance.one_to_many(query, v.gather(task_rows))
+    fallback = distance.asym_to_target(v.gather(rows), query, alpha, v.prior)
+    score, _ = neighbors.scores(dists, err, fallback)
+    cx = np.atleast_1d(distance.complexity(v.gather(rows), v.prior))
+    top = np.argsort(score, kind="stable")[:k]
+    records = v.records(rows[top].astype(np.int64))
+    return [Hit(names[t], "model", float(score[t]), float(cx[t]), rec, "neighbors",
+                neighbors.evidence(dists, err, tasks, int(t))) for t, rec in zip(top, records)]
 
 
 def selection_inputs(v: LoadedVersion, errors) -> tuple:

@@ -44,7 +44,8 @@ def add_experts(path: Path, cache: Path | None = None) -> None:
             meta["weights"] = ("not shipped: python -m tools.experiments.expert_zoo trains it" if emb is not None
                                else "imagenet")
             index.add_model(name, emb, metadata=meta, replace=True)
-        summary = index.fit_model2vec(errors)
+        index.add_results(errors, replace=True)  # remembered: select ranks by the nearest tasks' results
+        summary = index.fit_model2vec()
         print(f"MODEL2VEC: held-out loss {summary['initial_val_loss']:.4f} -> {summary['val_loss']:.4f}",
               file=sys.stderr)
         index.compact()

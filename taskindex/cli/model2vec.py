@@ -57,7 +57,7 @@ def model2vec_fit(index, errors, seed, holdout, max_steps, patience):
 def _show_evaluation(report: dict) -> None:
     s = report["summary"]
     click.echo(f"{s['tasks']} tasks, {s['models']} models, optimal mean error {s['optimal_error']:.4f}")
-    for method in ("chance", "asym", "model2vec"):
+    for method in ("chance", "asym", "model2vec", "static", "neighbors"):
         top1 = f", top-1 {s[method + '_top1']:.2f}" if method != "chance" else ""
         click.echo(f"  {method:9s} error {s[method + '_error']:.4f} "
                    f"({s[method + '_relative_increase']:+.1%} relative){top1}")
@@ -70,8 +70,8 @@ def _show_evaluation(report: dict) -> None:
 @json_output(_show_evaluation)
 @api_errors
 def model2vec_eval(index, errors, seed):
-    """Leave-one-out expert selection on ERRORS (default: INDEX's results): d_asym and MODEL2VEC against the best
-    and a random model.
+    """Leave-one-out expert selection on ERRORS (default: INDEX's results): d_asym, MODEL2VEC, the best expert on
+    average (static) and the neighbours selector, against the best and a random model.
 
     Example:
 

@@ -113,3 +113,23 @@ def test_the_cli_mirrors_the_api(path, tmp_path):
     fit = runner.invoke(cli, ["model2vec", "fit", str(path), "--max-steps", "5", "--json"])
     assert fit.exit_code == 0, fit.output
     assert json.loads(fit.output)["tasks"] == 6
+
+
+def test_a_fit_that_does_not_improve_says_so_and_selection_reports_asym(path):
+    """A table where d_asym already ranks perfectly leaves nothing to learn: the summary and the CLI say the fit
+    did not improve, and selection names the score it really uses."""
+    with TaskIndex.open(path) as idx:
+        held = TASKS[int(np.random.default_rng(0).permutation(len(TASKS))[0])]  # what fit(seed=0) holds out
+        # the training tasks all prefer m0, the held-out task least of all: every step it learns hurts that task
+        flat = pd.DataFrame([{"task": t, "model": m, "error": (0.5 if m == "m0" else 0.1) if t == held else
+                              (0.1 if m == "m0" else 0.5)} for t in TASKS for m in MODELS])
+        summary = idx.fit_model2vec(flat, max_steps=30, holdout=1 / 6)
+        assert summary["improved"] is False and summary["best_step"] == 0
+        hits = idx.select_model("t4", k=3, by="model2vec")
+        assert {h.ranked_by for h in hits} == {"asym"}
+        assert [h.name for h in hits] == [h.name for h in idx.select_model("t4", k=3, by="asym")]
+    csv = path.parent / "flat.csv"
+    flat.to_csv(csv, index=False)
+    r = CliRunner().invoke(cli, ["model2vec", "fit", str(path), str(csv), "--max-steps", "30", "--holdout",
+                                 str(1 / 6)])
+    assert r.exit_code == 0 and "did not lower the held-out loss" in r.output

@@ -24,6 +24,9 @@ def _show_fit(r: dict) -> None:
                f"out): held-out loss {r['initial_val_loss']:.4f} -> {r['val_loss']:.4f}, top-1 "
                f"{r['held_out_top1_before']:.2f} -> {r['held_out_top1_after']:.2f} (step {r['best_step']} of "
                f"{r['steps']}), gamma {r['gamma']:.3g}, version {r['version']}")
+    if not r["improved"]:
+        click.echo("the fit did not lower the held-out loss (best at step 0): selection ranks these models by "
+                   "d_asym and says so (ranked_by asym); more tasks with errors would help")
 
 
 @model2vec_group.command(name="fit")

@@ -32,6 +32,8 @@ def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int,
     embedding where a fit covers the model (and `use_fit`), else its source task's."""
     names = [v.row_names[r] for r in rows]
     fit = v.manifest.model2vec if use_fit else None
+    if fit is not None and not model2vec.improved(fit["summary"]):
+        fit = None  # its scores would be d_asym's: say so (ranked_by "asym"), not "model2vec"
     m, fitted = evaluation.fitted_vectors(v.gather(rows), names, v.ids[rows], fit, v.theta if use_fit else None)
     # a fitted model is scored with the alpha its bias was learned for; the others with this call's
     alphas = np.where(fitted, fit["alpha"] if fit else alpha, alpha)

@@ -195,9 +195,14 @@ def fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, pr
         "held_out_top1_before": top1(d0.numpy()[val], err[val]),
         "held_out_top1_after": top1(d_fit.numpy()[val], err[val]),
         "alpha_s": alpha_s, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-        "seconds": round(time.perf_counter() - start, 3),
+        "improved": best_step > 0, "seconds": round(time.perf_counter() - start, 3),
     }
     return Fit(list(models), theta.numpy().astype(np.float32), float(np.exp(lg)), float(alpha), summary)
+
+
+def improved(summary: dict) -> bool:
+    """Whether a fit lowered its held-out loss: one that did not (best step 0) holds theta = 0, d_asym itself."""
+    return summary["best_step"] > 0
 
 
 def top1(scores: np.ndarray, err: np.ndarray) -> float:

@@ -30,9 +30,9 @@ from tools import harness
 from tools.experiments import expert_zoo
 
 SOURCE_PER_CLASS = 100  # images per class of an expert's source task that TASK2VEC sees (as the shipped index)
-METHODS = ("chance", "imagenet", "task2vec", "asym", "model2vec", "logme")
+METHODS = ("chance", "imagenet", "task2vec", "asym", "model2vec", "static", "neighbors", "logme")
 LABELS = {"chance": "Chance", "imagenet": "ImageNet", "task2vec": "TASK2VEC", "asym": "Asym. TASK2VEC",
-          "model2vec": "MODEL2VEC", "logme": "LogME"}
+          "model2vec": "MODEL2VEC", "static": "best on average", "neighbors": "neighbours", "logme": "LogME"}
 
 
 def _embedding(root: Path, idx: TaskIndex, task, name: str) -> Embedding:
@@ -126,6 +126,8 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, progre
             "task2vec": one_to_many(q.vector, vectors[allowed]),
             "asym": report.scores["asym"][i, allowed],
             "model2vec": report.scores["model2vec"][i, allowed],
+            "static": report.scores["static"][i, allowed],  # the best expert on average over the other targets
+            "neighbors": report.scores["neighbors"][i, allowed],  # by the results of the nearest other targets
             "logme": -logme[i, allowed],
         }
         out["chance"]["error"].append(e.mean())

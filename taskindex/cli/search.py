@@ -24,20 +24,22 @@ def _index_and_target(args: tuple[str, ...], embedding_file, row_name, command: 
 
 
 def _search(command: str, args, embedding_file, row_name, read: dict, search) -> dict:
-    """Open the index of ARGS read-only and time `search(index, target)`: the target a row name, a saved
-    embedding, or DATA embedded in the index's space (TaskIndex.embed with the `read` options)."""
+    """Open the index of ARGS read-only and time `search(index, target, task)`: the target a row name, a saved
+    embedding, or DATA embedded in the index's space (TaskIndex.embed with the `read` options); task: DATA's
+    Task (None without DATA)."""
     import time
 
+    from taskindex.data.sources import as_task
     from taskindex.embedding.vector import Embedding
     from taskindex.index import TaskIndex
 
     index, rest = _index_and_target(args, embedding_file, row_name, command)
     with TaskIndex.open(index, readonly=True) as idx:
         start = time.perf_counter()
+        task = as_task(rest[0], read["image_column"], read["label_column"]) if rest else None
         target = (row_name or (Embedding.load(embedding_file) if embedding_file else
-                               idx.embed(rest[0], read["max_samples"], image_column=read["image_column"],
-                                         label_column=read["label_column"], progress=False)))
-        hits = search(idx, target)
+                               idx.embed(task, read["max_samples"], progress=False)))
+        hits = search(idx, target, task)
         seconds = time.perf_counter() - start
     return {"index": index, "seconds": seconds, "hits": [h.to_dict() for h in hits]}
 
@@ -88,8 +90,8 @@ def query(args, embedding_file, row_name, max_samples, image_column, label_colum
     where = parse_where(where)
     result = _search("query", args, embedding_file, row_name, dict(max_samples=max_samples, image_column=image_column,
                                                                   label_column=label_column),
-                     lambda idx, q: idx.query(q, k=k, metric=metric, kind=kind, where=where, exact=exact, alpha=alpha,
-                                              refine=refine))
+                     lambda idx, q, _: idx.query(q, k=k, metric=metric, kind=kind, where=where, exact=exact,
+                                                 alpha=alpha, refine=refine))
     return {**result, "metric": metric}
 
 
@@ -113,9 +115,15 @@ def _show_models(r: dict) -> None:
 @click.option("--by", type=click.Choice(["auto", "neighbors", "model2vec", "asym"]), default="auto",
               show_default=True, help="neighbors: the experts' results on the nearest known tasks (auto where the "
               "index holds results); model2vec: d_asym with MODEL2VEC where fitted; asym: d_asym only.")
+@click.option("--verify", type=click.Choice(["logme"]), default=None,
+              help="Re-rank the shortlist by LogME on DATA's images, for experts whose metadata names an "
+              "architecture and a weights_file.")
+@click.option("--shortlist", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of the first experts --verify checks.")
 @json_output(_show_models)
 @api_errors
-def select(args, embedding_file, row_name, max_samples, image_column, label_column, k, where, alpha, by):
+def select(args, embedding_file, row_name, max_samples, image_column, label_column, k, where, alpha, by, verify,
+           shortlist):
     """Best experts for a task: select [INDEX] (DATA | --embedding FILE | --name NAME).
 
     Ranks the model rows by their results on the known tasks nearest to the task where the index holds
@@ -128,13 +136,15 @@ def select(args, embedding_file, row_name, max_samples, image_column, label_colu
         taskindex select sample:mnist-round --where dataset=mnist
         taskindex select my.index --embedding footwear.emb --alpha 0.2 --json
         taskindex select --name fashion-footwear --by asym
+        taskindex select sample:fashion-sandal-vs-rest --verify logme --shortlist 3
     """
     from taskindex.index.filters import parse_where
 
     where = parse_where(where)
     return _search("select", args, embedding_file, row_name, dict(max_samples=max_samples, image_column=image_column,
                                                                  label_column=label_column),
-                   lambda idx, q: idx.select_model(q, k=k, where=where, alpha=alpha, by=by))
+                   lambda idx, q, task: idx.select_model(q, k=k, where=where, alpha=alpha, by=by, verify=verify,
+                                                         shortlist=shortlist, task=task))
 
 
 COMMANDS = [query, select]

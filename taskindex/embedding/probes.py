@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -163,6 +164,12 @@ class Probe:
         if device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def features(self, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """The frozen backbone's features of uint8 (n, 3, s, s) images, float32 (n, feature_dim)."""
+        with torch.no_grad():
+            return torch.cat([self.backbone(self.normalize(images[s:s + batch_size])).float().cpu()
+                              for s in range(0, len(images), batch_size)]).numpy()
 
     def __repr__(self) -> str:
         return (f"Probe({self.name!r}, weights={self.weights!r}, image_size={self.image_size}, "

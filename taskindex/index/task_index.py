@@ -252,21 +252,21 @@ class TaskIndex:
         fit = self._v.manifest.model2vec
         return None if fit is None else {k: v for k, v in fit.items() if k != "theta"}
 
-    def select_model(self, query, k: int = 5, where: dict | None = None, alpha: float | None = None,
-                     probe=None, by: str = "auto") -> list[Hit]:
+    def select_model(self, query, k: int = 5, where: dict | None = None, alpha: float | None = None, probe=None,
+                     by: str = "auto", verify: str | None = None, shortlist: int = 3, task=None) -> list[Hit]:
         """The k model rows best suited to `query` (Embedding, Task or row name), best first (docs/selection.md).
 
         by="neighbors": by their results on the known tasks nearest to the query (hit.evidence lists them);
-        "model2vec": by d_asym(m_j -> query), m_j the MODEL2VEC embedding where a fit covers the model, else
-        its source task's ('asym'); "asym": source embeddings only; "auto": neighbors where the index holds
-        results, else model2vec. A row-name query is treated as new: its own results are left out."""
+        "model2vec": d_asym from MODEL2VEC embeddings where fitted, else from source tasks ("asym": those only);
+        "auto": neighbors where the index holds results, else model2vec. verify="logme" re-ranks the first
+        `shortlist` by LogME on `task` (default: a Task query) where their weights are at hand."""
         from taskindex.select import experts
 
         validation.integer(k, "k")
-        validation.choice(by, "by", experts.BY)
         rows, alpha = experts.model_rows(self._v, where), self._alpha(alpha)
         emb, self_id = self._as_embedding(query, probe)
-        return experts.select(self._v, emb.vector, self_id, rows, k, alpha, by) if len(rows) else []
+        return experts.select(self._v, emb.vector, self_id, rows, k, alpha, by,
+                              (verify, shortlist, query if task is None else task))
 
     def add_results(self, table, replace: bool = False) -> int:
         """Store measured errors (a DataFrame, .csv or .parquet: task, model, error and any other columns) as

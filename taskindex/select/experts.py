@@ -8,13 +8,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from taskindex import distance
+from taskindex import distance, validation
 from taskindex.errors import IndexUsageError
 from taskindex.index import filters
 from taskindex.index.hit import Hit
 from taskindex.index.segments import npy_bytes
 from taskindex.index.version import LoadedVersion
-from taskindex.select import evaluation, model2vec, neighbors, results
+from taskindex.select import evaluation, model2vec, neighbors, results, verify
 
 
 def model_rows(v: LoadedVersion, where: dict | None) -> np.ndarray:
@@ -48,15 +48,25 @@ def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int,
 BY = ("auto", "neighbors", "model2vec", "asym")
 
 
-def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: int, alpha: float,
-           by: str) -> list[Hit]:
+def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: int, alpha: float, by: str,
+           check: tuple = (None, 3, None)) -> list[Hit]:
     """The k best of the model `rows` for the query vector, ranked as `by` says; "auto": by the results the
-    index holds where it holds any on its live rows, else as MODEL2VEC (where fitted) and d_asym rank them."""
+    index holds where it holds any on its live rows, else as MODEL2VEC (where fitted) and d_asym rank them.
+    check: (verify, shortlist, the query as given): verify="logme" re-ranks the shortlist (select/verify.py)."""
+    verify_by, shortlist, task = check
+    validation.choice(by, "by", BY)
+    validation.choice(verify_by, "verify", (None, "logme"))
+    validation.integer(shortlist, "shortlist")
+    if not len(rows):
+        return []
     if by == "auto":
         by = "neighbors" if _results_matrix(v, self_id) is not None else "model2vec"
+    depth = max(k, shortlist) if verify_by else k
     if by == "neighbors":
-        return _by_neighbors(v, query, self_id, rows, k, alpha)
-    return ranked_models(v, query, rows, k, alpha, use_fit=by == "model2vec")
+        hits = _by_neighbors(v, query, self_id, rows, depth, alpha)
+    else:
+        hits = ranked_models(v, query, rows, depth, alpha, use_fit=by == "model2vec")
+    return (verify.logme_shortlist(hits, task, shortlist) if verify_by else hits)[:k]
 
 
 def _results_matrix(v: LoadedVersion, self_id) -> tuple[list[str], np.ndarray, pd.DataFrame] | None:

@@ -1,0 +1,47 @@
+"""Checking a shortlist with LogME on the target's own images, for the experts whose weights are at hand.
+
+A model row carries a loadable feature extractor when its metadata names a registered probe architecture
+(`architecture`) and a local state_dict (`weights_file`, read with torch.load(weights_only=True)). LogME of
+its features on the task's images re-ranks the shortlisted rows that have one, among the places they hold;
+the others keep their place, and each hit's evidence says which were checked.
+"""
+
+from __future__ import annotations
+
+import os
+
+from taskindex.errors import TaskIndexError
+
+SAMPLES = 300  # class-balanced images of the task LogME sees per expert
+
+
+def loadable(meta: dict) -> str | None:
+    """Why a model row cannot be checked (None: it can)."""
+    if not meta.get("architecture") or not meta.get("weights_file"):
+        return "no architecture and weights_file in its metadata"
+    if not os.path.isfile(str(meta["weights_file"])):
+        return f"weights_file {meta['weights_file']!r} is not a file here"
+    return None
+
+
+def logme_shortlist(hits: list, task, shortlist: int) -> list:
+    """`hits` with their first `shortlist` re-ranked by LogME where an expert can be loaded (higher first)."""
+    from taskindex.data.task import Task
+    from taskindex.embedding.probes import load_probe
+    from taskindex.select.logme import logme
+
+    if not isinstance(task, Task):
+        raise TaskIndexError("verify='logme' needs the task's images: pass a Task as the query or as task=",
+                             cli="--verify logme needs the task's images: pass DATA, not --name or --embedding")
+    head, rows = list(hits[:shortlist]), task.balanced_indices(SAMPLES, seed=0)
+    scored = {}
+    for i, hit in enumerate(head):
+        why = loadable(hit.metadata)
+        if why is None:
+            probe = load_probe(hit.metadata["architecture"], weights=str(hit.metadata["weights_file"]), device="cpu")
+            scored[i] = logme(probe.features(task.load(rows, probe.image_size)), task.labels[rows])
+        hit.evidence = [*hit.evidence, {"logme": scored.get(i), **({"not_checked": why} if why else {})}]
+    ranked = [head[i] for i in sorted(scored, key=lambda i: -scored[i])]  # the checked rows, best LogME first
+    for slot, hit in zip(sorted(scored), ranked):
+        head[slot] = hit
+    return head + list(hits[shortlist:])

@@ -1,0 +1,119 @@
+"""verify="logme": LogME on the target's images re-ranks the shortlist only, for the experts whose weights
+are at hand; the others keep their place and say why they were not checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import taskindex as ti
+from taskindex import TaskIndex
+from taskindex.embedding import probes
+from taskindex.errors import TaskIndexError
+from taskindex.select.logme import logme
+
+from conftest import make_tiny_cnn
+
+ARCH = "tiny-verify"
+
+
+@pytest.fixture(autouse=True)
+def tiny_architecture():
+    def build(weights, size):
+        net = make_tiny_cnn(0)
+        if weights not in (None, "imagenet"):
+            net.load_state_dict(torch.load(weights, weights_only=True))
+        return net, 16
+
+    probes.register_probe(probes.ProbeSpec(ARCH, build, 16, (0.5,) * 3, (0.25,) * 3, "none"))
+    yield
+    probes._REGISTRY.pop(ARCH)
+
+
+@pytest.fixture
+def zoo(tmp_path):
+    tiny_probe = ti.load_probe(ARCH, device="cpu")  # registered, so the CLI can rebuild the index's probe
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (60, 16, 16, 3), dtype=np.uint8)
+    labels = np.repeat([0, 1, 2], 20)
+    images[labels == 1, :, :8] //= 3  # classes a CNN can tell apart
+    images[labels == 2, 8:] = 255 - images[labels == 2, 8:]
+    task = ti.Task.from_arrays(images, labels, name="target")
+    index = TaskIndex.create(tmp_path / "zoo", probe=tiny_probe, estimator="mean")
+    source = index.embed(task, max_samples=30, probe=tiny_probe, progress=False)
+    for j in range(4):  # four experts with weights on disk, one without
+        path = tmp_path / f"e{j}.pt"
+        torch.save(make_tiny_cnn(10 + j).state_dict(), path)
+        index.add_model(f"e{j}", source, metadata={"architecture": ARCH, "weights_file": str(path), "j": j})
+    index.add_model("blackbox", None)
+    yield index, task, tiny_probe
+    index.close()
+
+
+def _logme_of(hit, task):
+    probe = ti.load_probe(ARCH, weights=hit.metadata["weights_file"], device="cpu")
+    rows = task.balanced_indices(300, seed=0)
+    return logme(probe.features(task.load(rows, 16)), task.labels[rows])
+
+
+def test_only_the_shortlist_is_checked_and_it_is_reranked_by_logme(zoo, monkeypatch):
+    index, task, probe = zoo
+    plain = index.select_model(task, k=5, probe=probe, by="asym")
+    loads = []
+    real = probes.load_probe
+    monkeypatch.setattr(probes, "load_probe", lambda *a, **kw: loads.append(a[0]) or real(*a, **kw))
+    checked = index.select_model(task, k=5, probe=probe, by="asym", verify="logme", shortlist=3)
+    head = plain[:3]
+    loadable = [h for h in head if h.name != "blackbox"]
+    assert loads == [ARCH] * len(loadable)  # one forward pass per checked expert, none beyond the shortlist
+    assert [h.name for h in checked[3:]] == [h.name for h in plain[3:]]
+    scores = {h.name: _logme_of(h, task) for h in loadable}
+    slots = [i for i, h in enumerate(head) if h.name != "blackbox"]
+    assert [checked[i].name for i in slots] == sorted(scores, key=lambda n: -scores[n])
+    assert all(h.evidence[-1]["logme"] == pytest.approx(scores[h.name]) for h in checked[:3])
+    everyone = index.select_model(task, k=5, probe=probe, by="asym", verify="logme", shortlist=5)
+    names = [h.name for h in everyone]
+    assert names.index("blackbox") == [h.name for h in plain].index("blackbox")  # unchecked: it keeps its place
+    note = everyone[names.index("blackbox")].evidence[-1]
+    assert note["logme"] is None and "no architecture" in note["not_checked"]
+
+
+def test_a_missing_weights_file_or_a_query_without_images_is_said(zoo, tmp_path):
+    index, task, probe = zoo
+    emb = index.embed(task, max_samples=30, probe=probe, progress=False)
+    with pytest.raises(TaskIndexError, match="needs the task's images"):
+        index.select_model(emb, verify="logme")
+    assert index.select_model(emb, k=2, verify="logme", task=task, by="asym")  # images passed beside
+    index.add_model("gone", emb, metadata={"architecture": ARCH, "weights_file": str(tmp_path / "nope.pt")})
+    hits = index.select_model(task, k=6, probe=probe, by="asym", verify="logme", shortlist=6)
+    gone = next(h for h in hits if h.name == "gone")
+    assert "is not a file here" in gone.evidence[-1]["not_checked"]
+    with pytest.raises(TaskIndexError, match="unknown verify 'LogME'"):
+        index.select_model(task, probe=probe, verify="LogME")
+
+
+def test_the_cli_checks_the_shortlist_of_data(zoo, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from taskindex.cli import cli
+
+    index, task, _ = zoo
+    folder = tmp_path / "data"
+    for i in range(len(task)):
+        (folder / f"c{task.labels[i]}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(task.load([i], 16)[0].permute(1, 2, 0).numpy()).save(folder / f"c{task.labels[i]}" / f"{i}.png")
+    path = str(index._v.store.root)
+    index.embed(task, max_samples=30, progress=False).save(tmp_path / "t.emb")
+    index.close()
+    r = CliRunner().invoke(cli, ["select", path, str(folder), "--by", "asym", "--verify", "logme", "--shortlist", "2",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)["hits"]
+    assert all(isinstance(h["evidence"][-1]["logme"], float) for h in hits[:2])
+    assert all("evidence" not in h for h in hits[2:])
+    bad = CliRunner().invoke(cli, ["select", path, "--embedding", str(tmp_path / "t.emb"), "--verify", "logme"])
+    assert bad.exit_code == 2 and "--verify logme needs the task's images: pass DATA" in bad.output

@@ -49,8 +49,15 @@ def inputs(index) -> dict:
 def picks(data: dict, method: str, k: int = neighbors.K, tau: float = neighbors.TAU,
           fallback_d: float = neighbors.FALLBACK_D) -> np.ndarray:
     """Per target, the error of the expert `method` picks among the allowed ones."""
+    chosen = picked_experts(data, method, k, tau, fallback_d)
+    return data["err"][np.arange(len(chosen)), chosen]
+
+
+def picked_experts(data: dict, method: str, k: int = neighbors.K, tau: float = neighbors.TAU,
+                   fallback_d: float = neighbors.FALLBACK_D) -> np.ndarray:
+    """Per target, the expert (column) `method` picks among the allowed ones."""
     err, n = data["err"], len(data["tasks"])
-    out = np.empty(n)
+    out = np.empty(n, np.int64)
     for i in range(n):
         others = np.array([t for t in range(n) if t != i])
         if method == "dataset":
@@ -65,7 +72,7 @@ def picks(data: dict, method: str, k: int = neighbors.K, tau: float = neighbors.
         else:
             score = err[i]  # optimal
         score = np.where(data["allowed"][i], score, np.inf)
-        out[i] = err[i, int(np.argmin(score))]
+        out[i] = int(np.argmin(score))
     return out
 
 

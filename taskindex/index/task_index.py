@@ -263,6 +263,7 @@ class TaskIndex:
         from taskindex.select import experts
 
         validation.integer(k, "k")
+        experts.check_selection(by, verify, shortlist)  # before a Task query is embedded
         rows, alpha = experts.model_rows(self._v, where), self._alpha(alpha)
         emb, self_id = self._as_embedding(query, probe)
         return experts.select(self._v, emb.vector, self_id, rows, k, alpha, by,

@@ -48,15 +48,20 @@ def ranked_models(v: LoadedVersion, query: np.ndarray, rows: np.ndarray, k: int,
 BY = ("auto", "neighbors", "model2vec", "asym")
 
 
+def check_selection(by: str, verify_by: str | None, shortlist: int) -> None:
+    """How select_model was asked to rank, checked before any work."""
+    validation.choice(by, "by", BY)
+    validation.choice(verify_by, "verify", (None, "logme"))
+    validation.integer(shortlist, "shortlist")
+
+
 def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: int, alpha: float, by: str,
            check: tuple = (None, 3, None)) -> list[Hit]:
     """The k best of the model `rows` for the query vector, ranked as `by` says; "auto": by the results the
     index holds where it holds any on its live rows, else as MODEL2VEC (where fitted) and d_asym rank them.
     check: (verify, shortlist, the query as given): verify="logme" re-ranks the shortlist (select/verify.py)."""
     verify_by, shortlist, task = check
-    validation.choice(by, "by", BY)
-    validation.choice(verify_by, "verify", (None, "logme"))
-    validation.integer(shortlist, "shortlist")
+    check_selection(by, verify_by, shortlist)
     if not len(rows):
         return []
     if by == "auto":

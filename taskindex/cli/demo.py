@@ -56,7 +56,9 @@ def pick_expert(index: TaskIndex, emb, target: str) -> None:
     print(f"  {'expert':{width}s} {'score':>8s}  trained on")
     for h in hits:
         print(f"  {h.name:{width}s} {h.distance:8.4f}  {h.metadata.get('source_task')}")
-    for e in hits[0].evidence:
+    near = index.select_model(emb, k=1, by="neighbors")[0]
+    print(f"  by the results the index remembers: {near.name}, from its errors on the nearest known tasks")
+    for e in near.evidence:
         print(f"     {e['task']:28s} d_sym {e['d_sym']:.3f}  weight {e['weight']:.2f}  its error there {e['error']:.3f}")
     if ERRORS.is_file():
         import pandas as pd
@@ -67,9 +69,8 @@ def pick_expert(index: TaskIndex, emb, target: str) -> None:
             rank = int(mine.rank(method="min")[hits[0].name])  # ties share the better rank
             print(f"  -> {hits[0].name} is number {rank} of {len(mine)} experts on {target} by the test error "
                   f"measured by tools/experiments/meta_benchmark.py ({mine[hits[0].name]:.3f}; the best, "
-                  f"{mine.idxmin()}: {mine.min():.3f}). The index holds that task's own errors, so the pick "
-                  "leans on them; tools/experiments/neighbors_sweep.py measures picks for targets whose own "
-                  "errors are left out.")
+                  f"{mine.idxmin()}: {mine.min():.3f}). That task's errors are among those the index learned from; "
+                  "docs/selection.md measures picks for targets whose own errors are left out.")
 
 
 if __name__ == "__main__":

@@ -258,8 +258,8 @@ class TaskIndex:
 
         by="neighbors": by their results on the known tasks nearest to the query (hit.evidence lists them);
         "model2vec": d_asym from MODEL2VEC embeddings where fitted, else from source tasks ("asym": those only);
-        "auto": neighbors where the index holds results, else model2vec. verify="logme" re-ranks the first
-        `shortlist` by LogME on `task` (default: a Task query) where their weights are at hand."""
+        "auto": model2vec where a fit improved, else neighbors where results are held. verify="logme": the first
+        `shortlist` re-ranked by LogME on `task` (default: a Task query) where their weights are at hand."""
         from taskindex.select import experts
 
         validation.integer(k, "k")

@@ -57,15 +57,18 @@ def check_selection(by: str, verify_by: str | None, shortlist: int) -> None:
 
 def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: int, alpha: float, by: str,
            check: tuple = (None, 3, None)) -> list[Hit]:
-    """The k best of the model `rows` for the query vector, ranked as `by` says; "auto": by the results the
-    index holds where it holds any on its live rows, else as MODEL2VEC (where fitted) and d_asym rank them.
+    """The k best of the model `rows` for the query vector, ranked as `by` says. "auto" is the best measured
+    choice (docs/selection.md): a MODEL2VEC fit that lowered its held-out loss, else the results the index
+    holds on its live rows (neighbours), else d_asym.
     check: (verify, shortlist, the query as given): verify="logme" re-ranks the shortlist (select/verify.py)."""
     verify_by, shortlist, task = check
     check_selection(by, verify_by, shortlist)
     if not len(rows):
         return []
     if by == "auto":
-        by = "neighbors" if _results_matrix(v, self_id) is not None else "model2vec"
+        fit = v.manifest.model2vec
+        improved = fit is not None and model2vec.improved(fit["summary"])
+        by = "neighbors" if not improved and _results_matrix(v, self_id) is not None else "model2vec"
     depth = max(k, shortlist) if verify_by else k
     if by == "neighbors":
         hits = _by_neighbors(v, query, self_id, rows, depth, alpha)

@@ -285,7 +285,7 @@ class TaskIndex:
         import pandas as pd
 
         stored = self._v.results()
-        return pd.DataFrame({"task": [], "model": [], "error": []}) if stored is None else stored
+        return pd.DataFrame({"task": [], "model": [], "error": []}) if stored is None else stored.copy()
 
     def fit_model2vec(self, errors=None, seed: int = 0, **options) -> dict:
         """Learn MODEL2VEC from observed errors (task, model, error; None: the results the index holds) and

@@ -51,6 +51,7 @@ class LoadedVersion:
         self.prior = store.load_npy(manifest.prior)
         self.projection = store.load_npy(manifest.projection) if manifest.projection else None
         self._fit = None  # (theta's file name, theta): MODEL2VEC's parameters, read when a selection needs them
+        self._results = None  # (the results file's name, its table), read when first asked for
         self.vectors, self.projs = [], []
         self.seg = self.pos = np.zeros(0, np.int64)
         self.row_names, self.by_name = [], {}
@@ -190,12 +191,14 @@ class LoadedVersion:
         return self.by_name[name]
 
     def results(self) -> "pd.DataFrame | None":
-        """The stored results table (None before any were added)."""
+        """The stored results table (None before any were added), read once per version: callers copy it."""
         if not self.manifest.results:
             return None
-        import pandas as pd
+        if self._results is None or self._results[0] != self.manifest.results["name"]:
+            import pandas as pd
 
-        return pd.read_parquet(self.store.path(self.manifest.results))
+            self._results = (self.manifest.results["name"], pd.read_parquet(self.store.path(self.manifest.results)))
+        return self._results[1]
 
     def warm(self, progress: bool | None) -> int:
         """Read every vector file into the page cache, with a bar; returns the bytes."""

@@ -97,13 +97,23 @@ def nested(picked: dict, baselines: dict, optimal: np.ndarray, splits: int) -> d
     return held
 
 
+def cost_per_query(index, rounds: int = 3) -> dict:
+    """Median seconds of select_model given each target's embedding, per way of ranking, timed in turns."""
+    embeddings = [index.get(t)[0] for t in index.results()["task"].unique()]
+    calls = {by: (lambda r, by=by: [harness.timed(index.select_model, e, k=5, by=by)[1] for e in embeddings])
+             for by in ("asym", "model2vec", "neighbors")}
+    return {by: float(np.median(np.concatenate(runs))) for by, runs in harness.alternate(calls, rounds, True).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = harness.parser("tools.experiments.neighbors_sweep", __doc__)
     ap.add_argument("--splits", type=int, default=SPLITS, help="random halvings of the targets")
     ap.add_argument("--json", default=None, help="write the grid and the table here")
+    ap.add_argument("--timing", action="store_true", help="also time select_model per way of ranking")
     args = ap.parse_args(argv)
     with ti.default_index() as index:
         data = inputs(index)
+        cost = cost_per_query(index) if args.timing else None
     optimal = picks(data, "optimal")
     picked = {(k, tau, d0): picks(data, "neighbors", k, tau, d0) for k in GRID_K for tau in GRID_TAU for d0 in GRID_D}
     everyone = np.arange(len(optimal))
@@ -124,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         table[name] = cells
         print(f"| {name} | {cells[0]:+.1%} | {cells[1]:+.1%} to {cells[2]:+.1%} | "
               f"{'-' if whole is None else f'{whole:+.1%}'} |")
+    if cost:
+        print(f"select_model given the target's embedding, median of {3 * len(optimal)} calls each, in turns "
+              f"(load {harness.load_text()}): " + ", ".join(f"{by} {sec * 1000:.2f} ms" for by, sec in cost.items()))
     if args.json:
-        harness.write_report(args.json, json.dumps({"final": final, "table": table, "grid": {
+        harness.write_report(args.json, json.dumps({"final": final, "table": table, "cost": cost, "grid": {
             f"{k},{tau},{d0}": relative(v, optimal, everyone) for (k, tau, d0), v in picked.items()}}, indent=1))
     return 0
 

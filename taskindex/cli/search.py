@@ -29,19 +29,24 @@ def _search(command: str, args, embedding_file, row_name, read: dict, search) ->
     Task (None without DATA)."""
     import time
 
-    from taskindex.data.sources import as_task
     from taskindex.embedding.vector import Embedding
     from taskindex.index import TaskIndex
 
     index, rest = _index_and_target(args, embedding_file, row_name, command)
     with TaskIndex.open(index, readonly=True) as idx:
         start = time.perf_counter()
-        task = as_task(rest[0], read["image_column"], read["label_column"]) if rest else None
+        task = _task(rest[0], read) if rest else None  # reading images loads torch: only for DATA
         target = (row_name or (Embedding.load(embedding_file) if embedding_file else
                                idx.embed(task, read["max_samples"], progress=False)))
         hits = search(idx, target, task)
         seconds = time.perf_counter() - start
     return {"index": index, "seconds": seconds, "hits": [h.to_dict() for h in hits]}
+
+
+def _task(data: str, read: dict):
+    from taskindex.data.sources import as_task
+
+    return as_task(data, read["image_column"], read["label_column"])
 
 
 def target_options(f):

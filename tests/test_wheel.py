@@ -22,9 +22,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    source = tmp_path_factory.mktemp("source") / "taskindex"  # a copy: a build/ folder left in the checkout is stale
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
-                                                                  ".pytest_cache"))
+    source = tmp_path_factory.mktemp("source")  # a copy: a build/ folder left in the checkout is stale
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / "taskindex", source / "taskindex",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "LOCK"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out),
                             str(source)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout + build.stderr

@@ -65,13 +65,16 @@ def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: in
     check_selection(by, verify_by, shortlist)
     if not len(rows):
         return []
+    found = _results_matrix(v, self_id) if by in ("auto", "neighbors") else None
     if by == "auto":
         fit = v.manifest.model2vec
         improved = fit is not None and model2vec.improved(fit["summary"])
-        by = "neighbors" if not improved and _results_matrix(v, self_id) is not None else "model2vec"
+        by = "neighbors" if not improved and found is not None else "model2vec"
     depth = max(k, shortlist) if verify_by else k
     if by == "neighbors":
-        hits = _by_neighbors(v, query, self_id, rows, depth, alpha)
+        if found is None:
+            raise _no_results("select by='auto', 'model2vec' or 'asym'", "pass --by auto, model2vec or asym")
+        hits = _by_neighbors(v, query, found, rows, depth, alpha)
     else:
         hits = ranked_models(v, query, rows, depth, alpha, use_fit=by == "model2vec")
     return (verify.logme_shortlist(hits, task, shortlist) if verify_by else hits)[:k]
@@ -80,10 +83,9 @@ def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: in
 def _results_matrix(v: LoadedVersion, self_id) -> tuple[list[str], np.ndarray, pd.DataFrame] | None:
     """(task rows with results, their rows, the mean error table), the query's own row left out; None when
     the index holds no results on live task and model rows."""
-    stored = v.results()
-    if stored is None:
+    table = _mean_results(v)
+    if table is None:
         return None
-    table = results.mean_errors(stored, v.names("task"), v.names("model"))
     own = v.row_names[int(np.searchsorted(v.ids, self_id))] if self_id is not None else None
     table = table[table["task"] != own]
     if table.empty:
@@ -92,22 +94,29 @@ def _results_matrix(v: LoadedVersion, self_id) -> tuple[list[str], np.ndarray, p
     return tasks, np.array([v.row(t) for t in tasks], np.int64), table
 
 
-def _by_neighbors(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: int, alpha: float) -> list[Hit]:
+def _mean_results(v: LoadedVersion) -> pd.DataFrame | None:
+    """One error per (task, model) of live rows, the mean over the stored repeats (None: no results held)."""
+    stored = v.results()
+    return None if stored is None else results.mean_errors(stored, v.names("task"), v.names("model"))
+
+
+def _no_results(python_fix: str, cli_fix: str) -> IndexUsageError:
+    what = "the index holds no results on its rows"
+    return IndexUsageError(f"{what}: add them with add_results(table), or {python_fix}",
+                           cli=f"{what}: add them with `taskindex results add INDEX FILE`, or {cli_fix}")
+
+
+def _by_neighbors(v: LoadedVersion, query: np.ndarray, found: tuple, rows: np.ndarray, k: int,
+                  alpha: float) -> list[Hit]:
     """Experts ranked by their standardised errors on the query's nearest known tasks (select/neighbors.py),
     each falling back on d_asym by the share of those tasks it was not measured on."""
-    found = _results_matrix(v, self_id)
-    if found is None:
-        raise IndexUsageError("the index holds no results on its rows: add them with add_results(table), or "
-                              "select by='auto', 'model2vec' or 'asym'",
-                              cli="the index holds no results on its rows: add them with `taskindex results add "
-                              "INDEX FILE`, or pass --by auto, model2vec or asym")
     tasks, task_rows, table = found
     names = [v.row_names[r] for r in rows]
     err = table.pivot(index="task", columns="model", values="error").reindex(index=tasks, columns=names).to_numpy()
     dists = distance.one_to_many(query, v.gather(task_rows))
-    fallback = distance.asym_to_target(v.gather(rows), query, alpha, v.prior)
-    score, _ = neighbors.scores(dists, err, fallback)
-    cx = np.atleast_1d(distance.complexity(v.gather(rows), v.prior))
+    model_vectors = v.gather(rows)
+    cx = np.atleast_1d(distance.complexity(model_vectors, v.prior))
+    score, _ = neighbors.scores(dists, err, distance.one_to_many(query, model_vectors) - alpha * cx)
     top = np.argsort(score, kind="stable")[:k]
     records = v.records(rows[top].astype(np.int64))
     return [Hit(names[t], "model", float(score[t]), float(cx[t]), rec, "neighbors",
@@ -118,12 +127,9 @@ def selection_inputs(v: LoadedVersion, errors) -> tuple:
     """(tasks, models, errors matrix, task vectors, model vectors, each model's source task) from a table, or
     (errors=None) from the results the index holds, averaged over repeats."""
     if errors is None:
-        stored = v.results()
-        if stored is None:
-            what = "the index holds no results"
-            raise IndexUsageError(f"{what}: pass an errors table, or store one with add_results(table)",
-                                  cli=f"{what}: pass ERRORS, or store one with `taskindex results add INDEX FILE`")
-        table = results.mean_errors(stored, v.names("task"), v.names("model"))
+        table = _mean_results(v)
+        if table is None:
+            raise _no_results("pass an errors table", "pass ERRORS")
     else:
         table = model2vec.read_errors(errors)
     tasks, models, err = model2vec.error_matrix(table, v.names("task"), v.names("model"))

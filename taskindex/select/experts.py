@@ -73,7 +73,7 @@ def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: in
     depth = max(k, shortlist) if verify_by else k
     if by == "neighbors":
         if found is None:
-            raise _no_results("select by='auto', 'model2vec' or 'asym'", "pass --by auto, model2vec or asym")
+            raise _no_results("select by='auto', 'model2vec' or 'asym'", cli="pass --by auto, model2vec or asym")
         hits = _by_neighbors(v, query, found, rows, depth, alpha)
     else:
         hits = ranked_models(v, query, rows, depth, alpha, use_fit=by == "model2vec")
@@ -100,10 +100,10 @@ def _mean_results(v: LoadedVersion) -> pd.DataFrame | None:
     return None if stored is None else results.mean_errors(stored, v.names("task"), v.names("model"))
 
 
-def _no_results(python_fix: str, cli_fix: str) -> IndexUsageError:
+def _no_results(fix: str, cli: str) -> IndexUsageError:
     what = "the index holds no results on its rows"
-    return IndexUsageError(f"{what}: add them with add_results(table), or {python_fix}",
-                           cli=f"{what}: add them with `taskindex results add INDEX FILE`, or {cli_fix}")
+    return IndexUsageError(f"{what}: add them with add_results(table), or {fix}",
+                           cli=f"{what}: add them with `taskindex results add INDEX FILE`, or {cli}")
 
 
 def _by_neighbors(v: LoadedVersion, query: np.ndarray, found: tuple, rows: np.ndarray, k: int,
@@ -129,7 +129,7 @@ def selection_inputs(v: LoadedVersion, errors) -> tuple:
     if errors is None:
         table = _mean_results(v)
         if table is None:
-            raise _no_results("pass an errors table", "pass ERRORS")
+            raise _no_results("pass an errors table", cli="pass ERRORS")
     else:
         table = model2vec.read_errors(errors)
     tasks, models, err = model2vec.error_matrix(table, v.names("task"), v.names("model"))

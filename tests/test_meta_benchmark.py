@@ -17,6 +17,7 @@ def test_quick_meta_benchmark_runs_and_its_figures_are_consistent(tmp_path, caps
     printed = capsys.readouterr().out
     for label in meta_benchmark.LABELS.values():
         assert label in printed
+    assert "targets whose best expert is within one standard error of the second:" in printed
     (run,) = json.loads(out.read_text())["trimmed:0.1"]
     assert run["tasks"] == 4 and run["models"] == 3
     # the optimal expert is the minimum over the allowed ones: no method can beat it, chance is its mean

@@ -6,6 +6,7 @@ import time
 
 from taskindex.data import samples
 from taskindex.index import TaskIndex
+from taskindex.select.noise import difference_se
 from taskindex.shipped import EXPERT_ERRORS as ERRORS
 from taskindex.shipped import default_index
 
@@ -64,14 +65,23 @@ def pick_expert(index: TaskIndex, emb, target: str) -> None:
         import pandas as pd
 
         errors = pd.read_csv(ERRORS)
-        mine = errors[errors["task"] == target].set_index("model")["error"]
+        mine = errors[errors["task"] == target].set_index("model")
         if hits[0].name in mine.index:
-            rank = int(mine.rank(method="min")[hits[0].name])  # ties share the better rank
-            print(f"  -> {hits[0].name} is number {rank} of {len(mine)} experts on {target} by the test error "
-                  f"measured by tools/experiments/meta_benchmark.py ({mine[hits[0].name]:.3f}; the best, "
-                  f"{mine.idxmin()}: {mine.min():.3f}). That task's errors are among those the index learned from; "
-                  "docs/selection.md measures picks for targets whose own errors are left out.")
+            print(measured_rank(mine["error"], hits[0].name, int(mine["n_test"].iloc[0]), target))
 
+
+def measured_rank(errors, pick: str, n_test: int, target: str) -> str:
+    """Where the benchmark's measured errors put the pick, and whether its test images can tell it from the best."""
+    rank = int(errors.rank(method="min")[pick])  # ties share the better rank
+    best, gap = errors.idxmin(), errors[pick] - errors.min()
+    noise = difference_se(errors[pick], errors.min(), n_test)
+    verdict = (f"within noise of the best: {gap:.3f} apart, one standard error of the difference on {n_test} test "
+               f"images is {noise:.3f}" if gap <= noise else
+               f"worse than the best by {gap:.3f}, more than one standard error ({noise:.3f} on {n_test} test images)")
+    return (f"  -> {pick} is number {rank} of {len(errors)} experts on {target} by the test error measured by "
+            f"tools/experiments/meta_benchmark.py ({errors[pick]:.3f}; the best, {best}: {errors.min():.3f}), "
+            f"{verdict}. That task's errors are among those the index learned from; docs/selection.md measures "
+            "picks for targets whose own errors are left out.")
 
 if __name__ == "__main__":
     main()

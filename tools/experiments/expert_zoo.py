@@ -60,7 +60,7 @@ HELDOUT_PER_CLASS = 20  # pool-A images per class, not trained on, for an expert
 THREADS = 1
 QUICK_TARGETS = ("fashion-footwear", "fashion-bag-vs-rest", "mnist-round", "digits-even-odd")
 VERSION = 1  # part of every cache key: bump when the recipe changes
-TABLE_VERSION = 2  # 2: LogME scores beside the errors
+TABLE_VERSION = 3  # 2: LogME scores beside the errors; 3: n_test
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def _table_key(seeds, image_size: int, quick: bool) -> str:
 
 
 def error_table(cache_dir, seeds=(0, 1, 2), image_size=64, quick=False, progress=True) -> pd.DataFrame:
-    """Columns task, model, seed, error, feature_seconds, logme, logme_seconds: every expert on every target,
+    """Columns task, model, seed, error, n_test (its test images), feature_seconds, logme, logme_seconds: every expert on every target,
     cached to Parquet.
 
     feature_seconds is the wall time of the expert's forward pass over the target's training images; logme
@@ -297,7 +297,7 @@ def _errors(weights: dict[str, str | None], by_seed: dict[int, list[Target]], im
                 start = time.perf_counter()
                 score = logme(train_feats, train.labels)
                 rows.append({"task": name, "model": model, "seed": int(seed), "error": error,
-                             "feature_seconds": seconds, "logme": score,
+                             "n_test": len(test), "feature_seconds": seconds, "logme": score,
                              "logme_seconds": time.perf_counter() - start})
             bar.update()
     bar.close()

@@ -26,6 +26,7 @@ import pandas as pd
 from taskindex import Embedding, TaskIndex, embed
 from taskindex.distance import one_to_many
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
+from taskindex.select.noise import indistinct_targets
 from tools import harness
 from tools.experiments import expert_zoo
 
@@ -186,6 +187,11 @@ def timing(root: Path, idx: TaskIndex, image_size: int, quick: bool, n_targets: 
             "per_target": rows}
 
 
+def mean_errors(table: pd.DataFrame) -> pd.DataFrame:
+    """The error of each (task, model) averaged over seeds, with the test images behind it."""
+    return table.groupby(["task", "model"], as_index=False).agg(error=("error", "mean"), n_test=("n_test", "first"))
+
+
 def markdown(results: dict) -> str:
     """One block of rows per estimator: mean over seeds (sd over seeds)."""
     lines = [harness.md_row(["estimator", "", "Optimal", *(LABELS[m] for m in METHODS)]),
@@ -235,7 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     table = expert_zoo.error_table(root, seeds, size, quick, progress)
     print(f"error table: {len(table)} (target, expert, seed) rows, {time.perf_counter() - start:.0f} s so far")
     if args.errors_out:
-        table.groupby(["task", "model"], as_index=False)["error"].mean().to_csv(args.errors_out, index=False)
+        mean_errors(table).to_csv(args.errors_out, index=False)
+    noise = indistinct_targets(mean_errors(table))
+    print(f"targets whose best expert is within one standard error of the second: {int(noise['within_noise'].sum())} "
+          f"of {len(noise)} (binomial, on each target's test images)")
     results, timings = {}, {}
     for est in estimators:
         idx = build_index(root, est, size, quick, seeds, progress)

@@ -241,3 +241,11 @@ def test_ctrl_c_is_exit_130_with_the_commands_own_line(runner, monkeypatch, tmp_
     assert r.exit_code == 130, r.output
     assert r.output == (f"Interrupted: {tmp_path / 'idx'} is unchanged; `--resume` goes on from the rows already "
                         "embedded.\n")
+
+
+def test_embed_refuses_an_output_it_could_not_write_before_any_work(runner, tmp_path):
+    """The output is checked first: with bad data and a bad -o, the -o is what the user hears about."""
+    missing = tmp_path / "missing" / "x.emb"
+    message = assert_user_error(runner.invoke(cli, ["embed", str(tmp_path / "no-data"), "-o", str(missing)]),
+                                "does not exist")
+    assert "missing" in message and "create it first" in message

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from taskindex.cli.options import data_options, estimator_options, weights_option
-from taskindex.cli.output import UserError, api_errors, json_output, progress, table, template
+from taskindex.cli.output import UserError, api_errors, json_output, progress, table, template, writable_output
 
 
 def _label_passes(value: str | None) -> dict:
@@ -57,6 +57,7 @@ def embed(data, output, probe, weights, method, expectation, label_passes, estim
     from taskindex.embedding.probes import load_probe
 
     passes = _label_passes(label_passes)  # before any work
+    writable_output(output)
     task = load_task(data, image_column, label_column)
     p = load_probe(probe, weights=weights, image_size=image_size, device=device)
     emb = embed_task(task, p, method=method, expectation=expectation, estimator=estimator, trim=trim,

@@ -10,6 +10,19 @@ from dataclasses import dataclass
 import click
 
 
+def writable_output(path: str, option: str = "-o") -> None:
+    """Refuse an output a command could not write before it does the work, so no result is computed and lost."""
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"{option} {path}: the folder {folder} does not exist: create it first or write elsewhere")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{option} {path}: the folder {folder} is not writable: write elsewhere")
+
+
 class UserError(click.ClickException):
     """A user mistake: `Error: <message>` on stderr and exit status 2, never a traceback."""
 

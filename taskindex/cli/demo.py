@@ -6,7 +6,7 @@ import time
 
 from taskindex.data import samples
 from taskindex.index import TaskIndex
-from taskindex.select.noise import difference_se
+from taskindex.select.noise import difference_se, within_noise
 from taskindex.shipped import EXPERT_ERRORS as ERRORS
 from taskindex.shipped import default_index
 
@@ -76,12 +76,13 @@ def measured_rank(errors, pick: str, n_test: int, target: str) -> str:
     best, gap = errors.idxmin(), errors[pick] - errors.min()
     noise = difference_se(errors[pick], errors.min(), n_test)
     verdict = (f"within noise of the best: {gap:.3f} apart, one standard error of the difference on {n_test} test "
-               f"images is {noise:.3f}" if gap <= noise else
+               f"images is {noise:.3f}" if within_noise(errors[pick], errors.min(), n_test) else
                f"worse than the best by {gap:.3f}, more than one standard error ({noise:.3f} on {n_test} test images)")
     return (f"  -> {pick} is number {rank} of {len(errors)} experts on {target} by the test error measured by "
             f"tools/experiments/meta_benchmark.py ({errors[pick]:.3f}; the best, {best}: {errors.min():.3f}), "
             f"{verdict}. That task's errors are among those the index learned from; docs/selection.md measures "
             "picks for targets whose own errors are left out.")
+
 
 if __name__ == "__main__":
     main()

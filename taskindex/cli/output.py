@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
 
 def writable_output(path: str, option: str = "-o") -> None:
     """Refuse an output a command could not write before it does the work, so no result is computed and lost."""
-    import os
-    from pathlib import Path
-
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
+    folder = Path(path).parent
     if not folder.is_dir():
         raise UserError(f"{option} {path}: the folder {folder} does not exist: create it first or write elsewhere")
     if not os.access(folder, os.W_OK):

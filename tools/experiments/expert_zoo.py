@@ -260,8 +260,8 @@ def _table_key(seeds, image_size: int, quick: bool) -> str:
 
 
 def error_table(cache_dir, seeds=(0, 1, 2), image_size=64, quick=False, progress=True) -> pd.DataFrame:
-    """Columns task, model, seed, error, n_test (its test images), feature_seconds, logme, logme_seconds: every expert on every target,
-    cached to Parquet.
+    """Columns task, model, seed, error, n_test (its test images), feature_seconds, logme, logme_seconds:
+    every expert on every target, cached to Parquet.
 
     feature_seconds is the wall time of the expert's forward pass over the target's training images; logme
     the LogME score of those features (higher: should transfer better) and logme_seconds its cost.

@@ -240,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {harness.load_text()}")
     table = expert_zoo.error_table(root, seeds, size, quick, progress)
     print(f"error table: {len(table)} (target, expert, seed) rows, {time.perf_counter() - start:.0f} s so far")
+    averaged = mean_errors(table)
     if args.errors_out:
-        mean_errors(table).to_csv(args.errors_out, index=False)
-    noise = indistinct_targets(mean_errors(table))
+        averaged.to_csv(args.errors_out, index=False)
+    noise = indistinct_targets(averaged)
     print(f"targets whose best expert is within one standard error of the second: {int(noise['within_noise'].sum())} "
           f"of {len(noise)} (binomial, on each target's test images)")
     results, timings = {}, {}

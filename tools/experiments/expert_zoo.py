@@ -23,6 +23,7 @@ Experts are cached as EfficientNet state_dicts (`load_probe(..., weights=path)` 
 each, the table as Parquet; all writes are atomic, and the same inputs give the same table.
 
     .venv/bin/python -m tools.experiments.expert_zoo [--cache-dir .cache/meta_benchmark] [--seeds 0 1 2] [--quick]
+                                                     [--workers N]
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ HELDOUT_PER_CLASS = 20  # pool-A images per class, not trained on, for an expert
 THREADS = 1
 QUICK_TARGETS = ("fashion-footwear", "fashion-bag-vs-rest", "mnist-round", "digits-even-odd")
 VERSION = 1  # part of every cache key: bump when the recipe changes
-TABLE_VERSION = 3  # 2: LogME scores beside the errors; 3: n_test
+TABLE_VERSION = 4  # 2: LogME scores beside the errors; 3: n_test; 4: test images per dataset, 31 experts
+# Test images per target class, as many as pool B allows beside 30 training images: a smaller test set cannot tell
+# most experts apart (the standard error of an error is sqrt(e(1-e)/n)).
+TEST_PER_CLASS = {"fashion-mnist": 200, "mnist": 200, "digits": 55}
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,10 @@ def _expert(sample: str, per_class: int, epochs: int, strength: str, suffix: str
 
 
 def experts(quick: bool = False) -> list[ExpertSpec]:
-    """The zoo: 14 fine-tuned experts and 'imagenet' (quick: 2 tiny ones, named apart so that a quick run in the
-    same cache folder does not replace the full zoo's files, and 'imagenet')."""
+    """The zoo: 30 fine-tuned experts and 'imagenet' (quick: 2 tiny ones, named apart so that a quick run in the
+    same cache folder does not replace the full zoo's files, and 'imagenet'). Strong ones (many images, all or
+    related classes), deliberately weak ones (one-vs-rest, a handful of images), and the same source task at
+    several training budgets."""
     if quick:
         return [_expert("fashion-all", 8, 2, "strong", "-quick"), _expert("mnist-all", 8, 2, "strong", "-quick"),
                 IMAGENET]
@@ -114,6 +120,24 @@ def experts(quick: bool = False) -> list[ExpertSpec]:
         _expert("mnist-1-vs-rest", 200, 3, "weak"),
         _expert("mnist-all", 5, 1, "weak", suffix="-few"),
         _expert("digits-0-vs-rest", 80, 3, "weak"),
+        # more source tasks
+        _expert("fashion-sneaker-vs-rest", 300, 2, "weak"),
+        _expert("fashion-shirt-vs-rest", 300, 2, "weak"),
+        _expert("fashion-coat-vs-rest", 300, 2, "weak"),
+        _expert("fashion-dress-vs-rest", 300, 2, "weak"),
+        _expert("mnist-straight", 220, 3, "strong"),
+        _expert("mnist-low-high", 500, 2, "strong"),
+        _expert("mnist-7-vs-rest", 200, 3, "weak"),
+        _expert("mnist-4-vs-rest", 200, 3, "weak"),
+        _expert("digits-straight", 80, 4, "strong"),
+        _expert("digits-even-odd", 200, 4, "strong"),
+        _expert("digits-5-vs-rest", 80, 3, "weak"),
+        # the same source task at smaller training budgets
+        _expert("fashion-all", 30, 2, "weak", suffix="-small"),
+        _expert("fashion-all", 5, 1, "weak", suffix="-few"),
+        _expert("fashion-footwear", 30, 1, "weak", suffix="-small"),
+        _expert("mnist-all", 50, 2, "weak", suffix="-small"),
+        _expert("digits-all", 20, 3, "weak", suffix="-small"),
         IMAGENET,
     ]
 
@@ -175,13 +199,16 @@ def source_task(spec: ExpertSpec, per_class: int | None = None, seed: int = 0) -
     return _task(spec.sample, train, spec.name, "A")
 
 
-def targets(seed: int, quick: bool = False, train_per_class: int = 30, test_per_class: int = 50) -> list[Target]:
-    """Every named sample task on pool B (quick: 4): test images fixed, training images drawn with seed."""
+def targets(seed: int, quick: bool = False, train_per_class: int = 30, test_per_class: int | None = None
+            ) -> list[Target]:
+    """Every named sample task on pool B (quick: 4): test images fixed (per class: test_per_class, default
+    TEST_PER_CLASS of its dataset, 50 when quick), training images drawn with seed."""
     out = []
     for sample in QUICK_TARGETS if quick else samples.names():
         dataset = samples.spec(sample).dataset
         _, b = pools(dataset)
-        test = _draw(sample, b, test_per_class, _seed(TEST_SEED, sample))
+        n_test = test_per_class or (50 if quick else TEST_PER_CLASS[dataset])
+        test = _draw(sample, b, n_test, _seed(TEST_SEED, sample))
         train = _draw(sample, np.setdiff1d(b, np.concatenate(test)), train_per_class, _seed(seed, sample))
         out.append(Target(sample, dataset, sample, _task(sample, train, sample, "B"),
                           _task(sample, test, f"{sample}-test", "B")))
@@ -229,23 +256,53 @@ def _expert_config(spec: ExpertSpec, image_size: int) -> dict:
     return {"spec": asdict(spec), "image_size": image_size, "version": VERSION, "pool_seed": POOL_SEED}
 
 
-def train_experts(cache_dir, image_size: int = 64, quick: bool = False, progress=True) -> dict[str, str | None]:
+def _parallel(fn, jobs: list[tuple], workers: int, desc: str, progress: bool) -> list:
+    """fn(*job) for every job, in `workers` spawned processes of THREADS threads each (1: in this one), in order:
+    processes, not threads, for the reason THREADS gives."""
+    bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress)
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(fn(*job))
+            bar.update()
+        bar.close()
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *job) for job in jobs]
+        for f in futures:
+            f.add_done_callback(lambda _: bar.update())
+        out = [f.result() for f in futures]
+    bar.close()
+    return out
+
+
+def _train_one(spec: ExpertSpec, image_size: int, weights: Path, log_file: Path, config: dict) -> None:
+    with torch_threads(THREADS):
+        state, log = _finetune(spec, image_size, progress=False)
+    _atomic(weights, lambda tmp: torch.save(state, tmp))
+    _atomic(log_file, lambda tmp: tmp.write_text(json.dumps({"config": config, **log}, indent=1)))
+
+
+def train_experts(cache_dir, image_size: int = 64, quick: bool = False, progress=True,
+                  workers: int = 1) -> dict[str, str | None]:
     """Expert name -> state_dict path (None for 'imagenet'); trains those missing or made with other settings."""
     folder = Path(cache_dir) / "experts"
     folder.mkdir(parents=True, exist_ok=True)
     paths: dict[str, str | None] = {}
-    for spec in tqdm(experts(quick), desc="experts", unit="expert", disable=not progress):
+    missing = []
+    for spec in experts(quick):
         if spec.sample is None:
             paths[spec.name] = None
             continue
         weights, log_file = folder / f"{spec.name}.pt", folder / f"{spec.name}.json"
         config = _expert_config(spec, image_size)
         if not (weights.exists() and log_file.exists() and json.loads(log_file.read_text()).get("config") == config):
-            with torch_threads(THREADS):
-                state, log = _finetune(spec, image_size, progress)
-            _atomic(weights, lambda tmp: torch.save(state, tmp))
-            _atomic(log_file, lambda tmp: tmp.write_text(json.dumps({"config": config, **log}, indent=1)))
+            missing.append((spec, image_size, weights, log_file, config))
         paths[spec.name] = str(weights)
+    _parallel(_train_one, missing, workers, "train experts", progress)
     return paths
 
 
@@ -259,7 +316,8 @@ def _table_key(seeds, image_size: int, quick: bool) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def error_table(cache_dir, seeds=(0, 1, 2), image_size=64, quick=False, progress=True) -> pd.DataFrame:
+def error_table(cache_dir, seeds=(0, 1, 2), image_size=64, quick=False, progress=True,
+                workers: int = 1) -> pd.DataFrame:
     """Columns task, model, seed, error, n_test (its test images), feature_seconds, logme, logme_seconds:
     every expert on every target, cached to Parquet.
 
@@ -269,24 +327,22 @@ def error_table(cache_dir, seeds=(0, 1, 2), image_size=64, quick=False, progress
     path = Path(cache_dir) / f"errors-{_table_key(seeds, image_size, quick)}.parquet"
     if path.exists():
         return pd.read_parquet(path)
-    weights = train_experts(cache_dir, image_size, quick, progress)
-    by_seed = {seed: targets(seed, quick) for seed in seeds}
-    with torch_threads(THREADS):
-        table = _errors(weights, by_seed, image_size, progress)
+    weights = train_experts(cache_dir, image_size, quick, progress, workers)
+    jobs = [(model, w, tuple(seeds), image_size, quick) for model, w in weights.items()]
+    table = pd.DataFrame([row for rows in _parallel(_expert_errors, jobs, workers, "error table", progress)
+                          for row in rows])
     _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
     return table
 
 
-def _errors(weights: dict[str, str | None], by_seed: dict[int, list[Target]], image_size: int, progress: bool):
-    """The rows of error_table, experts outermost so that each is loaded once."""
-    seeds = list(by_seed)
-    names = [t.name for t in by_seed[seeds[0]]]
+def _expert_errors(model: str, weights_path: str | None, seeds: tuple, image_size: int, quick: bool) -> list[dict]:
+    """The rows of error_table for one expert: every target, every seed (the test features computed once)."""
+    by_seed = {seed: targets(seed, quick) for seed in seeds}
     rows = []
-    bar = tqdm(total=len(weights) * len(names), desc="error table", unit="pair", disable=not progress)
-    for model, weights_path in weights.items():
+    with torch_threads(THREADS):
         probe = taskindex.load_probe(PROBE, weights=weights_path or "imagenet", image_size=image_size, device="cpu")
-        for i, name in enumerate(names):
-            test = by_seed[seeds[0]][i].test  # the same images for every seed
+        for i, target in enumerate(by_seed[seeds[0]]):
+            test = target.test  # the same images for every seed
             test_feats = _task_features(probe, test, image_size)
             for seed in seeds:
                 train = by_seed[seed][i].train
@@ -296,12 +352,10 @@ def _errors(weights: dict[str, str | None], by_seed: dict[int, list[Target]], im
                 error = linear_error(train_feats, train.labels, test_feats, test.labels, len(test.classes), seed)
                 start = time.perf_counter()
                 score = logme(train_feats, train.labels)
-                rows.append({"task": name, "model": model, "seed": int(seed), "error": error,
+                rows.append({"task": target.name, "model": model, "seed": int(seed), "error": error,
                              "n_test": len(test), "feature_seconds": seconds, "logme": score,
                              "logme_seconds": time.perf_counter() - start})
-            bar.update()
-    bar.close()
-    return pd.DataFrame(rows)
+    return rows
 
 
 def summary(table: pd.DataFrame, quick: bool = False) -> pd.DataFrame:
@@ -323,10 +377,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=None, help="default 64, quick 32")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: one per core)")
     args = parser.parse_args(argv)
     size = args.image_size or (32 if args.quick else 64)
     start = time.perf_counter()
-    table = error_table(args.cache_dir, tuple(args.seeds), size, args.quick)
+    table = error_table(args.cache_dir, tuple(args.seeds), size, args.quick, workers=args.workers)
     print(f"{len(table)} rows in {time.perf_counter() - start:.0f} s")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_rows", 100):
         print((table.groupby(["task", "model"])["error"].mean().unstack() * 100).round(1))

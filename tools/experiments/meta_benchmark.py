@@ -15,6 +15,7 @@ errors, and its wall time per query.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -31,9 +32,13 @@ from tools import harness
 from tools.experiments import expert_zoo
 
 SOURCE_PER_CLASS = 100  # images per class of an expert's source task that TASK2VEC sees (as the shipped index)
-METHODS = ("chance", "imagenet", "task2vec", "asym", "model2vec", "static", "neighbors", "logme")
+METHODS = ("chance", "imagenet", "task2vec", "asym", "model2vec", "static", "same_dataset", "neighbors",
+           "neighbors_mean", "neighbors_logme", "logme", "floor")
 LABELS = {"chance": "Chance", "imagenet": "ImageNet", "task2vec": "TASK2VEC", "asym": "Asym. TASK2VEC",
-          "model2vec": "MODEL2VEC", "static": "best on average", "neighbors": "neighbours", "logme": "LogME"}
+          "model2vec": "MODEL2VEC", "static": "best on average", "same_dataset": "same-dataset prior",
+          "neighbors": "neighbours", "neighbors_mean": "neighbours, results over seeds",
+          "neighbors_logme": "neighbours + LogME@3", "logme": "LogME", "floor": "another seed's errors"}
+SHORTLIST = 3  # experts LogME checks after the neighbours (select_model(..., verify="logme", shortlist=3))
 
 
 def _embedding(root: Path, idx: TaskIndex, task, name: str) -> Embedding:
@@ -50,14 +55,15 @@ def _embedding(root: Path, idx: TaskIndex, task, name: str) -> Embedding:
     return emb
 
 
-def expert_rows(root: Path, idx: TaskIndex, quick: bool = False, progress: bool = False) -> list[tuple]:
+def expert_rows(root: Path, idx: TaskIndex, quick: bool = False, progress: bool = False,
+                workers: int = 1) -> list[tuple]:
     """(name, embedding of its source task or None, metadata) per expert, in the index's space.
 
     The experts' weights are trained (or found in the cache) first: a row names only what exists.
     """
     from tqdm.auto import tqdm
 
-    weights = expert_zoo.train_experts(root, idx.space["image_size"], quick, progress)
+    weights = expert_zoo.train_experts(root, idx.space["image_size"], quick, progress, workers)
     rows = []
     for s in tqdm(expert_zoo.experts(quick), desc="expert sources", disable=not progress):
         meta = {"strength": s.strength, "dataset": s.dataset, "weights": weights.get(s.name) or "imagenet",
@@ -116,6 +122,8 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, progre
     per_task = report.per_task.set_index("task").reindex(tasks)
     vectors = idx.vectors(models)
     logme = rows.pivot(index="task", columns="model", values="logme").reindex(index=tasks, columns=models).to_numpy()
+    other = _other_seed_errors(table, seed, tasks, models, target_of)
+    prior = _priors(table, seed, tasks, models, target_of, idx)
     out = {m: {"error": [], "spearman": [], "wtau": []} for m in METHODS}
     optimal = []
     for i, t in enumerate(tasks):
@@ -129,8 +137,13 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, progre
             "model2vec": report.scores["model2vec"][i, allowed],
             "static": report.scores["static"][i, allowed],  # the best expert on average over the other targets
             "neighbors": report.scores["neighbors"][i, allowed],  # by the results of the nearest other targets
+            "neighbors_mean": prior["neighbors_mean"][i, allowed],
+            "neighbors_logme": _shortlisted(report.scores["neighbors"][i, allowed], logme[i, allowed]),
             "logme": -logme[i, allowed],
+            "same_dataset": prior["same_dataset"][i, allowed],
         }
+        if other is not None:
+            candidates["floor"] = other[i, allowed]
         out["chance"]["error"].append(e.mean())
         out["imagenet"]["error"].append(err[i, models.index("imagenet")])
         for method, sc in candidates.items():
@@ -143,11 +156,57 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, progre
     result = {"seed": seed, "tasks": len(tasks), "models": len(models), "optimal": opt,
               "loo_seconds": loo_seconds, "model2vec_summary": report.summary}
     for method, v in out.items():
+        if not v["error"]:  # the noise floor with one seed
+            continue
         mean = float(np.mean(v["error"]))
         result[method] = {"error": mean, "relative_increase": mean / opt - 1,
                           "spearman": float(np.nanmean(v["spearman"])) if v["spearman"] else None,
                           "wtau": float(np.nanmean(v["wtau"])) if v["wtau"] else None}
     return result
+
+
+def _shortlisted(score: np.ndarray, logme: np.ndarray, m: int = SHORTLIST) -> np.ndarray:
+    """Ranks as verify="logme" orders them: the score's first m by LogME (higher first), then the rest by score."""
+    order = np.argsort(score, kind="stable")
+    head = order[:m][np.argsort(-logme[order[:m]], kind="stable")]
+    out = np.empty(len(score))
+    out[np.concatenate([head, order[m:]])] = np.arange(len(score))
+    return out
+
+
+def _other_seed_errors(table: pd.DataFrame, seed: int, tasks: list[str], models: list[str], target_of: dict):
+    """The noise floor: each target's errors under the next seed's training images (None with one seed)."""
+    seeds = sorted(table["seed"].unique())
+    if len(seeds) < 2:
+        return None
+    nxt = seeds[(seeds.index(seed) + 1) % len(seeds)]
+    wide = table[table["seed"] == nxt].pivot(index="task", columns="model", values="error")
+    return wide.reindex(index=[target_of[t] for t in tasks], columns=models).to_numpy()
+
+
+def _priors(table: pd.DataFrame, seed: int, tasks: list[str], models: list[str], target_of: dict, idx) -> dict:
+    """Two selectors that read the other targets' errors averaged over every seed (the target's own never): the
+    best expert on average over the other targets of its dataset, and the neighbours selector on those means."""
+    from taskindex import distance
+    from taskindex.select import neighbors
+
+    mean = table.groupby(["task", "model"])["error"].mean().unstack().reindex(columns=models)
+    names = [target_of[t] for t in tasks]
+    err = mean.reindex(index=names).to_numpy()
+    dataset = np.array([idx.get(t)[1]["dataset"] for t in tasks])
+    vectors = idx.vectors(tasks)
+    d = distance.pairwise(vectors)
+    model_vectors = idx.vectors(models)
+    cx = distance.complexity(model_vectors, idx.prior)
+    out = {"same_dataset": np.full(err.shape, np.nan), "neighbors_mean": np.full(err.shape, np.nan)}
+    for i in range(len(tasks)):
+        others = np.array([j for j in range(len(tasks)) if j != i])
+        same = others[dataset[others] == dataset[i]]
+        same = same if len(same) else others  # the only target of its dataset: the best on average
+        out["same_dataset"][i] = neighbors.scores(np.zeros(len(same)), err[same], k=len(same), tau=np.inf)[0]
+        fallback = distance.one_to_many(vectors[i], model_vectors) - idx.alpha * cx
+        out["neighbors_mean"][i] = neighbors.scores(d[i, others], err[others], fallback)[0]
+    return out
 
 
 def timing(root: Path, idx: TaskIndex, image_size: int, quick: bool, n_targets: int) -> dict:
@@ -198,7 +257,7 @@ def markdown(results: dict) -> str:
              harness.md_rule("l" * (3 + len(METHODS)))]
     for est, runs in results.items():
         def cell(method, key, fmt):
-            vals = [r[method][key] for r in runs if r[method].get(key) is not None]
+            vals = [r[method][key] for r in runs if r.get(method, {}).get(key) is not None]
             if not vals:
                 return ""
             sd = f" ({fmt.format(np.std(vals))})" if len(vals) > 1 else ""
@@ -221,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"default {estimator_id(DEFAULT_ESTIMATOR)} and the paper's mean (quick: the default only)")
     parser.add_argument("--image-size", type=int, default=None, help="default 64 (quick: 32)")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="processes that train the experts and fill the error table (default: one per core)")
     parser.add_argument("--timing", type=int, default=None, metavar="N",
                         help="also time N queries side by side (default 8; quick 2); 0: no timing")
     parser.add_argument("--errors-out", default=None,
@@ -238,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = sys.stderr.isatty()
     start = time.perf_counter()
     print(f"load average at start: {harness.load_text()}")
-    table = expert_zoo.error_table(root, seeds, size, quick, progress)
+    table = expert_zoo.error_table(root, seeds, size, quick, progress, args.workers)
     print(f"error table: {len(table)} (target, expert, seed) rows, {time.perf_counter() - start:.0f} s so far")
     averaged = mean_errors(table)
     if args.errors_out:

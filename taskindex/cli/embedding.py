@@ -20,6 +20,15 @@ def _label_passes(value: str | None) -> dict:
                     "or 'all'")
 
 
+def _show_embedding(r: dict) -> None:
+    click.echo("{task}: {n_samples} images, {n_classes} classes -> {output} ({dim} filters, complexity "
+               "{complexity:.4f}, {seconds:.1f} s)".format(**r))
+    if r.get("skipped_images"):
+        click.echo(f"skipped {r['skipped_images']} unreadable images:")
+        for s in r["skipped_files"]:
+            click.echo(f"  {s['image']}: {s['error']}")
+
+
 @click.command()
 @click.argument("data")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the .emb file.")
@@ -35,13 +44,15 @@ def _label_passes(value: str | None) -> dict:
 @estimator_options
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Input resolution (default: the probe's).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and of drawn labels.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Embed the readable images and list the ones that cannot be decoded (default: stop, naming "
+                   "them all).")
 @data_options
-@json_output(template("{task}: {n_samples} images, {n_classes} classes -> {output} "
-                      "({dim} filters, complexity {complexity:.4f}, {seconds:.1f} s)"))
+@json_output(_show_embedding)
 @api_errors
 def embed(data, output, probe, weights, method, expectation, label_passes, estimator, trim, image_size, device, seed,
-          max_samples, image_column, label_column):
+          skip_bad_images, max_samples, image_column, label_column):
     """Embed the task in DATA (folder, .parquet, .csv or sample:NAME) into a .emb file.
 
     Example:
@@ -61,7 +72,8 @@ def embed(data, output, probe, weights, method, expectation, label_passes, estim
     task = load_task(data, image_column, label_column)
     p = load_probe(probe, weights=weights, image_size=image_size, device=device)
     emb = embed_task(task, p, method=method, expectation=expectation, estimator=estimator, trim=trim,
-                     max_samples=max_samples, seed=seed, progress=progress(), **passes)
+                     max_samples=max_samples, seed=seed, progress=progress(),
+                     on_error="skip" if skip_bad_images else "raise", **passes)
     emb.save(output)
     return {"output": output, "dim": emb.dim, "complexity": complexity(emb), **emb.meta}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from taskindex.data.checks import one_line
 from taskindex.errors import TaskError
@@ -24,8 +25,11 @@ class Images(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batches(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Yield (positions in rows, uint8 (b, C, H, W) with C in {1, 3}) groups of equal shape."""
+    def batches(self, rows: np.ndarray, bad: list | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield (positions in rows, uint8 (b, C, H, W) with C in {1, 3}) groups of equal shape.
+
+        With `bad`, an image that cannot be decoded is appended to it as (position in rows, where, why) and
+        left out instead of raising, so one pass finds every bad file."""
         ...
 
 
@@ -38,7 +42,7 @@ class ArrayImages:
     def __len__(self) -> int:
         return self.array.shape[0]
 
-    def batches(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def batches(self, rows: np.ndarray, bad: list | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         yield np.arange(len(rows)), self.array[torch.from_numpy(rows)]
 
 
@@ -56,8 +60,17 @@ class EncodedImages:
         item = self.items[row]
         return str(item) if isinstance(item, Path) else f"row {row} of {self.origin}"
 
-    def batches(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        yield from _group_by_shape([_decode(self.items[r], self.where(r)) for r in rows])
+    def batches(self, rows: np.ndarray, bad: list | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        decoded = []
+        for position, row in enumerate(rows):
+            try:
+                decoded.append((position, _decode(self.items[row])))
+            except _DECODE_ERRORS as err:
+                if bad is None:
+                    raise TaskError(f"cannot read image {self.where(row)}: {decode_error(err)}; replace or remove "
+                                    "that file") from err
+                bad.append((position, self.where(row), decode_error(err)))
+        yield from _group_by_shape(decoded)
 
 
 class DatasetImages:
@@ -69,9 +82,9 @@ class DatasetImages:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batches(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        images = [_item_image(dataset_item(self.dataset, int(r))[0], f"dataset item {r}") for r in rows]
-        yield from _group_by_shape(images)
+    def batches(self, rows: np.ndarray, bad: list | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        yield from _group_by_shape([(i, _item_image(dataset_item(self.dataset, int(r))[0], f"dataset item {r}"))
+                                    for i, r in enumerate(rows)])
 
 
 def dataset_item(dataset: Any, i: int) -> Sequence[Any]:
@@ -89,22 +102,26 @@ def resize(batch: torch.Tensor, size: int) -> torch.Tensor:
     return batch.expand(-1, 3, -1, -1) if batch.shape[1] == 1 else batch
 
 
-def _group_by_shape(images: list[torch.Tensor]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Stack images of equal shape so each shape is resized in one call."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault(tuple(image.shape), []).append(i)
-    for positions in groups.values():
-        yield np.array(positions, dtype=np.int64), torch.stack([images[i] for i in positions])
+def _group_by_shape(images: list[tuple[int, torch.Tensor]]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Stack (position, image) pairs of equal shape so each shape is resized in one call."""
+    groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    for position, image in images:
+        groups.setdefault(tuple(image.shape), []).append((position, image))
+    for group in groups.values():
+        yield np.array([p for p, _ in group], dtype=np.int64), torch.stack([image for _, image in group])
 
 
-def _decode(item: Path | bytes, where: str) -> torch.Tensor:
-    try:
-        with Image.open(item if isinstance(item, Path) else io.BytesIO(item)) as image:
-            rgb = np.array(image.convert("RGB"))
-    except _DECODE_ERRORS as err:
-        raise TaskError(f"cannot read image {where}: {one_line(err)}; replace or remove that file") from err
+def _decode(item: Path | bytes) -> torch.Tensor:
+    with Image.open(item if isinstance(item, Path) else io.BytesIO(item)) as image:
+        rgb = np.array(image.convert("RGB"))
     return torch.from_numpy(rgb).permute(2, 0, 1)
+
+
+def decode_error(err: BaseException) -> str:
+    """Why an image could not be decoded, without the file name (the caller names it) or an object's repr."""
+    if isinstance(err, UnidentifiedImageError):
+        return "unknown or corrupt image format"
+    return re.sub(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>", "", one_line(err))
 
 
 def _item_image(image: Any, where: str) -> torch.Tensor:

@@ -64,15 +64,26 @@ class Task:
         """Classes actually present, which can be fewer than len(classes) after a subset."""
         return self._n_classes
 
-    def load(self, indices: Any, size: int) -> torch.Tensor:
-        """uint8 (k, 3, size, size) images, resized the same way whatever the source."""
+    def load(self, indices: Any, size: int, bad: list | None = None) -> torch.Tensor:
+        """uint8 (k, 3, size, size) images, resized the same way whatever the source.
+
+        With `bad`, images that cannot be decoded are left out and appended to it as (position in indices,
+        where, why) instead of raising at the first, so one pass names them all."""
         rows = self._rows[check_indices(indices, len(self))]
         size = positive_int(size, "size")
         out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
+        found: list = []
         for start in range(0, len(rows), _CHUNK):
-            for positions, batch in self._images.batches(rows[start : start + _CHUNK]):
+            chunk: list | None = None if bad is None else []
+            for positions, batch in self._images.batches(rows[start : start + _CHUNK], chunk):
                 out[torch.from_numpy(start + positions)] = resize(batch, size)
-        return out
+            found.extend((start + p, where, why) for p, where, why in chunk or ())
+        if not found:
+            return out
+        bad.extend(found)
+        keep = np.ones(len(rows), dtype=bool)
+        keep[[p for p, _, _ in found]] = False
+        return out[torch.from_numpy(keep)]
 
     def balanced_indices(self, max_samples: int | None, seed: int) -> np.ndarray:
         """Class-balanced sample order (supplementary 4.1), so big classes do not drown small ones."""

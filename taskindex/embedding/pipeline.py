@@ -30,11 +30,15 @@ from taskindex.data.task import Task, balanced_order
 
 METHODS = ("montecarlo", "variational")
 EXPECTATIONS = ("sample", "exact")
+ON_ERROR = ("raise", "skip")
 LABEL_PASSES = 2
+NAMED_BAD_IMAGES = 20  # an error lists this many unreadable images, then counts the rest
+_CHUNK = 256  # images loaded per call while drawing the sample
 
 
-def _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads):
+def _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads, on_error):
     validation.choice(method, "method", METHODS)
+    validation.choice(on_error, "on_error", ON_ERROR, fix="'skip' embeds the readable images and lists the rest")
     validation.choice(expectation, "expectation", EXPECTATIONS,
                       fix="'sample' draws a label per image, 'exact' sums over labels")
     validation.integer(max_samples, "max_samples", 2, none="every image")
@@ -63,6 +67,7 @@ def embed(
     device: str | torch.device | None = None,
     progress: bool | None = None,
     threads: int | None = None,
+    on_error: str = "raise",
 ) -> Embedding:
     """Embed `task` with `probe`.
 
@@ -72,33 +77,34 @@ def embed(
     estimator of the paper (sec. 3.1): starting from the montecarlo estimate,
     `epochs` passes of SGVB at learning rate `lr` with weight noise scale beta/N.
     Both return Fisher + t0, t0 = prior_scale / mean(w_layer^2).
+    on_error 'raise' names every unreadable image of the sample; 'skip' embeds the others (meta lists them).
     """
     _check_task_and_probe(task, probe)
-    _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads)
+    _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads, on_error)
     estimator = estimator_id(estimator, trim)
     canonical, n_classes = _canonical_labels(task)
     start = time.perf_counter()
     dev, backbone = _backbone_on(probe, device)
-    idx, labels = _balanced_sample(task, canonical, max_samples, seed)
     passes = 3 if method == "montecarlo" else 3 + epochs
     with _eval_mode(backbone), _strict_fp32(dev), _threads(dev, threads), tqdm(
-            total=len(idx) * passes, disable=_quiet(progress), desc=f"embed {task.name}", unit="img",
-            leave=False) as bar:
-        sample = _Sample.load(task, idx, labels, probe, dev, batch_size)
-        bar.update(len(idx))
+            total=_sample_size(task, max_samples) * passes, disable=_quiet(progress), desc=f"embed {task.name}",
+            unit="img", leave=False) as bar:
+        sample, skipped = _Sample.load(task, canonical, max_samples, seed, on_error, probe, dev, batch_size)
+        bar.total = len(sample) * passes
+        bar.update(len(sample))
         features = _features(backbone, sample, task.name, bar.update)
-        head = fit_head(features, labels, n_classes, seed=seed).to(dev)
+        head = fit_head(features, sample.labels, n_classes, seed=seed).to(dev)
         draws = _drawn_labels(head, features, dev, seed) if expectation == "sample" else None
         prior = weight_scale_prior(backbone, prior_scale)
         vector = _montecarlo(backbone, head, sample, draws, estimator, prior, label_passes, bar.update)
         if method == "variational":
             vector = variational_precision(backbone, head, sample.shuffled(seed + 1), prior, epochs, lr, seed,
-                                           nu=beta / len(idx), init=vector, on_batch=bar.update)
+                                           nu=beta / len(sample), init=vector, on_batch=bar.update)
     if not np.all(np.isfinite(vector)):
         raise TaskError(f"the Fisher of task {task.name!r} is not finite: check the images for extreme values")
     meta = _meta(probe, task, method=method, prior_scale=prior_scale, estimator=estimator, expectation=expectation,
-                 label_passes=label_passes, epochs=epochs, beta=beta, n_samples=len(idx), n_classes=n_classes,
-                 seed=seed, dev=dev, start=start)
+                 label_passes=label_passes, epochs=epochs, beta=beta, n_samples=len(sample), n_classes=n_classes,
+                 seed=seed, dev=dev, start=start, skipped=skipped if on_error == "skip" else None)
     return Embedding(vector, prior, probe.layout, meta)
 
 
@@ -134,21 +140,54 @@ def _backbone_on(probe: Probe, device: str | torch.device | None) -> tuple[torch
     return dev, backbone
 
 
-def _balanced_sample(task: Task, canonical: np.ndarray, max_samples: int | None,
-                     seed: int) -> tuple[np.ndarray, torch.Tensor]:
-    """The task's rows to embed, class-balanced, and their canonical labels."""
-    idx = balanced_order(canonical, max_samples, np.random.default_rng(seed))
-    labels = torch.as_tensor(canonical[idx], dtype=torch.long)
-    if torch.unique(labels).numel() < 2:
+def _sample_size(task: Task, max_samples: int | None) -> int:
+    return len(task) if max_samples is None else min(max_samples, len(task))
+
+
+def _readable_sample(task: Task, canonical: np.ndarray, max_samples: int | None, seed: int, on_error: str,
+                     size: int) -> tuple[np.ndarray, torch.Tensor, list]:
+    """The rows to embed in class-balanced order, their images at `size`, and the unreadable images met.
+
+    'skip' goes on down the balanced order past unreadable images until the sample is full; 'raise' reads the
+    whole sample first, so that its error names every bad image at once."""
+    order = balanced_order(canonical, None, np.random.default_rng(seed))
+    want, skip = _sample_size(task, max_samples), on_error == "skip"
+    parts, rows, bad, start = [], [], [], 0
+    while start < len(order) and (len(rows) < want if skip else start < want):
+        chunk = order[start:start + min(_CHUNK, want - (len(rows) if skip else start))]
+        found: list = []
+        parts.append(task.load(chunk, size, bad=found))
+        dropped = {position for position, _, _ in found}
+        rows.extend(row for position, row in enumerate(chunk) if position not in dropped)
+        bad.extend((int(chunk[position]), where, why) for position, where, why in found)
+        start += len(chunk)
+    bad.sort()
+    if bad and not skip:
+        _raise_bad_images(task, bad, start)
+    idx = np.array(rows, dtype=np.int64)
+    if len(np.unique(canonical[idx])) < 2:
+        if bad:
+            raise TaskError(f"after skipping {len(bad)} unreadable images (first: {bad[0][1]}), the readable ones "
+                            f"of task {task.name!r} hold fewer than two classes: replace or remove the bad files")
         what = f"max_samples={max_samples} leaves a single class of task {task.name!r}"
         raise TaskError(f"{what}: raise it", cli=f"{what}: raise --max-samples")
-    return idx, labels
+    return idx, torch.cat(parts), bad
+
+
+def _raise_bad_images(task: Task, bad: list, tried: int) -> None:
+    named = "; ".join(f"{where} ({why})" for _, where, why in bad[:NAMED_BAD_IMAGES])
+    more = f"; and {len(bad) - NAMED_BAD_IMAGES} more" if len(bad) > NAMED_BAD_IMAGES else ""
+    what = f"cannot read {len(bad)} of the {tried} images sampled from task {task.name!r}: {named}{more}"
+    raise TaskError(f"{what}. Replace or remove them, or pass on_error='skip' to embed the readable ones",
+                    cli=f"{what}. Replace or remove them, or embed the readable ones with "
+                        "`taskindex embed --skip-bad-images`")
 
 
 @dataclasses.dataclass
 class _Sample:
     """The sampled images, loaded once at probe resolution (uint8), normalised batch by batch on the device."""
 
+    rows: np.ndarray
     images: torch.Tensor
     labels: torch.Tensor
     probe: Probe
@@ -156,10 +195,12 @@ class _Sample:
     batch_size: int
 
     @classmethod
-    def load(cls, task: Task, idx: np.ndarray, labels: torch.Tensor, probe: Probe, dev: torch.device,
-             batch_size: int) -> _Sample:
-        images = torch.cat([task.load(idx[i:i + 256], probe.image_size) for i in range(0, len(idx), 256)])
-        return cls(images, labels, probe, dev, batch_size)
+    def load(cls, task: Task, canonical: np.ndarray, max_samples: int | None, seed: int, on_error: str,
+             probe: Probe, dev: torch.device, batch_size: int) -> tuple[_Sample, list]:
+        """The class-balanced sample with its canonical labels, and the unreadable images it skipped."""
+        idx, images, skipped = _readable_sample(task, canonical, max_samples, seed, on_error, probe.image_size)
+        labels = torch.as_tensor(canonical[idx], dtype=torch.long)
+        return cls(idx, images, labels, probe, dev, batch_size), skipped
 
     def __len__(self) -> int:
         return len(self.images)
@@ -214,7 +255,7 @@ def _montecarlo(backbone: torch.nn.Module, head: torch.nn.Module, sample: _Sampl
 
 def _meta(probe: Probe, task: Task, *, method: str, prior_scale: float, estimator: str, expectation: str,
           label_passes: int | None, epochs: int, beta: float, n_samples: int, n_classes: int, seed: int,
-          dev: torch.device, start: float) -> dict:
+          dev: torch.device, start: float, skipped: list | None) -> dict:
     """The probe's identity and how the embedding was made: what makes two embeddings comparable."""
     meta = dict(probe.identity)
     meta.update({
@@ -235,6 +276,9 @@ def _meta(probe: Probe, task: Task, *, method: str, prior_scale: float, estimato
         "version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
+    if skipped is not None:  # on_error='skip': which images the embedding leaves out, and why
+        meta.update(skipped_images=len(skipped), skipped_files=[{"image": where, "error": why}
+                                                                 for _, where, why in skipped])
     return meta
 
 

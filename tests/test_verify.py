@@ -80,6 +80,22 @@ def test_only_the_shortlist_is_checked_and_it_is_reranked_by_logme(zoo, monkeypa
     assert note["logme"] is None and "no architecture" in note["not_checked"]
 
 
+def test_an_experts_image_size_is_the_size_its_features_are_read_at(zoo, monkeypatch):
+    index, task, probe = zoo
+    path = index.get("e0")[1]["weights_file"]
+    index.add_model("small", index.get("e0")[0], metadata={"architecture": ARCH, "weights_file": path,
+                                                           "image_size": "12"})
+    index.add_model("odd", index.get("e0")[0], metadata={"architecture": ARCH, "weights_file": path,
+                                                         "image_size": "big"})
+    sizes = []
+    real = probes.load_probe
+    monkeypatch.setattr(probes, "load_probe", lambda *a, **kw: sizes.append(kw.get("image_size")) or real(*a, **kw))
+    hits = index.select_model(task, k=7, probe=probe, by="asym", verify="logme", shortlist=7)
+    assert sorted(sizes, key=str) == [12, None, None, None, None]  # the 5 loadable ones; "odd" is not loaded
+    odd = next(h for h in hits if h.name == "odd").evidence[-1]
+    assert odd["logme"] is None and "image_size 'big' is not a positive integer" in odd["not_checked"]
+
+
 def test_a_missing_weights_file_or_a_query_without_images_is_said(zoo, tmp_path):
     index, task, probe = zoo
     emb = index.embed(task, max_samples=30, probe=probe, progress=False)

@@ -1,7 +1,9 @@
 """Checking a shortlist with LogME on the target's own images, for the experts whose weights are at hand.
 
 A model row carries a loadable feature extractor when its metadata names a registered probe architecture
-(`architecture`) and a local state_dict (`weights_file`, read with torch.load(weights_only=True)). LogME of
+(`architecture`) and a local state_dict (`weights_file`, read with torch.load(weights_only=True)), and
+optionally the `image_size` it was trained at (else the architecture's default: an expert fine-tuned on small
+images reads them at that size, and at a fraction of the cost). LogME of
 its features on the task's images re-ranks the shortlisted rows that have one, among the places they hold;
 the others keep their place, and each hit's evidence says which were checked.
 """
@@ -21,6 +23,8 @@ def loadable(meta: dict) -> str | None:
         return "no architecture and weights_file in its metadata"
     if not os.path.isfile(str(meta["weights_file"])):
         return f"weights_file {meta['weights_file']!r} is not a file here"
+    if meta.get("image_size") is not None and not str(meta["image_size"]).isdigit():
+        return f"image_size {meta['image_size']!r} is not a positive integer"
     return None
 
 
@@ -38,7 +42,9 @@ def logme_shortlist(hits: list, task, shortlist: int) -> list:
     for i, hit in enumerate(head):
         why = loadable(hit.metadata)
         if why is None:
-            probe = load_probe(hit.metadata["architecture"], weights=str(hit.metadata["weights_file"]), device="cpu")
+            size = hit.metadata.get("image_size")
+            probe = load_probe(hit.metadata["architecture"], weights=str(hit.metadata["weights_file"]),
+                               image_size=None if size is None else int(size), device="cpu")
             scored[i] = logme(probe.features(task.load(rows, probe.image_size)), task.labels[rows])
         hit.evidence = [*hit.evidence, {"logme": scored.get(i), **({"not_checked": why} if why else {})}]
     ranked = [head[i] for i in sorted(scored, key=lambda i: -scored[i])]  # the checked rows, best LogME first

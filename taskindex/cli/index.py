@@ -6,6 +6,7 @@ import click
 
 from taskindex.cli.options import data_options, estimator_options, weights_option
 from taskindex.cli.output import Exit, api_errors, json_output, progress, row_table, template
+from taskindex.cli.versions import wait_option
 from taskindex.shipped import default_index_path
 
 
@@ -75,9 +76,11 @@ def _check_add_flags(data, embedding_file, source_task, kind) -> None:
 @click.option("--meta", multiple=True, help="key=value metadata (repeatable).")
 @click.option("--replace", is_flag=True, help="Replace a row of the same name (upsert).")
 @data_options
+@wait_option
 @json_output(template("added {name} ({kind}): {rows} rows, version {version}"))
 @api_errors
-def add(index, name, data, embedding_file, kind, source_task, meta, replace, max_samples, image_column, label_column):
+def add(index, name, data, embedding_file, kind, source_task, meta, replace, max_samples, image_column, label_column,
+        wait):
     """Add NAME to INDEX: embed DATA with the index's probe, take --embedding FILE, or (a model) --source TASK.
 
     Example:
@@ -87,6 +90,7 @@ def add(index, name, data, embedding_file, kind, source_task, meta, replace, max
         taskindex add my.index footwear --embedding footwear.emb --replace
         taskindex add my.index footwear-expert --kind model --source footwear
         taskindex add my.index pets pets.parquet --image-column img --label-column y
+        taskindex add my.index pets pets.parquet --wait 600
     """
     from taskindex.embedding.vector import Embedding
     from taskindex.errors import IndexUsageError
@@ -94,14 +98,15 @@ def add(index, name, data, embedding_file, kind, source_task, meta, replace, max
 
     _check_add_flags(data, embedding_file, source_task, kind)
     metadata = _parse_meta(meta)
-    with TaskIndex.open(index) as idx:
-        emb = Embedding.load(embedding_file) if embedding_file else None  # None: --source TASK, or a black box
-        if data is not None:
-            if name in idx and not replace:  # add refuses it too, but only after the embedding, which takes minutes
+    emb = Embedding.load(embedding_file) if embedding_file else None  # None: --source TASK, or a black box
+    if data is not None:
+        with TaskIndex.open(index, readonly=True) as reader:  # embedding takes minutes: the writer lock waits
+            if name in reader and not replace:  # add refuses it too, but only after the embedding
                 raise IndexUsageError(f"a row named {name!r} already exists in {index}: pass --replace to replace "
                                       "it or choose another name")
-            emb = idx.embed(data, max_samples, image_column=image_column, label_column=label_column,
-                            progress=progress())
+            emb = reader.embed(data, max_samples, image_column=image_column, label_column=label_column,
+                               progress=progress())
+    with TaskIndex.open(index, lock_timeout=wait) as idx:
         if kind == "model":
             idx.add_model(name, source_task if emb is None else emb, metadata=metadata, replace=replace)
         else:
@@ -162,9 +167,10 @@ def info(index):
 @click.command()
 @click.argument("index")
 @click.argument("names", nargs=-1, required=True)
+@wait_option
 @json_output(lambda r: click.echo(f"removed {len(r['removed'])}: {r['rows']} rows, version {r['version']}"))
 @api_errors
-def rm(index, names):
+def rm(index, names, wait):
     """Remove rows NAMES from INDEX, in one commit (an unknown name removes none of them).
 
     Example:
@@ -175,7 +181,7 @@ def rm(index, names):
     """
     from taskindex.index import TaskIndex
 
-    with TaskIndex.open(index) as idx:
+    with TaskIndex.open(index, lock_timeout=wait) as idx:
         idx.remove(*names)
         return {"removed": list(names), "rows": len(idx), "version": idx.version}
 
@@ -224,34 +230,57 @@ def warm(index):
     return {"index": path, "bytes": nbytes, "seconds": round(time.perf_counter() - start, 3)}
 
 
+def _spans(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
+
+
 @click.command()
 @click.argument("index")
 @click.option("--vectors", type=click.Choice(["float32", "bfloat16"]), default=None,
               help="Also convert the stored vectors (the upgrade path to bfloat16; default: keep them).")
-@json_output(template("compacted: {rows} rows ({vectors}), version {version}, {files_removed} old files removed"))
+@click.option("--keep", type=click.IntRange(min=1), default=None,
+              help="Versions to keep, the compacted one included (default 5; 1 frees the most disk).")
+@wait_option
+@json_output(lambda r: click.echo(
+    f"compacted: {r['rows']} rows ({r['vectors']}), version {r['version']}; kept versions {_spans(r['kept'])}; "
+    f"removed versions {_spans(r['versions_removed'])} and {r['files_removed']} files no kept version uses"))
 @api_errors
-def compact(index, vectors):
-    """Fold INDEX's history into one segment and delete files no version needs.
+def compact(index, vectors, keep, wait):
+    """Fold INDEX's segments into one, keep the last few versions, and delete files no kept version needs.
+
+    A version that an open reader holds is kept too, until the reader moves on.
 
     Example:
 
     \b
         taskindex compact my.index
-        taskindex compact my.index --vectors bfloat16
+        taskindex compact my.index --keep 1 --vectors bfloat16
     """
     from taskindex.index import TaskIndex
+    from taskindex.index.history import KEEP_VERSIONS
 
-    with TaskIndex.open(index) as idx:
-        removed = idx.compact(vectors=vectors)
-        return {"rows": len(idx), "version": idx.version, "files_removed": removed, "vectors": idx.vector_type}
+    with TaskIndex.open(index, lock_timeout=wait) as idx:
+        before = [v["version"] for v in idx.versions()]
+        removed = idx.compact(vectors=vectors, keep=KEEP_VERSIONS if keep is None else keep)
+        kept = [v["version"] for v in idx.versions()]
+        return {"rows": len(idx), "version": idx.version, "files_removed": removed, "vectors": idx.vector_type,
+                "kept": kept, "versions_removed": [v for v in before if v not in kept]}
 
 
 @click.command(name="alpha")
 @click.argument("index")
 @click.argument("value", type=click.FloatRange(min=0), required=False)
+@wait_option
 @json_output(template("alpha {alpha:g} (version {version}; MODEL2VEC: {model2vec})"))
 @api_errors
-def alpha_cmd(index, value):
+def alpha_cmd(index, value, wait):
     """Show INDEX's alpha (the complexity weight of d_asym), or store VALUE.
 
     Example:
@@ -262,7 +291,7 @@ def alpha_cmd(index, value):
     """
     from taskindex.index import TaskIndex
 
-    with TaskIndex.open(index, readonly=value is None) as idx:
+    with TaskIndex.open(index, readonly=value is None, lock_timeout=None if value is None else wait) as idx:
         if value is not None:
             idx.set_alpha(value)
         return {"alpha": idx.alpha, "version": idx.version, "model2vec": idx.info()["model2vec"]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from taskindex import __version__
-from taskindex.cli import embedding, index, model2vec, plot, rebuild, results, search
+from taskindex.cli import embedding, index, model2vec, plot, rebuild, results, search, versions
 
 __all__ = ["cli", "main"]
 
@@ -28,7 +28,7 @@ def cli():
     """
 
 
-for module in (embedding, index, search, model2vec, results, plot, rebuild):
+for module in (embedding, index, versions, search, model2vec, results, plot, rebuild):
     for command in module.COMMANDS:
         cli.add_command(command)
 

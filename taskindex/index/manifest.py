@@ -30,6 +30,8 @@ class Manifest:
     model2vec: dict | None = None
     alpha: float = distance.ALPHA
     results: dict | None = None  # file ref of the Parquet table of measured errors (select/results.py)
+    committed: str | None = None  # when this version was committed (UTC); indexes before versions() lack it
+    operation: str | None = None  # what the commit did, in words: versions() lists it
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
@@ -51,3 +53,28 @@ class Manifest:
         if "deleted" in changes:
             changes["deleted"] = tuple(sorted(set(changes["deleted"])))
         return dataclasses.replace(self, **changes)
+
+    def change_from(self, old: "Manifest") -> str:
+        """What the commit from `old` to this version did, in words."""
+        said, held = [], [s["vectors"]["name"] for s in old.segments]
+        if [s["vectors"]["name"] for s in self.segments[:len(held)]] != held:  # a retrained projection keeps them
+            said.append("compacted" + (f" to {self.vectors}" if self.vectors != old.vectors else ""))
+        else:
+            added = sum(self.rows_in(s) for s in self.segments[len(old.segments):])
+            gone = len(set(self.deleted) - set(old.deleted))
+            if added:
+                said.append(f"added {added} row{'s' * (added != 1)}")
+            if gone:
+                said.append(f"removed {gone} row{'s' * (gone != 1)}" if not added
+                            else f"{gone} removed or replaced")
+        if self.alpha != old.alpha:
+            said.append(f"set alpha to {self.alpha:g}")
+        if self.results != old.results:
+            said.append("stored results")
+        if self.model2vec != old.model2vec:
+            said.append("fitted MODEL2VEC")
+        return ", ".join(said) or "no change"
+
+    def rows_in(self, segment: dict) -> int:
+        """The rows a segment holds, removed ones too: its vector file's size over a row's."""
+        return segment["vectors"]["size"] // (self.dim * (2 if segment["vectors"]["name"].endswith(".bf16") else 4))

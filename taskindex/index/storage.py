@@ -15,7 +15,12 @@
 A commit writes only new files (fsync'ed), then a new manifest, then replaces
 CURRENT (write to a temporary file, fsync, rename, fsync the directory). A crash
 at any instant leaves CURRENT naming a complete, checked version; files of an
-unfinished commit are never referenced and are removed by the next compact().
+unfinished commit are never referenced and are removed by the next compact(). A
+write that fails (a full disk, a failed fsync) removes the files of its commit
+and raises CommitError: the last committed version stays current.
+
+Every open handle holds a shared flock on the manifest of the version it reads
+(its lease): compact() never removes a version that a live reader holds.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ import json
 import mmap
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from taskindex.errors import IndexCorruptError, IndexLockedError, IndexUsageError, TaskIndexError
+# the rows of vector files, read and written where tests and tools have always imported them from
+from taskindex.index.vector_files import decode_vectors, encode_vectors, prefetch, read_rows  # noqa: F401
 
 FORMAT = "taskindex-index"
 FORMAT_VERSION = 2  # the newest this code reads: 2 adds bfloat16 vectors; float32 indexes are still written as 1
@@ -62,56 +70,51 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def manifest_name(version: int) -> str:
+    return f"manifest-{version:08d}.json"
+
+
+class CommitError(TaskIndexError):
+    """A commit could not be written (a full disk, a failed fsync); `committed` says whether it landed anyway."""
+
+    def __init__(self, message: str, committed: bool = False):
+        super().__init__(message)
+        self.committed = committed
+
+
+class VersionGoneError(TaskIndexError):
+    """The version a handle reads was removed from disk (by a compact that could not see this reader)."""
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """A new file, written through os.write until every byte is down (a full disk fails here, not later)
+    and fsync'ed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # already gone, or the disk refuses: an unreferenced file, removed by the next compact
+        pass
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        _write_file(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
     _fsync_dir(path.parent)
-
-
-def encode_vectors(vectors: np.ndarray, vector_type: str) -> bytes:
-    """float32 rows -> the bytes of a segment file. bfloat16 rounds to nearest even and keeps every entry > 0."""
-    v = np.ascontiguousarray(vectors, dtype="<f4")
-    if vector_type == "float32":
-        return v.tobytes()
-    bits = v.view("<u4")
-    half = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
-    half[(half == 0) & (bits != 0)] = 1  # a positive value never becomes 0 (the smallest subnormal instead)
-    return half.tobytes()
-
-
-def decode_vectors(raw: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Rows of a segment file (float32, or bfloat16 read as uint16) -> float32 rows, into `out` if given
-    (a C-contiguous float32 array of the same shape): one pass, no temporaries."""
-    raw = np.asarray(raw)
-    if out is None:
-        if raw.dtype == np.float32:
-            return raw
-        out = np.empty(raw.shape, np.float32)
-    if raw.dtype == np.float32:
-        out[...] = raw
-    else:
-        np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
-    return out
-
-
-def prefetch(rows: np.ndarray, pos: np.ndarray) -> None:
-    """Ask the kernel to start reading the pages of rows `pos` of a memory-mapped file, one madvise a row. The
-    map reads at random (MADV_RANDOM: one 4 KiB page a fault), so rows not in the page cache are then fetched
-    together instead of a page at a time: 200 random rows of 42 KiB from disk took 112 ms instead of 475
-    (tools/bench_reads.py). Where they are cached it costs ~4 us a row; merging runs of rows first cost more
-    in numpy calls than the calls it saved."""
-    mm = getattr(rows, "_mmap", None)
-    if mm is None or not hasattr(mmap, "MADV_WILLNEED"):
-        return
-    row_bytes = rows.strides[0]  # Store.memmap maps whole files from their first byte
-    start = np.asarray(pos, np.int64) * row_bytes
-    aligned = start - start % mmap.PAGESIZE
-    for at, size in zip(aligned.tolist(), (start + row_bytes - aligned).tolist()):  # plain ints: 3x cheaper
-        mm.madvise(mmap.MADV_WILLNEED, at, size)
 
 
 # Linux 5.14+; Python names it from 3.12 on
@@ -146,47 +149,6 @@ def warm(rows: np.ndarray, done=lambda nbytes: None) -> int:
     return int(rows.nbytes)
 
 
-def _read_into(path, offset: int, out: np.ndarray) -> None:
-    """Bytes of a file from `offset` straight into `out`: no temporary array to copy from."""
-    view = memoryview(out).cast("B")
-    with open(path, "rb", buffering=0) as f:
-        f.seek(offset)
-        done = 0
-        while done < len(view):
-            got = f.readinto(view[done:])
-            if not got:
-                raise IndexCorruptError(f"{path} ended early: the file was truncated (restore it from a backup)")
-            done += got
-
-
-DENSE_ROWS = 64  # a run of at least this many rows, with at most as many gaps, is read with one read call
-
-
-def read_rows(rows: np.ndarray, pos: np.ndarray, out: np.ndarray) -> None:
-    """Rows `pos` (ascending) of a memory-mapped segment file, decoded into `out` (float32).
-
-    A dense stretch (an exact scan, or opening the projections) is read with one read call, which the file's
-    read-ahead serves at 731 MB/s from disk where the random-access map faults 30 MB/s; scattered rows (a query's
-    candidates) go through the map after `prefetch` (tools/bench_reads.py)."""
-    pos = np.asarray(pos, dtype=np.int64)
-    path = getattr(rows, "filename", None)
-    if (path is not None and len(pos) >= DENSE_ROWS and pos[-1] - pos[0] < 2 * len(pos)
-            and bool(np.all(pos[1:] > pos[:-1]))):
-        if rows.dtype == np.float32 and pos[-1] - pos[0] + 1 == len(pos):  # no gaps, no decoding: read in place
-            _read_into(path, int(pos[0]) * rows.strides[0], out)
-            return
-        src = np.fromfile(path, dtype=rows.dtype, count=int(pos[-1] - pos[0] + 1) * rows.shape[1],
-                          offset=int(pos[0]) * rows.strides[0]).reshape(-1, rows.shape[1])
-        pos = pos - pos[0]
-    else:
-        prefetch(rows, pos)
-        src = rows.view(np.ndarray)  # np.memmap's own indexing costs ~50 us a call in Python
-    if src.dtype == np.float32:
-        np.take(src, pos, axis=0, out=out)  # no temporary
-    else:
-        decode_vectors(src[pos], out=out)
-
-
 @dataclass
 class FileRef:
     """A data file as the manifest records it."""
@@ -206,6 +168,9 @@ class Store:
         self.root = Path(root)
         self.data = self.root / "data"
         self._lock_fd: int | None = None
+        self.lease = None  # the open manifest this handle holds a shared flock on (history.hold)
+        self._pending: list[Path] = []  # files written for a commit not made yet
+        self.committed: int | None = None  # the version CURRENT named when last read or written here
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -214,34 +179,46 @@ class Store:
 
     def read_manifest(self) -> dict:
         current = self.root / "CURRENT"
-        if not self.root.is_dir():
-            what = f"{str(self.root)!r} does not exist: create an index with `taskindex create {self.root}`"
-            raise IndexUsageError(f"{what} or TaskIndex.create(...)", cli=what)
+        self.require_folder()
         if not current.is_file():
             if any(self.root.glob("manifest-*.json")):
-                raise IndexCorruptError(f"{current} is missing but {self.root} holds manifests: restore CURRENT "
-                                        "from a backup (it names the committed manifest and its sha256)")
+                self._damaged(f"{current} is missing but {self.root} holds manifests")
             raise IndexUsageError(f"{str(self.root)!r} is not a taskindex index (no CURRENT file): create one with "
                               f"`taskindex create {self.root}`")
         m = _CURRENT.fullmatch(current.read_bytes())
         if not m:
-            raise IndexCorruptError(f"{current} is damaged (it should read 'manifest-NNNNNNNN.json <sha256>'): "
-                                    "restore it from a backup")
+            self._damaged(f"{current} is damaged (it should read 'manifest-NNNNNNNN.json <sha256>')")
         name, digest = m.group(1).decode(), m.group(2).decode()
         path = self.root / name
         if not path.is_file():
-            raise IndexCorruptError(f"{path}, named by {current}, is missing: restore it from a backup")
+            self._damaged(f"{path}, named by {current}, is missing")
         raw = path.read_bytes()
         if hashlib.sha256(raw).hexdigest() != digest:
-            raise IndexCorruptError(f"{path} does not match the sha256 in {current}: one of them was altered "
-                                    "(restore it from a backup)")
-        manifest = json.loads(raw)
+            self._damaged(f"{path} does not match the sha256 in {current}: one of them was altered")
+        manifest = self.checked(json.loads(raw))
+        self.committed = manifest["version"]
+        return manifest
+
+    def require_folder(self) -> None:
+        if not self.root.is_dir():
+            what = f"{str(self.root)!r} does not exist: create an index with `taskindex create {self.root}`"
+            raise IndexUsageError(f"{what} or TaskIndex.create(...)", cli=what)
+
+    def checked(self, manifest: dict) -> dict:
+        """A parsed manifest, refused unless it is a taskindex manifest this code reads."""
         if manifest.get("format") != FORMAT:
             raise IndexUsageError(f"{self.root} is not a taskindex index (format {manifest.get('format')!r})")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise IndexUsageError(f"{self.root} was written by a newer taskindex (format "
                               f"{manifest['format_version']}): upgrade taskindex")
         return manifest
+
+    def _damaged(self, what: str):
+        fix = "to point CURRENT at the newest intact version (its earlier manifests are still here)"
+        error = IndexCorruptError(f"{what}: run TaskIndex.repair({str(self.root)!r}) {fix}",
+                                  cli=f"{what}: run `taskindex repair {self.root}` {fix}")
+        error.what = what  # for repair's report
+        raise error
 
     def path(self, ref: dict) -> Path:
         return self.data / ref["name"]
@@ -250,7 +227,8 @@ class Store:
         """Size always; checksum when `full`. Raises IndexCorruptError naming the file."""
         p = self.path(ref)
         if not p.is_file():
-            raise IndexCorruptError(f"{p} is missing: the index is damaged (restore it from a backup)")
+            raise IndexCorruptError(f"{p} is missing: the index is damaged (restore it from a backup, or run "
+                                    f"`taskindex repair {self.root}` to go back to the newest intact version)")
         size = p.stat().st_size
         if size != ref["size"]:
             raise IndexCorruptError(f"{p} has {size} bytes, the manifest says {ref['size']}: "
@@ -278,30 +256,58 @@ class Store:
 
     def new_file(self, suffix: str, data: bytes) -> dict:
         """Write an immutable data file (fsync'ed) and return its manifest entry."""
-        self.data.mkdir(parents=True, exist_ok=True)
         name = f"{os.urandom(16).hex()}{suffix}"  # a random 128-bit name: no two writers collide
         path = self.data / name
-        with open(path, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            self.data.mkdir(parents=True, exist_ok=True)
+            self._pending.append(path)
+            _write_file(path, data)
+        except OSError as exc:
+            raise self._failed(exc) from None
         return FileRef(name, len(data), hashlib.sha256(data).hexdigest()).to_json()
 
     def commit(self, manifest: dict) -> None:
         """Make `manifest` the current version: after this returns it survives any crash."""
         self._require_lock()
-        if self.data.is_dir():
-            _fsync_dir(self.data)
         # a float32 index stays readable by taskindex versions that predate bfloat16 storage
         version = 2 if manifest.get("vectors", "float32") != "float32" else 1
         manifest = dict(manifest, format=FORMAT, format_version=version)
         raw = json.dumps(manifest, sort_keys=True).encode()
-        name = f"manifest-{manifest['version']:08d}.json"
-        write_atomic(self.root / name, raw)
-        write_atomic(self.root / "CURRENT", f"{name} {hashlib.sha256(raw).hexdigest()}\n".encode())
+        name = manifest_name(manifest["version"])
+        current = self.root / "CURRENT"
+        tmp = self.root / f".CURRENT.{os.urandom(4).hex()}.tmp"
+        try:
+            if self.data.is_dir():
+                _fsync_dir(self.data)
+            self._pending.append(self.root / name)
+            write_atomic(self.root / name, raw)
+            self._pending.append(tmp)
+            _write_file(tmp, f"{name} {hashlib.sha256(raw).hexdigest()}\n".encode())
+            os.replace(tmp, current)
+        except OSError as exc:
+            raise self._failed(exc) from None
+        self._pending.clear()
+        self.committed = manifest["version"]
+        try:
+            _fsync_dir(self.root)
+        except OSError as exc:
+            raise CommitError(f"version {manifest['version']} of {self.root} is committed, but the disk failed to "
+                              f"confirm it ({exc.strerror or exc}): check the disk; after a power cut the index may "
+                              f"open at the version before, intact too", committed=True) from None
 
-    def acquire(self) -> None:
-        """Take the writer lock or fail at once, naming the holder."""
+    def _failed(self, exc: OSError) -> CommitError:
+        """The error of a write that failed mid-commit, once the commit's files are removed."""
+        for path in self._pending:
+            _remove(path)
+        self._pending.clear()
+        why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}.get(
+            exc.errno, exc.strerror or str(exc))
+        held = f"version {self.committed}" if self.committed is not None else "its last committed version"
+        return CommitError(f"could not write to {self.root} ({why}): nothing was committed, the index still holds "
+                           f"{held}, intact; free space or fix the disk and retry")
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Take the writer lock, waiting up to `timeout` seconds for it (None: fail at once), naming the holder."""
         if self._lock_fd is not None:
             return
         lock = self.root / "LOCK"
@@ -314,18 +320,25 @@ class Store:
                                       cli=f"{what}: `taskindex query`, `ls`, `info` and `verify` only read it"
                                       ) from None
             raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise IndexLockedError(f"{self.root} is being written by another process (pid {holder}): "
-                                   "wait for it to finish; readers are never blocked") from None
+        deadline = time.monotonic() + (timeout or 0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                    os.close(fd)
+                    raise _locked(self.root, holder, timeout) from None
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
     def release(self) -> None:
+        if self.lease is not None:
+            self.lease.close()
+            self.lease = None
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -338,7 +351,7 @@ class Store:
     def unreferenced(self, manifest: dict) -> list[Path]:
         """Data files and manifests that the current version does not use (left by old or crashed commits)."""
         used = set(referenced_files(manifest))
-        current = f"manifest-{manifest['version']:08d}.json"
+        current = manifest_name(manifest["version"])
         out = [p for p in self.data.glob("*") if p.name not in used] if self.data.is_dir() else []
         out += [p for p in self.root.glob("manifest-*.json") if p.name != current]
         out += list(self.root.glob(".*.tmp"))
@@ -362,20 +375,12 @@ def referenced_files(manifest: dict) -> list[str]:
     return [ref["name"] for ref in all_refs(manifest)]
 
 
-def verify(path: str | os.PathLike) -> list[str]:
-    """Check CURRENT, the manifest and every data file (size and sha256) without loading the index."""
-    store = Store(path)
-    try:
-        manifest = store.read_manifest()
-    except TaskIndexError as exc:
-        return [str(exc)]
-    problems = []
-    for ref in all_refs(manifest):
-        p = store.path(ref)
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-        elif p.stat().st_size != ref["size"]:
-            problems.append(f"{p}: {p.stat().st_size} bytes, expected {ref['size']} (truncated or altered)")
-        elif sha256_file(p) != ref["sha256"]:
-            problems.append(f"{p}: checksum mismatch (altered)")
-    return problems
+def _locked(root: Path, holder: str, timeout: float | None) -> IndexLockedError:
+    what = f"{root} is being written by another process (pid {holder})"
+    if timeout:
+        return IndexLockedError(f"{what}, still after {timeout:g} s: wait longer (lock_timeout=SECONDS) or for it "
+                                "to finish; readers are never blocked",
+                                cli=f"{what}, still after {timeout:g} s: wait longer (--wait SECONDS) or for it to "
+                                "finish; readers are never blocked")
+    return IndexLockedError(f"{what}: wait for it to finish (lock_timeout=SECONDS waits); readers are never blocked",
+                            cli=f"{what}: wait for it to finish (--wait SECONDS waits); readers are never blocked")

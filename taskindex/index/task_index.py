@@ -17,11 +17,10 @@ from taskindex import validation
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id
 from taskindex.embedding.vector import PRIOR_SCALE, Embedding
 from taskindex.errors import IndexUsageError, TaskIndexError
-from taskindex.index import candidates, rerank, writes
+from taskindex.index import history, rerank, writes
 from taskindex.index.hit import Hit
-from taskindex.index.manifest import Manifest
-from taskindex.index.storage import Store, verify
-from taskindex.index.version import LoadedVersion
+from taskindex.index.history import KEEP_VERSIONS, verify
+from taskindex.index.storage import Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,8 +37,8 @@ def _held(name: str, doc: str) -> property:
 class TaskIndex:
     """A vector database of TASK2VEC embeddings. Open with TaskIndex.open, make with TaskIndex.create."""
 
-    def __init__(self, store: Store, readonly: bool):
-        self._v = LoadedVersion(store, Manifest.from_json(store.read_manifest()), readonly)
+    def __init__(self, store: Store, readonly: bool, version: int | None = None):
+        self._v = history.loaded(store, readonly, version)
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -78,16 +77,29 @@ class TaskIndex:
                    readonly=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, readonly: bool = False) -> "TaskIndex":
+    def open(cls, path: str | os.PathLike, readonly: bool | None = None, *, version: int | None = None,
+             lock_timeout: float | None = None) -> "TaskIndex":
+        """A writer (holding the index's lock; lock_timeout: seconds to wait for it) or, with readonly=True or
+        an earlier `version` (see versions()), a reader."""
         store = Store(path)
+        readonly = version is not None if readonly is None else readonly
         if not readonly:
+            if version is not None:
+                raise IndexUsageError("an earlier version opens read-only: restore(version) makes it the newest",
+                                      cli="an earlier version is read-only: `taskindex restore` makes it the newest")
             store.read_manifest()  # a clear error for a missing or non-index directory comes first
-            store.acquire()
+            store.acquire(None if lock_timeout is None else validation.number(lock_timeout, "lock_timeout", low=0))
         try:
-            return cls(store, readonly)
+            return cls(store, readonly, version)
         except BaseException:
             store.release()
             raise
+
+    @classmethod
+    def repair(cls, path: str | os.PathLike, lock_timeout: float | None = None) -> dict:
+        """Point a lost or damaged CURRENT at the newest intact version, as a new commit (an intact index is left
+        alone); works where open() cannot. Returns what was wrong, the versions skipped and the version made."""
+        return history.repair(path, lock_timeout)
 
     def close(self) -> None:
         self._v.store.release()
@@ -115,6 +127,14 @@ class TaskIndex:
     @property
     def version(self) -> int:
         return self._v.manifest.version
+
+    def versions(self) -> list[dict]:
+        """Every version on disk, oldest first: version, time (UTC), rows, operation, current."""
+        return history.versions(self._v.store)
+
+    def refresh(self) -> int:
+        """Move this reader to the newest committed version (it holds the one it opened until then)."""
+        return history.refresh(self._v)
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -185,22 +205,7 @@ class TaskIndex:
         The row stores the source's embedding (a copy: removing the task later keeps the model) and its name in
         `source_task`; a black box stores the trivial embedding t0 (F = 0), so only a MODEL2VEC fit places it.
         """
-        meta = dict(metadata or {})
-        if isinstance(source, str):
-            row = self._v.row(source) if source in self else None
-            if row is None or not self._v.kinds["task"][row]:
-                what = f"model {name!r}: source task {source!r} is not a task row of this index; add the task first"
-                raise IndexUsageError(f"{what}, pass its Embedding, or source=None for a black box",
-                                      cli=f"{what}, or leave out --source for a black box")
-            emb = self.get(source)[0]
-            meta.setdefault("source_task", source)
-        elif isinstance(source, Embedding):
-            emb = source
-        elif source is None:
-            emb = Embedding(self.prior.copy(), self.prior, self.layout, {**self.space, "task": None})
-        else:
-            raise TaskIndexError(f"source must be a task row name, an Embedding or None; got {type(source).__name__}")
-        self.add_many([(name, emb, "model", meta)], replace=replace)
+        self.add_many([writes.model_row(self._v, name, source, metadata)], replace=replace)
 
     def remove(self, name: str, *names: str) -> None:
         """Remove one or more rows in one commit (their ids are never reused); an unknown name removes nothing."""
@@ -209,20 +214,22 @@ class TaskIndex:
         m = self._v.manifest
         writes.commit(self._v, m.but(deleted=(*m.deleted, *gone), row_count=len(self) - len(gone)))
 
-    def compact(self, vectors: str | None = None) -> int:
-        """Fold all segments into one, forget deleted rows, retrain the projection, drop old files.
+    def compact(self, vectors: str | None = None, keep: int = KEEP_VERSIONS) -> int:
+        """Fold all segments into one, forget deleted rows, retrain the projection; then remove the files that
+        neither the last `keep` versions (this one included) nor any open reader's version use. Returns the
+        files removed.
 
         vectors="bfloat16" (or "float32") also converts the stored vectors: the upgrade path of an existing index.
         """
         self._writable()
         if vectors is not None:
             writes.check_vector_type(vectors)
-        writes.commit(self._v, writes.compacted(self._v, vectors or self.vector_type), retrain=True)
-        removed = 0
-        for p in self._v.store.unreferenced(self._v.manifest.to_json()):
-            p.unlink(missing_ok=True)
-            removed += 1
-        return removed
+        return history.compact(self._v, vectors or self.vector_type, keep)
+
+    def restore(self, version: int) -> None:
+        """Make an earlier version's rows and settings the newest version, as a new commit (nothing is lost)."""
+        self._writable()
+        history.restore(self._v, version)
 
     def _writable(self) -> None:
         if self.readonly:
@@ -387,13 +394,5 @@ class TaskIndex:
         return verify(self._v.store.root)
 
     def info(self) -> dict:
-        from taskindex.select.experts import fit_coverage
-
-        v = self._v
-        return {"path": str(v.store.root), "version": self.version, "rows": len(self),
-                "tasks": int(v.kinds["task"].sum()), "models": int(v.kinds["model"].sum()), "dim": self.dim,
-                "vectors": self.vector_type, **self.space, "segments": len(v.manifest.segments),
-                "deleted_rows": len(v.manifest.deleted),
-                "candidates": v.candidates.kind if v.candidates is not None else "exact",
-                "refine": candidates.default_refine(len(self)) if v.candidates is not None else None,
-                "alpha": self.alpha, "model2vec": fit_coverage(v), "created": v.manifest.created}
+        """Where the index is, its version, rows, space, storage, candidate structure, alpha and MODEL2VEC fit."""
+        return self._v.info()

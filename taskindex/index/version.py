@@ -7,16 +7,18 @@ reloads the version (`load`).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from taskindex.errors import IndexUsageError
+from taskindex.errors import IndexCorruptError, IndexUsageError
 from taskindex.index import candidates
 from taskindex.index.manifest import Manifest
 from taskindex.index.segments import LIGHT_ROWS, arrow_records, frame_table, live_rows, read_frame
-from taskindex.index.storage import HASH_ON_OPEN_BYTES, Store, all_refs, decode_vectors, read_rows, warm
+from taskindex.index.storage import (HASH_ON_OPEN_BYTES, Store, VersionGoneError, all_refs, decode_vectors,
+                                     manifest_name, read_rows, warm)
 from taskindex.space import Space
 
 if TYPE_CHECKING:
@@ -24,6 +26,26 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 KINDS = ("task", "model")
+
+
+def reads_files(method):
+    """A method that reads the version's files after it was loaded: a file removed under it (by a compact in
+    another process that this handle's lease could not stop) is one clear error, never a raw OSError."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, IndexCorruptError) as exc:
+            version, root = self.manifest.version, self.store.root
+            if (root / manifest_name(version)).is_file():
+                if isinstance(exc, IndexCorruptError):
+                    raise
+                raise IndexCorruptError(f"{exc.filename or exc} is missing: the index is damaged (run "
+                                        f"`taskindex repair {root}` to go back to the newest intact version)") from None
+            raise VersionGoneError(f"version {version} of {root} was removed by a compact in another process while "
+                                   "this handle read it: call refresh() to move to the newest version, or reopen",
+                                   cli=f"{root} was compacted while this command read it: run it again") from None
+    return wrapper
 
 
 class LoadedVersion:
@@ -71,6 +93,7 @@ class LoadedVersion:
             release_freed()
 
     @property
+    @reads_files
     def theta(self) -> np.ndarray | None:
         fit = self.manifest.model2vec
         if not fit:
@@ -80,6 +103,7 @@ class LoadedVersion:
         return self._fit[1]
 
     @property
+    @reads_files
     def rows(self) -> "pd.DataFrame":
         """The live rows' metadata as a DataFrame, in row order."""
         if self._frame is None:
@@ -165,6 +189,7 @@ class LoadedVersion:
     def proj_rows(self, rows: np.ndarray) -> np.ndarray:
         return self._read(self.projs, rows, candidates.PROJ_DIM)
 
+    @reads_files
     def _read(self, files: list[np.ndarray], rows: np.ndarray, width: int) -> np.ndarray:
         """Rows from per-segment files as float32: one `read_rows` per segment, decoded straight into the
         output (rows in index order, as _rank passes them, need no reordering)."""
@@ -190,6 +215,7 @@ class LoadedVersion:
             raise IndexUsageError(f"no row named {name!r} in the index{hint}: see `taskindex ls`")
         return self.by_name[name]
 
+    @reads_files
     def results(self) -> "pd.DataFrame | None":
         """The stored results table (None before any were added), read once per version: callers copy it."""
         if not self.manifest.results:
@@ -200,6 +226,7 @@ class LoadedVersion:
             self._results = (self.manifest.results["name"], pd.read_parquet(self.store.path(self.manifest.results)))
         return self._results[1]
 
+    @reads_files
     def warm(self, progress: bool | None) -> int:
         """Read every vector file into the page cache, with a bar; returns the bytes."""
         from tqdm.auto import tqdm
@@ -223,6 +250,7 @@ class LoadedVersion:
 
         return arrow_records(self.to_arrow().take(pa.array(rows, pa.int64())))
 
+    @reads_files
     def lazy_column(self, rows: np.ndarray, column: str) -> list:
         """A column kept on disk, for the given live rows, reading only the row groups that hold them."""
         import pyarrow as pa
@@ -269,3 +297,15 @@ class LoadedVersion:
         if kind is None:
             return list(self.row_names)
         return [n for n, keep in zip(self.row_names, self.kinds[kind]) if keep]
+
+    def info(self) -> dict:
+        """TaskIndex.info(): the version, its rows, space, storage and candidate structure."""
+        from taskindex.select.experts import fit_coverage
+
+        m = self.manifest
+        return {"path": str(self.store.root), "version": m.version, "rows": len(self.ids),
+                "tasks": int(self.kinds["task"].sum()), "models": int(self.kinds["model"].sum()), "dim": self.dim,
+                "vectors": self.vector_type, **self.space, "segments": len(m.segments), "deleted_rows": len(m.deleted),
+                "candidates": self.candidates.kind if self.candidates is not None else "exact",
+                "refine": candidates.default_refine(len(self.ids)) if self.candidates is not None else None,
+                "alpha": float(m.alpha), "model2vec": fit_coverage(self), "created": m.created}

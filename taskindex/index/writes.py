@@ -14,10 +14,10 @@ import numpy as np
 from taskindex import distance
 from taskindex.embedding.vector import Embedding
 from taskindex.errors import IncompatibleEmbeddingsError, IndexUsageError, TaskIndexError
-from taskindex.index import candidates
+from taskindex.index import candidates, leases
 from taskindex.index.manifest import Manifest
 from taskindex.index.segments import LAZY, npy_bytes, rows_of, segment_rows
-from taskindex.index.storage import VECTOR_TYPES, Store, decode_vectors, encode_vectors
+from taskindex.index.storage import VECTOR_TYPES, CommitError, Store, decode_vectors, encode_vectors
 from taskindex.index.version import KINDS, LoadedVersion
 from taskindex.space import Space
 
@@ -74,6 +74,27 @@ def check_embedding(v: LoadedVersion, emb: Embedding) -> None:
             f"embedding has {emb.dim} filters, the index {v.dim}: embed it with the index's probe")
     if not np.allclose(emb.prior, v.prior, rtol=1e-5):
         raise IncompatibleEmbeddingsError("embedding's prior differs from the index's: re-embed it")
+
+
+def model_row(v: LoadedVersion, name: str, source, metadata: dict | None) -> tuple:
+    """add_model's row: the embedding of its source task row, a given Embedding, or t0 for a black box."""
+    meta = dict(metadata or {})
+    if isinstance(source, str):
+        row = v.by_name.get(source)
+        if row is None or not v.kinds["task"][row]:
+            what = f"model {name!r}: source task {source!r} is not a task row of this index; add the task first"
+            raise IndexUsageError(f"{what}, pass its Embedding, or source=None for a black box",
+                                  cli=f"{what}, or leave out --source for a black box")
+        provenance = json.loads(v.lazy_column(np.array([row]), "embedding_meta")[0])
+        emb = Embedding(v.vector(row), v.prior, v.layout, provenance)
+        meta.setdefault("source_task", source)
+    elif isinstance(source, Embedding):
+        emb = source
+    elif source is None:
+        emb = Embedding(v.prior.copy(), v.prior, v.layout, {**v.space, "task": None})
+    else:
+        raise TaskIndexError(f"source must be a task row name, an Embedding or None; got {type(source).__name__}")
+    return name, emb, "model", meta
 
 
 def checked_rows(v: LoadedVersion, items, replace: bool) -> list[tuple]:
@@ -135,7 +156,7 @@ def new_segment(v: LoadedVersion, batch: list[tuple], ids: np.ndarray) -> dict:
 
     encoded = encode_vectors(np.stack([e.vector for _, e, _, _ in batch]), v.vector_type)
     vectors = decoded(encoded, v.dim, v.vector_type)  # what the index will read back: projections and complexity
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    created = now()
     records = []
     complexity = distance.complexity(vectors, v.prior)
     for i, c, (name, emb, kind, meta) in zip(ids, complexity, batch):
@@ -180,21 +201,39 @@ def _compacted_segment(v: LoadedVersion, vector_type: str) -> dict:
             "proj": None}
 
 
-def commit(v: LoadedVersion, manifest: Manifest, retrain: bool = False) -> None:
-    """Make `manifest` the next version (training the projection first where it is due) and load it into `v`."""
+def commit(v: LoadedVersion, manifest: Manifest, retrain: bool = False, operation: str | None = None) -> None:
+    """Make `manifest` the next version (training the projection first where it is due) and load it into `v`;
+    `operation` says what the commit did (default: the change from the version before, in words)."""
     live, trained = manifest.row_count, manifest.projection_rows
     if live >= candidates.EXACT_ROWS and (retrain or manifest.projection is None
                                           or (trained < candidates.PCA_SAMPLE and live >= 2 * trained)):
         manifest = train_projection(v.store, manifest, v.dim)
-    manifest = manifest.but(version=v.manifest.version + 1)
-    v.store.commit(manifest.to_json())
+    manifest = manifest.but(version=v.manifest.version + 1, committed=now(),
+                            operation=operation or manifest.change_from(v.manifest))
+    try:
+        v.store.commit(manifest.to_json())
+    except CommitError as exc:
+        if exc.committed:  # CURRENT names it already: this handle follows the disk
+            _apply(v, manifest)
+        raise
+    _apply(v, manifest)
+
+
+def _apply(v: LoadedVersion, manifest: Manifest) -> None:
+    """Move `v` and its lease to the version just committed: in O(new rows) where rows were only added or
+    removed, else by loading it."""
+    leases.hold(v.store, manifest.version)
     old = v.manifest
-    if (manifest.projection != old.projection or len(manifest.segments) < len(old.segments)
-            or manifest.vectors != old.vectors):
+    appended = (manifest.segments[:len(old.segments)] == old.segments and set(old.deleted) <= set(manifest.deleted))
+    if not appended or manifest.projection != old.projection or manifest.vectors != old.vectors:
         v.load(manifest)
         return
     v.manifest = manifest
     v.append(list(manifest.segments[len(old.segments):]), set(manifest.deleted) - set(old.deleted))
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def train_projection(store: Store, manifest: Manifest, dim: int) -> Manifest:
@@ -249,5 +288,5 @@ def first_manifest(store: Store, probe, method: str, prior_scale: float, estimat
     return Manifest(version=1, space={**probe.identity, "method": method, "prior_scale": float(prior_scale),
                                       "estimator": estimator},
                     dim=probe.dim, layout=tuple(tuple(x) for x in probe.layout),
-                    prior=store.new_file(".npy", npy_bytes(prior)), vectors=vectors,
-                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                    prior=store.new_file(".npy", npy_bytes(prior)), vectors=vectors, created=now(), committed=now(),
+                    operation="created")

@@ -52,7 +52,7 @@ def test_the_error_names_every_bad_image_of_the_sample_in_one_pass(folder, probe
     message = str(info.value)
     for name in BAD:
         assert str(folder / name) in message, message
-    assert "cannot read 3 of the 15 images" in message and "on_error='skip'" in message
+    assert "(3 of the 15 sampled)" in message and "on_error='skip'" in message
     assert "--skip-bad-images" in info.value.cli and "on_error" not in info.value.cli
 
 
@@ -93,7 +93,7 @@ def test_many_bad_images_are_named_up_to_a_limit_then_counted(tmp_path, probe):
     with pytest.raises(TaskError) as info:
         embed(Task.from_parquet(path), probe)
     message = str(info.value)
-    assert "cannot read 25 of the 40" in message and "and 5 more" in message
+    assert "(25 of the 40 sampled)" in message and "and 5 more" in message
     assert message.count(f"of {path}") == 20
 
 
@@ -106,7 +106,7 @@ def test_only_bad_images_left_is_one_clear_error(tmp_path, probe):
 def test_cli_names_every_bad_file_or_skips_and_lists_them(folder, tmp_path):
     runner = CliRunner()
     args = ["embed", str(folder), "-o", str(tmp_path / "x.emb"), *FAST_PROBE]
-    line = assert_user_error(runner.invoke(cli, args), "cannot read 3 of the 15 images")
+    line = assert_user_error(runner.invoke(cli, args), "(3 of the 15 sampled)")
     assert all(str(folder / name) in line for name in BAD) and "--skip-bad-images" in line
     assert not (tmp_path / "x.emb").exists()
 

@@ -177,7 +177,8 @@ def _readable_sample(task: Task, canonical: np.ndarray, max_samples: int | None,
 def _raise_bad_images(task: Task, bad: list, tried: int) -> None:
     named = "; ".join(f"{where} ({why})" for _, where, why in bad[:NAMED_BAD_IMAGES])
     more = f"; and {len(bad) - NAMED_BAD_IMAGES} more" if len(bad) > NAMED_BAD_IMAGES else ""
-    what = f"cannot read {len(bad)} of the {tried} images sampled from task {task.name!r}: {named}{more}"
+    what = (f"cannot read image{'s' if len(bad) > 1 else ''} of task {task.name!r} ({len(bad)} of the {tried} "
+            f"sampled): {named}{more}")
     raise TaskError(f"{what}. Replace or remove them, or pass on_error='skip' to embed the readable ones",
                     cli=f"{what}. Replace or remove them, or embed the readable ones with "
                         "`taskindex embed --skip-bad-images`")

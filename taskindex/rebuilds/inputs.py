@@ -4,7 +4,8 @@ One row per index row: `name`, `kind` (task or model), `source` (anything `taski
 takes: a folder, a .parquet or .csv file, sample:NAME) or, for a model, `source_task` (the name
 of the task row it was trained on, whose embedding it takes), its options (`image_column`,
 `label_column`, `per_class` images per class for sample:NAME, `max_samples`, `seed`) and
-metadata (`meta.KEY` columns in CSV and Parquet, a `metadata:` mapping in YAML). Every
+metadata (`meta.KEY` columns in CSV and Parquet, a `metadata:` mapping in YAML). A relative
+`source` path is relative to the manifest's folder, as image paths are to a CSV's. Every
 problem is reported with the file and line (the data line of a CSV, 1-based row of a
 Parquet file, the line of the item in YAML) before anything is embedded.
 """
@@ -129,9 +130,13 @@ def _row(path: Path, where: str, line: int, item: dict) -> ManifestRow:
     for key, low in INTEGERS.items():
         if key in values:
             values[key] = _integer(values[key], key, low, fail)
-    why = check_source(values["source"]) if "source" in values else None
-    if why:
-        raise fail(f"source: {why}")
+    if "source" in values:
+        given, values["source"] = values["source"], _resolved(values["source"], path.parent)
+        why = check_source(values["source"])
+        if why:
+            read = values["source"]
+            moved = f" (read relative to the manifest's folder: {read})" if given != read else ""
+            raise fail(f"source: {why.replace(repr(read), repr(given))}{moved}")
     meta = {}
     for k, v in metadata.items():
         if _missing(v):
@@ -140,6 +145,14 @@ def _row(path: Path, where: str, line: int, item: dict) -> ManifestRow:
             raise fail(f"metadata {k!r} must be a string, number or boolean; got {type(v).__name__}")
         meta[str(k)] = v
     return ManifestRow(metadata=meta, line=line, **{k: values.get(k, DEFAULTS.get(k)) for k in FIELDS})
+
+
+def _resolved(source: str, folder: Path) -> str:
+    """A source path as the worker will read it: relative to the manifest's folder, so the two can move together."""
+    if source.startswith("sample:"):
+        return source
+    expanded = os.path.expanduser(source)
+    return expanded if os.path.isabs(expanded) else os.path.normpath(os.path.join(os.path.abspath(folder), expanded))
 
 
 def _missing(v: Any) -> bool:
@@ -193,7 +206,10 @@ def _yaml_items(path: Path):
         doc = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ManifestError(f"manifest {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        why = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ManifestError(f"manifest {path} is not valid YAML{where}: {why}") from None
     if isinstance(doc, dict) and set(doc) == {"rows"}:
         doc = doc["rows"]
         node = next(v for k, v in node.value if k.value == "rows")

@@ -3,7 +3,9 @@
 Python: {"dataset": "mnist", "group": ["subset", "all"], "n_samples": (">=", 100)}.
 CLI:    --where dataset=mnist --where "group in subset,all" --where "n_samples>=100".
 A comma after = or a comparison is an error (is 'dataset=mnist,digits' one value or a list?):
-membership is spelt 'key in a,b'. One clause per column.
+membership is spelt 'key in a,b'. One clause per column. Values are written bare: quotes, brackets or a
+second operator inside a value ("owner == 'me'", "key in (a,b)", "a=1 and b=2") are errors, not values
+that match nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from taskindex.errors import TaskIndexError
 OPS = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
        ">": operator.gt, ">=": operator.ge}
 _CLAUSE = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(==|!=|<=|>=|=|<|>|\s+in\s+)\s*(.*?)\s*$")
+SYNTAX = "key=value, key!=value, key>=number (also >, <, <=) or 'key in a,b,c'"
+_QUOTED = re.compile(r"^['\"(\[{]|['\")\]}]$")
 
 
 def parse_value(text: str):
@@ -34,11 +38,18 @@ def parse_clause(text: str) -> tuple[str, object]:
     """'key=value', 'key>=3', 'key in a,b' -> (key, condition) in the Python form."""
     m = _CLAUSE.match(text)
     if not m or not m.group(3) or m.group(3)[0] in "<>=!":
-        raise TaskIndexError(f"cannot parse --where {text!r}: use key=value, key!=value, key>=number "
-                             "or 'key in a,b,c'")
+        raise TaskIndexError(f"cannot parse --where {text!r}: use {SYNTAX}")
     key, op, value = m.group(1), m.group(2).strip(), m.group(3)
+    items = [v.strip() for v in value.split(",")] if op == "in" else [value]
+    if any(_QUOTED.search(v) for v in items):
+        bare = f"{key} in a,b" if op == "in" else f"{key}{'=' if op == '==' else op}VALUE"
+        raise TaskIndexError(f"cannot parse --where {text!r}: write values bare, without quotes or brackets "
+                             f"(e.g. --where \"{bare}\"); use {SYNTAX}")
+    if any(c in value for c in "=<>"):
+        raise TaskIndexError(f"cannot parse --where {text!r}: one condition per --where (repeat --where for "
+                             f"several; every one must hold); use {SYNTAX}")
     if op == "in":
-        return key, [parse_value(v.strip()) for v in value.split(",") if v.strip()]
+        return key, [parse_value(v) for v in items if v]
     if "," in value:  # 'dataset=mnist,digits' reads as "one of them" but would match the literal string
         if op in ("=", "=="):
             raise TaskIndexError(f"--where {text!r} is ambiguous: to match any of several values "

@@ -17,8 +17,9 @@ def writable_output(path: str, option: str = "-o") -> None:
     folder = Path(path).parent
     if not folder.is_dir():
         raise UserError(f"{option} {path}: the folder {folder} does not exist: create it first or write elsewhere")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{option} {path}: the folder {folder} is not writable: write elsewhere")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UserError(f"{option} {path}: permission denied (the folder {folder} or the file is not writable): "
+                        "write elsewhere")
 
 
 class UserError(click.ClickException):
@@ -80,7 +81,7 @@ def json_output(human):
             if code:
                 sys.exit(code)
 
-        return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(wrapper)
+        return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout, for scripts (no progress bars).")(wrapper)
 
     return decorate
 

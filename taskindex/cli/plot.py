@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from taskindex.cli.output import api_errors, json_output, template
+from taskindex.cli.output import UserError, api_errors, json_output, template, writable_output
 from taskindex.shipped import default_index_path
 
 
@@ -35,6 +35,9 @@ def plot(index, plot_kind, output, color_by, against, row_kind, where, method):
     from taskindex.index import TaskIndex
     from taskindex.index.filters import parse_where
 
+    if not output.lower().endswith(plots.FORMATS):  # before any work, like the folder
+        raise UserError(f"-o {output}: cannot tell the figure's format; end the name with {', '.join(plots.FORMATS)}")
+    writable_output(output)
     where = parse_where(where)
     kind = {"all": None, None: None if plot_kind == "map" else "task"}.get(row_kind, row_kind)
     with TaskIndex.open(index or default_index_path(), readonly=True) as idx:

@@ -35,7 +35,8 @@ def _show_embedding(r: dict) -> None:
 @click.option("--probe", default="efficientnet_lite0", show_default=True,
               help="Probe network (see `taskindex probes`).")
 @weights_option()
-@click.option("--method", type=click.Choice(["montecarlo", "variational"]), default="montecarlo", show_default=True)
+@click.option("--method", type=click.Choice(["montecarlo", "variational"]), default="montecarlo", show_default=True,
+              help="montecarlo: the Fisher of the sampled images; variational: the paper's robust estimate.")
 @click.option("--expectation", type=click.Choice(["exact", "sample"]), default="exact", show_default=True,
               help="Sum over labels (C-1 backward passes), or draw one label per image.")
 @click.option("--label-passes", default=None, metavar="N|all",
@@ -124,7 +125,8 @@ def probes():
 
 
 @click.command()
-@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "digits"]), default=None)
+@click.option("--dataset", type=click.Choice(["fashion-mnist", "mnist", "digits"]), default=None,
+              help="Only the tasks cut from this dataset.")
 @json_output(lambda rows: table(rows, ["name", "dataset", "group", "classes"]))
 @api_errors
 def samples(dataset):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from taskindex.cli.options import data_options
@@ -9,11 +11,26 @@ from taskindex.cli.output import api_errors, json_output, row_table, table
 from taskindex.shipped import default_index_path
 
 
+WHAT = "DATA (an image folder, .parquet, .csv or sample:NAME), --embedding FILE or --name NAME"
+
+
+def _is_index(path: str) -> bool:
+    """Whether `path` is a folder of an index's files; only to tell what a lone or misplaced argument meant."""
+    folder = Path(path)
+    return folder.is_dir() and ((folder / "CURRENT").is_file() or any(folder.glob("manifest-*.json")))
+
+
 def _index_and_target(args: tuple[str, ...], embedding_file, row_name, command: str) -> tuple[str, tuple]:
     """[INDEX] (DATA | --embedding FILE | --name NAME): the index path (default: shipped) and DATA if given."""
     from taskindex.errors import TaskIndexError
 
     given = sum(x is not None for x in (embedding_file, row_name))
+    if len(args) == 1 and not given and _is_index(args[0]):
+        raise TaskIndexError(f"nothing to {command} in {args[0]}: pass {WHAT}, e.g. "
+                             f"`taskindex {command} {args[0]} --name ROW`")
+    if len(args) == 2 and not _is_index(args[0]) and _is_index(args[1]):
+        raise TaskIndexError(f"{args[1]} is the index and {args[0]} the task: INDEX comes first, "
+                             f"`taskindex {command} {args[1]} {args[0]}`")
     if len(args) > 2 or (len(args) == 2 and given) or (not args and not given):
         raise TaskIndexError(f"usage: taskindex {command} [INDEX] (DATA | --embedding FILE | --name NAME)")
     if given > 1:
@@ -65,9 +82,11 @@ def _show_rows(r: dict) -> None:
 @click.command()
 @click.argument("args", nargs=-1)
 @target_options
-@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--metric", type=click.Choice(["sym", "asym"]), default="sym", show_default=True)
-@click.option("--kind", type=click.Choice(["task", "model"]), default=None)
+@click.option("-k", type=click.IntRange(min=1), default=10, show_default=True, help="How many nearest rows to return.")
+@click.option("--metric", type=click.Choice(["sym", "asym"]), default="sym", show_default=True,
+              help="sym: d_sym(row, task); asym: d_asym(row -> task) = d_sym - alpha * complexity(row).")
+@click.option("--kind", type=click.Choice(["task", "model"]), default=None,
+              help="Only task rows or only model rows (default: both).")
 @click.option("--where", multiple=True, help="Filter: key=value, key!=value, key>=3, 'key in a,b' (repeatable).")
 @click.option("--exact", is_flag=True, help="Brute-force exact distances over every row.")
 @click.option("--refine", type=click.IntRange(min=1), default=None,
@@ -113,7 +132,7 @@ def _show_models(r: dict) -> None:
 @click.command()
 @click.argument("args", nargs=-1)
 @target_options
-@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True, help="How many experts to return.")
 @click.option("--where", multiple=True, help="Filter the models: key=value, key!=value, 'key in a,b' (repeatable).")
 @click.option("--alpha", type=click.FloatRange(min=0), default=None,
               help="Complexity weight of d_asym (default: the index's, see `info`).")

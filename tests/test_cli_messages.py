@@ -1,0 +1,113 @@
+"""CLI messages that used to mislead (issue 22, items 7 and 10): each is one true line, checked before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from clikit import FAST_PROBE, assert_user_error, make_image_folder
+
+from taskindex import Embedding, TaskIndex
+from taskindex.cli import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def index(tmp_path, tiny_probe):
+    """Four task rows, two owned by 'me'."""
+    path = tmp_path / "my.index"
+    with TaskIndex.create(path, probe=tiny_probe) as idx:
+        rng = np.random.default_rng(0)
+        for i in range(4):
+            fisher = rng.gamma(1.0, 1e-3, idx.dim).astype(np.float32)
+            emb = Embedding(fisher + idx.prior, idx.prior, idx.layout, {**idx.space, "task": f"t{i}"})
+            idx.add(f"t{i}", emb, metadata={"owner": ["me", "you"][i % 2]})
+    return path
+
+
+def _no_work(monkeypatch):
+    """Opening an index is the first piece of work: a check that must come before it fails the test if it does not."""
+    def opened(*args, **kwargs):
+        raise AssertionError("the index was opened before the check")
+
+    monkeypatch.setattr(TaskIndex, "open", opened)
+
+
+def test_query_an_index_with_nothing_to_query_says_what_to_pass(runner, index):
+    for command in ("query", "select"):
+        line = assert_user_error(runner.invoke(cli, [command, str(index)]), f"nothing to {command} in {index}")
+        assert "--name" in line and "--embedding" in line and "class folders" not in line
+
+
+def test_index_and_data_swapped_advises_the_order_that_works(runner, index, tmp_path):
+    data = make_image_folder(tmp_path / "pets")
+    line = assert_user_error(runner.invoke(cli, ["query", str(data), str(index)]), "INDEX comes first")
+    assert f"`taskindex query {index} {data}`" in line and "create" not in line
+    result = runner.invoke(cli, ["query", str(index), str(data)])  # the advice, as given: no longer this error
+    assert "INDEX comes first" not in result.output
+
+
+def test_a_where_quoted_like_python_is_an_error_with_the_syntax(runner, index):
+    ok = runner.invoke(cli, ["ls", str(index), "--where", "owner=me", "--json"])
+    assert sorted(r["name"] for r in json.loads(ok.output)) == ["t0", "t2"]
+    for clause in ("owner == 'me'", 'owner="me"', "owner in (me,you)", "owner=me and kind=task"):
+        for args in (["ls", str(index)], ["query", str(index), "--name", "t1"]):
+            line = assert_user_error(runner.invoke(cli, [*args, "--where", clause]), "cannot parse --where")
+            assert "key=value" in line and "'key in a,b,c'" in line
+
+
+def test_query_options_say_what_they_do():
+    for command, options in (("query", ("-k", "--kind", "--metric", "--json")), ("select", ("-k", "--json")),
+                             ("embed", ("--method", "--seed", "--skip-bad-images", "--json")),
+                             ("samples", ("--dataset", "--json")), ("plot", ("--kind", "--rows", "--json"))):
+        helps = {opt: param.help for param in cli.commands[command].params for opt in param.opts}
+        for option in options:
+            assert helps[option] and len(helps[option]) > 10, (command, option, helps[option])
+
+
+def test_plot_checks_its_output_before_opening_the_index(runner, index, tmp_path, monkeypatch):
+    _no_work(monkeypatch)
+    line = assert_user_error(runner.invoke(cli, ["plot", str(index), "-o", str(tmp_path / "no" / "x.png")]),
+                             "does not exist")
+    assert str(tmp_path / "no") in line
+    assert_user_error(runner.invoke(cli, ["plot", str(index), "-o", str(tmp_path / "x.txt")]),
+                      "end the name with .png, .svg, .pdf")
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"")
+    real = os.access
+    monkeypatch.setattr("os.access", lambda p, mode, *a, **k: not (mode & os.W_OK and str(p) == str(taken)) and real(p, mode))
+    assert_user_error(runner.invoke(cli, ["plot", str(index), "-o", str(taken)]), "permission denied")
+
+
+def test_manifest_sources_are_read_relative_to_the_manifest_like_csv_image_paths(runner, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    make_image_folder(project / "pets")
+    (project / "rows.csv").write_text("name,source\npets,pets\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = runner.invoke(cli, ["rebuild", str(tmp_path / "i.index"), "--manifest", str(project / "rows.csv"),
+                                 "--workers", "1", *FAST_PROBE, "--json"])
+    assert result.exit_code == 0, result.output
+    with TaskIndex.open(tmp_path / "i.index", readonly=True) as idx:
+        assert idx.to_pandas()["source"].tolist() == [str(project / "pets")]
+
+    (project / "rows.csv").write_text("name,source\npets,pets\nnone,gone\n")
+    line = assert_user_error(runner.invoke(cli, ["rebuild", str(tmp_path / "j.index"), "--manifest",
+                                                 str(project / "rows.csv")]), "line 3: source: 'gone' does not exist")
+    assert str(project / "gone") in line
+
+
+def test_a_yaml_manifest_error_names_its_line(runner, tmp_path):
+    manifest = tmp_path / "rows.yaml"
+    manifest.write_text("rows:\n  - name: a\n    source: sample:digits-round\n  - name: b\n   source: x\n")
+    line = assert_user_error(runner.invoke(cli, ["rebuild", str(tmp_path / "i.index"), "--manifest", str(manifest)]),
+                             "is not valid YAML at line 5")
+    assert str(manifest) in line and not (tmp_path / "i.index").exists()

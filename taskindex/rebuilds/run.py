@@ -12,10 +12,13 @@ spawned processes, so a script calling rebuild needs Python's `if __name__ == "_
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ from taskindex.space import Space
 from taskindex.embedding.pipeline import available_cores
 
 PLAN = "plan.json"
+POLL_SECONDS = 0.2  # how often the pool's loop looks for a stop request
 
 
 @dataclass
@@ -147,7 +151,7 @@ def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, threads
         bar.update(1)
         bar.set_postfix(done=report.embedded + report.reused, failed=len(failed), refresh=False)
 
-    with bar:
+    with bar, _interrupts(raising=workers == 1 or ray_address is not None) as stop:
         if ray_address is not None:
             _run_ray(spec, todo, ray_address, threads, done)
         elif workers == 1:
@@ -155,17 +159,82 @@ def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, threads
             for row in todo:
                 done(row, _embed_row(row))
         else:
-            context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-            with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
-                                        initargs=(spec, threads)) as pool:
-                futures = {pool.submit(_embed_row, row): row for row in todo}
-                try:
-                    for future in cf.as_completed(futures):
-                        done(futures[future], future.result())
-                except BaseException:
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+            _run_pool(spec, todo, workers, threads, done, stop)
     return failed
+
+
+def _run_pool(spec: dict, todo: list[ManifestRow], workers: int, threads: int, done, stop: list) -> None:
+    """Local worker processes. A stop request (Ctrl-C, SIGTERM) ends them at once: the rows already back are
+    saved, the rows in flight are dropped, and the run ends in KeyboardInterrupt."""
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with _sigint_blocked():  # inherited by the workers: the terminal's Ctrl-C is the parent's alone to handle
+        pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(spec, threads))
+        futures = {pool.submit(_embed_row, row): row for row in todo}
+    pending = set(futures)
+    try:
+        while pending and not stop:
+            finished, pending = cf.wait(pending, timeout=POLL_SECONDS, return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                done(futures[future], _result(future, stop))
+    finally:
+        if pending:  # stopped, or failed: keep what is back, end the workers now rather than after their rows
+            for future in [f for f in pending if f.done() and not f.cancelled() and f.exception() is None]:
+                done(futures[future], future.result())
+            for process in list(pool._processes.values()):  # no public way to end them before Python 3.14
+                process.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+    if stop:
+        raise KeyboardInterrupt
+
+
+def _result(future: cf.Future, stop: list):
+    """A row's result; a worker that died is a stop when a signal killed it with the parent's, else an error."""
+    try:
+        return future.result()
+    except cf.BrokenExecutor:
+        time.sleep(POLL_SECONDS)  # a signal sent to the whole group reaches this process's handler after this
+        if stop:
+            raise KeyboardInterrupt from None
+        raise TaskIndexError("a rebuild worker process died (killed, or out of memory): the rows it finished are "
+                             "staged; resume=True goes on from them",
+                             cli="a rebuild worker process died (killed, or out of memory): the rows it finished "
+                             "are staged; --resume goes on from them") from None
+
+
+@contextlib.contextmanager
+def _interrupts(raising: bool):
+    """SIGINT and SIGTERM during a run, as a list of the signals received: the first one raises KeyboardInterrupt
+    when `raising` (the work runs in this thread), else the pool's loop polls the list. Later ones are only
+    recorded, so a second Ctrl-C never interrupts the clean-up."""
+    stop: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield stop
+        return
+
+    def handler(signum, frame):
+        stop.append(signum)
+        if raising and len(stop) == 1:
+            raise KeyboardInterrupt
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _sigint_blocked():
+    """SIGINT blocked in this thread; processes started meanwhile inherit the mask and so never see Ctrl-C."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _run_ray(spec: dict, todo: list[ManifestRow], address: str, threads: int, done) -> None:

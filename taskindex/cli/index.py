@@ -238,7 +238,7 @@ def _spans(numbers: list[int]) -> str:
             spans[-1][1] = n
         else:
             spans.append([n, n])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans) or "none"
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 @click.command()
@@ -250,7 +250,8 @@ def _spans(numbers: list[int]) -> str:
 @wait_option
 @json_output(lambda r: click.echo(
     f"compacted: {r['rows']} rows ({r['vectors']}), version {r['version']}; kept versions {_spans(r['kept'])}; "
-    f"removed versions {_spans(r['versions_removed'])} and {r['files_removed']} files no kept version uses"))
+    + (f"removed versions {_spans(r['versions_removed'])}" if r["versions_removed"] else "removed no version")
+    + f" and {r['files_removed']} files no kept version uses"))
 @api_errors
 def compact(index, vectors, keep, wait):
     """Fold INDEX's segments into one, keep the last few versions, and delete files no kept version needs.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from clikit import assert_user_error, make_image_folder
 
 from taskindex.data import samples
 from taskindex.cli import cli
-from taskindex.errors import IndexUsageError, ManifestError
+from taskindex.errors import IndexLockedError, IndexUsageError, ManifestError
 from taskindex.index.task_index import TaskIndex
 from taskindex.rebuilds.inputs import read_manifest
 from taskindex.rebuilds.run import rebuild, staging_dir
@@ -219,3 +221,48 @@ def test_ray_on_a_local_instance_gives_the_index_of_the_local_pool(tmp_path):
             (ea, ma), (eb, mb) = a.get(name), b.get(name)
             assert np.array_equal(ea.vector, eb.vector), name  # one thread each: bit-identical
             assert ma["dataset"] == mb["dataset"]
+
+
+def test_after_failed_rows_allow_failures_alone_commits_the_rest(tmp_path):
+    """The README's advice after failed rows works as written: --allow-failures, with or without --resume."""
+    one_class = make_image_folder(tmp_path / "one", classes=("only",))
+    rows = sample_rows(SAMPLES[:1]) + [{"name": "one-class", "source": str(one_class)}]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    runner = CliRunner()
+    args = ["rebuild", str(tmp_path / "idx"), "--manifest", manifest, "--probe", "resnet18", "--weights", "random",
+            "--image-size", "16", "--workers", "1"]
+    assert runner.invoke(cli, args).exit_code == 1
+    message = assert_user_error(runner.invoke(cli, args), "ended with 1 failed row(s)")
+    assert "--allow-failures" in message and "--resume" in message and "interrupted" not in message
+    r = runner.invoke(cli, [*args, "--allow-failures", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["reused"] == 1  # the row that worked is not embedded again
+    with TaskIndex.open(tmp_path / "idx", readonly=True) as idx:
+        assert idx.names() == [SAMPLES[0]]
+    assert not staging_dir(tmp_path / "idx").exists()
+
+
+@pytest.mark.slow
+def test_a_second_rebuild_while_one_runs_names_it_and_never_advises_deleting_its_folder(tmp_path):
+    index, manifest = tmp_path / "idx", write_csv(tmp_path / "m.csv", sample_rows(SAMPLES, per_class=12))
+    proc = subprocess.Popen([sys.executable, "-c", "from taskindex.cli import main; main()", "rebuild", str(index),
+                             "--manifest", manifest, "--workers", "1", "--probe", "resnet18", "--weights", "random",
+                             "--image-size", "16"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not list(staging_dir(index).glob("*.emb")):
+            assert proc.poll() is None, "the first rebuild ended too soon"
+            time.sleep(0.05)
+        for resume in (False, True):
+            running = re.escape(f"a rebuild of {index} is running (pid {proc.pid})")
+            with pytest.raises(IndexLockedError, match=running) as e:
+                rebuild(index, manifest, workers=1, resume=resume, progress=False)
+            assert "delete" not in str(e.value)
+        r = CliRunner().invoke(cli, ["rebuild", str(index), "--manifest", manifest, "--resume"])
+        message = assert_user_error(r, f"a rebuild of {index} is running (pid {proc.pid})")
+        assert "delete" not in message and "--resume" in message
+        assert proc.poll() is None  # the running rebuild goes on
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert proc.returncode == 130

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -27,14 +26,14 @@ from tqdm import tqdm
 
 from taskindex import validation
 from taskindex.embedding.vector import Embedding
-from taskindex.errors import IndexUsageError, TaskIndexError
+from taskindex.errors import TaskIndexError
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR
 from taskindex.index.task_index import TaskIndex
+from taskindex.rebuilds import stage
 from taskindex.rebuilds.inputs import ManifestRow, read_manifest
-from taskindex.space import Space
+from taskindex.rebuilds.stage import staging_dir
 from taskindex.embedding.pipeline import available_cores
 
-PLAN = "plan.json"
 POLL_SECONDS = 0.2  # how often the pool's loop looks for a stop request
 
 
@@ -53,11 +52,6 @@ class RebuildReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def staging_dir(index: str | os.PathLike) -> Path:
-    path = Path(index)
-    return path.parent / f"{path.name}.rebuild"
 
 
 def default_workers() -> int:
@@ -82,62 +76,52 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
     validation.integer(threads, "threads", none="each worker's share of the cores")
     workers = min(workers or default_workers(), len(rows))
     index = Path(index)
-    stage = staging_dir(index)
-    if stage.exists() and not resume:
-        what = f"an interrupted rebuild of {index} left {stage}"
-        how = "to go on from it, or delete that folder to start over"
-        raise IndexUsageError(f"{what}: pass resume=True {how}", cli=f"{what}: pass --resume {how}")
-    if not index.exists():
-        TaskIndex.create(index, probe=probe, weights=weights, image_size=image_size, estimator=estimator,
-                         trim=trim).close()
-    with TaskIndex.open(index) as idx:  # the writer's lock, held until the commit
-        stage.mkdir(exist_ok=True)
-        _check_plan(stage, idx.space)
-        report = RebuildReport(index=str(index), rows=len(rows), workers=workers,
-                               executor="local" if ray_address is None else f"ray ({ray_address})")
-        embedded = [r for r in rows if r.source_task is None]  # a model with a source_task takes that row's
-        todo = [r for r in embedded if not (stage / f"{r.digest()}.emb").exists()]
-        report.reused = len(embedded) - len(todo)
-        if workers > 1 or ray_address is not None:
-            idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
-        spec = worker_spec(idx)
-        if threads is None:  # local: each worker its share of the cores; Ray: one CPU a task, as Ray schedules
-            threads = 1 if ray_address is not None else max(1, available_cores() // workers)
-        failed = _run(spec, todo, stage, workers, threads, ray_address, progress, report)
-        report.failed = sorted(failed, key=lambda f: f["line"])
-        if failed and not allow_failures:
-            report.seconds = time.perf_counter() - start
-            return report  # the live index is untouched; --resume retries only the failed rows
-        bad = {f["name"] for f in failed}
-        by_name = {r.name: r for r in rows}
-        made = [(r, by_name[r.source_task] if r.source_task else r) for r in rows]
-        items = [(r.name, Embedding.load(stage / f"{src.digest()}.emb"), r.kind,
-                  {**r.metadata, "source_task": r.source_task} if r.source_task else r.metadata)
-                 for r, src in made if src.name not in bad]
-        if items:
-            idx.add_many(items, only=True)
-            report.committed, report.version = True, idx.version
-    shutil.rmtree(stage, ignore_errors=True)
+    report = RebuildReport(index=str(index), rows=len(rows), workers=workers,
+                           executor="local" if ray_address is None else f"ray ({ray_address})")
+    create = dict(probe=probe, weights=weights, image_size=image_size, estimator=estimator, trim=trim)
+    with stage.open_writer(index, create) as idx:  # the writer's lock, held until the commit: the stage is ours
+        staged = stage.claim(index, idx.space, resume, allow_failures)
+        try:
+            _embed_and_commit(idx, rows, staged, report, threads, ray_address, allow_failures, progress)
+        finally:
+            (staged / stage.OWNER).unlink(missing_ok=True)
+    if report.committed:
+        shutil.rmtree(staged, ignore_errors=True)
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _check_plan(stage: Path, space: dict) -> None:
-    """Staged embeddings are only reused for the index space they were made in."""
-    plan = stage / PLAN
-    if plan.exists():
-        staged = json.loads(plan.read_text())["space"]
-        if Space.of(staged) != Space.of(space):
-            raise IndexUsageError(f"{stage} holds embeddings made for another space "
-                                  f"({Space.of(staged).differences(Space.of(space))}, staged vs index): "
-                                  "delete that folder to start over")
-    else:
-        plan.write_text(json.dumps({"space": space}, indent=1, sort_keys=True))
+def _embed_and_commit(idx: TaskIndex, rows: list[ManifestRow], staged: Path, report: RebuildReport,
+                      threads: int | None, ray_address: str | None, allow_failures: bool, progress) -> None:
+    """Embed the rows not staged yet, then commit them all, unless rows failed and failures are not allowed."""
+    embedded = [r for r in rows if r.source_task is None]  # a model with a source_task takes that row's
+    todo = [r for r in embedded if not (staged / f"{r.digest()}.emb").exists()]
+    report.reused = len(embedded) - len(todo)
+    if report.workers > 1 or ray_address is not None:
+        idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
+    if threads is None:  # local: each worker its share of the cores; Ray: one CPU a task, as Ray schedules
+        threads = 1 if ray_address is not None else max(1, available_cores() // report.workers)
+    failed = _run(worker_spec(idx), todo, staged, report.workers, threads, ray_address, progress, report)
+    report.failed = sorted(failed, key=lambda f: f["line"])
+    if failed and not allow_failures:
+        stage.record_failures(staged, report.failed)
+        return  # the live index is untouched; resume or allow_failures go on from the staged rows
+    bad = {f["name"] for f in failed}
+    by_name = {r.name: r for r in rows}
+    made = [(r, by_name[r.source_task] if r.source_task else r) for r in rows]
+    items = [(r.name, Embedding.load(staged / f"{src.digest()}.emb"), r.kind,
+              {**r.metadata, "source_task": r.source_task} if r.source_task else r.metadata)
+             for r, src in made if src.name not in bad]
+    if not items:
+        stage.record_failures(staged, report.failed)
+        return
+    idx.add_many(items, only=True)
+    report.committed, report.version = True, idx.version
 
 
-def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, threads: int, ray_address: str | None,
+def _run(spec: dict, todo: list[ManifestRow], staged: Path, workers: int, threads: int, ray_address: str | None,
          progress, report) -> list[dict]:
-    """Embed `todo`, saving each result in `stage` as it arrives; returns the failed rows."""
+    """Embed `todo`, saving each result in `staged` as it arrives; returns the failed rows."""
     failed = []
     bar = tqdm(total=len(todo), desc="rebuild", unit="row", disable=None if progress is None else not progress)
 
@@ -146,7 +130,7 @@ def _run(spec: dict, todo: list[ManifestRow], stage: Path, workers: int, threads
         if error:
             failed.append({"name": row.name, "line": row.line, "reason": error})
         else:
-            emb.save(stage / f"{row.digest()}.emb")  # persisted at once: a crash loses only the rows in flight
+            emb.save(staged / f"{row.digest()}.emb")  # persisted at once: a crash loses only the rows in flight
             report.embedded += 1
         bar.update(1)
         bar.set_postfix(done=report.embedded + report.reused, failed=len(failed), refresh=False)

@@ -1,0 +1,96 @@
+"""A rebuild's staging folder, INDEX.rebuild/: it belongs to the rebuild that holds the index's writer lock.
+
+The folder is only read, written or judged with that lock held, so no message about it can concern a folder
+that a live rebuild is using; a second rebuild meanwhile is told which process runs (its pid is in the folder).
+A rebuild that ended with failed rows leaves a note of them, so that `allow_failures` can commit the rest later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from taskindex.errors import IndexLockedError, IndexUsageError
+from taskindex.index.task_index import TaskIndex
+from taskindex.space import Space
+
+PLAN = "plan.json"      # the index space the staged embeddings were made in
+OWNER = "owner.pid"     # the process that holds the lock while it fills the folder
+FAILED = "failed.json"  # the rows that failed, when the last run ended because of them
+
+
+def staging_dir(index: str | os.PathLike) -> Path:
+    path = Path(index)
+    return path.parent / f"{path.name}.rebuild"
+
+
+def open_writer(index: Path, create: dict) -> TaskIndex:
+    """INDEX opened for writing (created with `create` when missing); a running rebuild is named as such."""
+    try:
+        return TaskIndex.open(index) if index.exists() else TaskIndex.create(index, **create)
+    except IndexLockedError:
+        pid = running_rebuild(index)
+        if pid is None:
+            raise
+        what = f"a rebuild of {index} is running (pid {pid}): wait for it to finish, or stop it (Ctrl-C or kill {pid})"
+        raise IndexLockedError(f"{what}; its finished rows stay staged for resume=True",
+                               cli=f"{what}; its finished rows stay staged for --resume") from None
+
+
+def running_rebuild(index: Path) -> int | None:
+    """The pid of the live process that stages rows for INDEX, if any."""
+    try:
+        pid = int((staging_dir(index) / OWNER).read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):  # no folder or note, or that process has ended
+        return None
+    return pid
+
+
+def claim(index: Path, space: dict, resume: bool, allow_failures: bool) -> Path:
+    """The staging folder, made or taken over by this process; call it with INDEX's writer lock held.
+
+    A folder left by an earlier run is refused unless `resume` (or `allow_failures`, after a run that ended
+    with failed rows): then its rows are reused."""
+    stage = staging_dir(index)
+    failed = failures(stage)
+    if stage.exists() and not resume and not (allow_failures and failed is not None):
+        if failed is not None:
+            what = f"the last rebuild of {index} ended with {len(failed)} failed row(s), the others staged in {stage}"
+            how = "to commit the others, or fix the rows and pass {} to embed only them"
+            raise IndexUsageError(f"{what}: pass allow_failures=True {how.format('resume=True')}",
+                                  cli=f"{what}: pass --allow-failures {how.format('--resume')}")
+        what = f"an interrupted rebuild of {index} left its finished rows in {stage}"
+        how = "to go on from them, or delete that folder to start over (no rebuild is using it now)"
+        raise IndexUsageError(f"{what}: pass resume=True {how}", cli=f"{what}: pass --resume {how}")
+    stage.mkdir(exist_ok=True)
+    _check_plan(stage, space)
+    (stage / OWNER).write_text(str(os.getpid()))
+    (stage / FAILED).unlink(missing_ok=True)
+    return stage
+
+
+def failures(stage: Path) -> list[dict] | None:
+    """The failed rows of the run that last ended in this folder because of them (None: no such run)."""
+    try:
+        return json.loads((stage / FAILED).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def record_failures(stage: Path, failed: list[dict]) -> None:
+    (stage / FAILED).write_text(json.dumps(failed, indent=1))
+
+
+def _check_plan(stage: Path, space: dict) -> None:
+    """Staged embeddings are only reused for the index space they were made in."""
+    plan = stage / PLAN
+    if plan.exists():
+        staged = json.loads(plan.read_text())["space"]
+        if Space.of(staged) != Space.of(space):
+            raise IndexUsageError(f"{stage} holds embeddings made for another space "
+                                  f"({Space.of(staged).differences(Space.of(space))}, staged vs index): "
+                                  "delete that folder to start over (no rebuild is using it now)")
+    else:
+        plan.write_text(json.dumps({"space": space}, indent=1, sort_keys=True))

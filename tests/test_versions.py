@@ -118,6 +118,7 @@ def test_the_version_commands(path):
     assert out.exit_code == 0, out.output
     assert "kept versions 6-7; removed versions 1-5" in out.output, out.output
     assert_flag_wording(r.invoke(cli, ["restore", str(path), "3"]), "holds no version 3")
+    assert_flag_wording(r.invoke(cli, ["versions", str(path.parent)]), "holds no manifests: it is not a taskindex")
 
 
 # --- repair -------------------------------------------------------------------------------------------

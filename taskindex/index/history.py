@@ -86,6 +86,8 @@ def versions(store: Store) -> list[dict]:
     """Every version on disk, oldest first: its number, commit time, rows and what the commit did."""
     store.require_folder()
     current, out = _current(store), []
+    if not numbers(store):
+        raise IndexUsageError(f"{store.root} holds no manifests: it is not a taskindex index")
     for n in numbers(store):
         if current is not None and n > current:  # written by a commit that never finished
             continue

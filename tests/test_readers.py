@@ -112,3 +112,22 @@ def test_a_reader_in_another_process_reads_through_a_compact(path):
     with TaskIndex.open(path) as writer:
         writer.compact(keep=1)  # the reader has exited: the kernel dropped its lease
         assert [v["version"] for v in writer.versions()] == [8]
+
+
+def test_an_open_that_races_a_compact_reads_current_again(path, monkeypatch):
+    """A compact can remove the version an opening reader has just read from CURRENT, before its lease: the
+    open then finds that manifest gone and opens the newest version instead."""
+    from taskindex.index import leases
+
+    real, asked = leases.hold, []
+
+    def hold(store, version):
+        asked.append(version)
+        if len(asked) == 1:  # between reading CURRENT and taking the lease
+            with TaskIndex.open(path) as writer:
+                writer.compact(keep=1)
+        return real(store, version)
+
+    monkeypatch.setattr(leases, "hold", hold)
+    with TaskIndex.open(path, readonly=True) as reader:
+        assert asked[0] == 6 and reader.version == 7 and len(reader) == 10 and reader.verify() == []

@@ -8,14 +8,33 @@ from taskindex.cli.options import estimator_options, weights_option
 from taskindex.cli.output import Exit, api_errors, json_output, progress
 
 
+SHOWN = 10  # removed rows named in the summary; --json names them all
+
+
 def _show_report(r: dict) -> None:
-    click.echo(f"{r['rows']} rows: {r['embedded']} embedded, {r['reused']} reused from an earlier run, "
-               f"{len(r['failed'])} failed ({r['seconds']:.0f} s, "
-               + (f"{r['workers']} workers)" if r["executor"] == "local" else f"{r['executor']})"))
+    if r["dry_run"]:
+        now = "a new index" if r["version"] is None else f"now version {r['version']}"
+        click.echo(f"dry run: {r['index']} ({now}) would hold {r['rows']} rows; {r['to_embed']} to embed, "
+                   f"{r['reused']} reused from an earlier run")
+    else:
+        click.echo(f"{r['rows']} rows: {r['embedded']} embedded, {r['reused']} reused from an earlier run, "
+                   f"{len(r['failed'])} failed ({r['seconds']:.0f} s, "
+                   + (f"{r['workers']} workers)" if r["executor"] == "local" else f"{r['executor']})"))
     for f in r["failed"]:
         click.echo(f"  failed: {f['name']} (manifest line {f['line']}): {f['reason']}")
-    click.echo(f"committed version {r['version']}" if r["committed"] else
-               "nothing committed: the index is unchanged; fix the rows and pass --resume, or --allow-failures")
+    what = "changes" if r["committed"] else "would change" if r["dry_run"] else "planned, not committed"
+    click.echo(f"{what}: {len(r['added'])} added, {len(r['changed'])} changed (embedded again), "
+               f"{len(r['removed'])} removed, {len(r['kept'])} kept as committed")
+    for key in ("removed", "kept"):
+        if r[key]:
+            more = len(r[key]) - SHOWN
+            click.echo(f"  {key}: {', '.join(r[key][:SHOWN])}" + (f" and {more} more (--json lists all)"
+                                                                  if more > 0 else ""))
+    if r["dry_run"]:
+        click.echo("nothing written")
+    else:
+        click.echo(f"committed version {r['version']}" if r["committed"] else
+                   "nothing committed: the index is unchanged; fix the rows and pass --resume, or --allow-failures")
 
 
 @click.command()
@@ -29,20 +48,24 @@ def _show_report(r: dict) -> None:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run on Ray: a local instance (--ray), or a cluster (--ray auto, --ray ray://HOST:10001).")
 @click.option("--resume", is_flag=True, help="Go on from an interrupted rebuild: embed only what is missing.")
-@click.option("--allow-failures", is_flag=True, help="Commit the rows that worked and exit 0 when some failed.")
+@click.option("--allow-failures", is_flag=True, help="Commit the rows that worked and exit 0 when some failed "
+              "(also after a run that ended with failed rows).")
+@click.option("--dry-run", is_flag=True, help="Print what the rebuild would add, change and remove; write nothing.")
 @click.option("--probe", default="efficientnet_lite0", show_default=True, help="Only when INDEX is created.")
 @weights_option(help="Only when INDEX is created.")
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Only when INDEX is created.")
 @estimator_options
 @json_output(_show_report)
 @api_errors(interrupted="Interrupted: {index} is unchanged; `--resume` goes on from the rows already embedded.")
-def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_failures, probe, weights, image_size,
-            estimator, trim):
-    """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once.
+def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_failures, dry_run, probe, weights,
+            image_size, estimator, trim):
+    """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once; says which
+    rows it added, changed, removed and kept.
 
     Example:
 
     \b
+        taskindex rebuild my.index --manifest tasks.csv --dry-run
         taskindex rebuild my.index --manifest tasks.csv --workers 4
         taskindex rebuild my.index --manifest tasks.csv --resume --allow-failures
         taskindex rebuild my.index --manifest tasks.yaml --ray auto --json
@@ -51,7 +74,7 @@ def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_f
 
     report = run(index, manifest_file, workers=workers, threads=threads, resume=resume, allow_failures=allow_failures,
                  probe=probe, weights=weights, image_size=image_size, estimator=estimator, trim=trim,
-                 ray_address=ray_address, progress=progress()).to_dict()
+                 ray_address=ray_address, dry_run=dry_run, progress=progress()).to_dict()
     return Exit(report, 1 if report["failed"] and not allow_failures else 0)
 
 

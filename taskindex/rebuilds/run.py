@@ -29,7 +29,9 @@ from taskindex.embedding.vector import Embedding
 from taskindex.errors import TaskIndexError
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR
 from taskindex.index.task_index import TaskIndex
+from taskindex.index.writes import RESERVED
 from taskindex.rebuilds import stage
+from taskindex.rebuilds.changes import Changes
 from taskindex.rebuilds.inputs import ManifestRow, read_manifest
 from taskindex.rebuilds.stage import staging_dir
 from taskindex.embedding.pipeline import available_cores
@@ -39,19 +41,32 @@ POLL_SECONDS = 0.2  # how often the pool's loop looks for a stop request
 
 @dataclass
 class RebuildReport:
+    """What a rebuild did, or with dry_run what it would do: `added`, `changed`, `removed` and `kept` name
+    the rows (as in `Changes`); `to_embed` rows are embedded now, `reused` come from an earlier run's stage."""
+
     index: str
     rows: int
+    to_embed: int = 0
     embedded: int = 0
     reused: int = 0
     failed: list[dict] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
     committed: bool = False
     version: int | None = None
+    dry_run: bool = False
     seconds: float = 0.0
     workers: int = 1
     executor: str = "local"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def record(self, changes: Changes) -> None:
+        self.added, self.changed, self.removed, self.kept = (changes.added, changes.changed, changes.removed,
+                                                             changes.kept)
 
 
 def default_workers() -> int:
@@ -63,9 +78,14 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
             resume: bool = False, allow_failures: bool = False, probe: str = "efficientnet_lite0",
             weights: str | None = "imagenet", image_size: int | None = None, estimator: str = DEFAULT_ESTIMATOR,
             trim: float | None = None, ray_address: str | None = None, threads: int | None = None,
-            progress: bool | None = None) -> RebuildReport:
+            dry_run: bool = False, progress: bool | None = None) -> RebuildReport:
     """Make INDEX hold exactly the manifest's rows. An existing index keeps its probe and settings;
     `probe`, `weights`, `image_size`, `estimator` and `trim` apply only when it is created.
+
+    The report names the rows added, changed, removed and kept. dry_run: only that plan, from the committed
+    version, and nothing written. resume: go on from an interrupted run's staged rows. allow_failures: commit
+    the rows that worked (a failed row the index holds keeps its committed version), also after a run that
+    ended with failed rows.
 
     workers: local processes (default: one per two cores), each with `threads` torch threads
     (default: its share of the cores). ray_address: run on Ray instead, "local" for a Ray instance
@@ -78,6 +98,10 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
     index = Path(index)
     report = RebuildReport(index=str(index), rows=len(rows), workers=workers,
                            executor="local" if ray_address is None else f"ray ({ray_address})")
+    if dry_run:
+        _plan(index, rows, report, resume, allow_failures)
+        report.seconds = time.perf_counter() - start
+        return report
     create = dict(probe=probe, weights=weights, image_size=image_size, estimator=estimator, trim=trim)
     with stage.open_writer(index, create) as idx:  # the writer's lock, held until the commit: the stage is ours
         staged = stage.claim(index, idx.space, resume, allow_failures)
@@ -91,32 +115,59 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
     return report
 
 
+def _plan(index: Path, rows: list[ManifestRow], report: RebuildReport, resume: bool, allow_failures: bool) -> None:
+    """The dry run: the changes against the committed version and the rows a run would embed; writes nothing."""
+    report.dry_run = True
+    stage.refuse_if_running(index)
+    held = []
+    if index.exists():
+        with TaskIndex.open(index, readonly=True) as idx:
+            held, report.version = idx.names(), idx.version
+    staged = stage.check(index, resume, allow_failures)  # refused here as the run would refuse it
+    report.record(Changes.plan(held, [r.name for r in rows]))
+    embedded = [r for r in rows if r.source_task is None]
+    report.to_embed = len([r for r in embedded if staged is None or not (staged / f"{r.digest()}.emb").exists()])
+    report.reused = len(embedded) - report.to_embed
+
+
 def _embed_and_commit(idx: TaskIndex, rows: list[ManifestRow], staged: Path, report: RebuildReport,
                       threads: int | None, ray_address: str | None, allow_failures: bool, progress) -> None:
     """Embed the rows not staged yet, then commit them all, unless rows failed and failures are not allowed."""
+    changes = Changes.plan(idx.names(), [r.name for r in rows])
+    report.record(changes)
     embedded = [r for r in rows if r.source_task is None]  # a model with a source_task takes that row's
     todo = [r for r in embedded if not (staged / f"{r.digest()}.emb").exists()]
-    report.reused = len(embedded) - len(todo)
+    report.to_embed, report.reused = len(todo), len(embedded) - len(todo)
     if report.workers > 1 or ray_address is not None:
         idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
     if threads is None:  # local: each worker its share of the cores; Ray: one CPU a task, as Ray schedules
         threads = 1 if ray_address is not None else max(1, available_cores() // report.workers)
     failed = _run(worker_spec(idx), todo, staged, report.workers, threads, ray_address, progress, report)
     report.failed = sorted(failed, key=lambda f: f["line"])
-    if failed and not allow_failures:
+    by_name = {r.name: r for r in rows}
+    source = {r.name: by_name[r.source_task] if r.source_task else r for r in rows}
+    bad = {f["name"] for f in failed}
+    changes = changes.after_failures({n for n, src in source.items() if src.name in bad})
+    if failed and (not allow_failures or not changes.alters()):
         stage.record_failures(staged, report.failed)
         return  # the live index is untouched; resume or allow_failures go on from the staged rows
-    bad = {f["name"] for f in failed}
-    by_name = {r.name: r for r in rows}
-    made = [(r, by_name[r.source_task] if r.source_task else r) for r in rows]
-    items = [(r.name, Embedding.load(staged / f"{src.digest()}.emb"), r.kind,
-              {**r.metadata, "source_task": r.source_task} if r.source_task else r.metadata)
-             for r, src in made if src.name not in bad]
-    if not items:
-        stage.record_failures(staged, report.failed)
-        return
+    report.record(changes)
+    new, kept = {*changes.added, *changes.changed}, set(changes.kept)
+    items = [(r.name, Embedding.load(staged / f"{source[r.name].digest()}.emb"), r.kind, _metadata(r))
+             if r.name in new else (r.name, *_committed(idx, r.name)) for r in rows if r.name in new | kept]
     idx.add_many(items, only=True)
     report.committed, report.version = True, idx.version
+
+
+def _metadata(row: ManifestRow) -> dict:
+    return {**row.metadata, "source_task": row.source_task} if row.source_task else row.metadata
+
+
+def _committed(idx: TaskIndex, name: str) -> tuple:
+    """A held row as it is committed: (embedding, kind, its own metadata), to carry it into the next version."""
+    emb, meta = idx.get(name)
+    own = {k: v for k, v in meta.items() if k not in RESERVED and v is not None}
+    return emb, meta["kind"], own
 
 
 def _run(spec: dict, todo: list[ManifestRow], staged: Path, workers: int, threads: int, ray_address: str | None,

@@ -33,9 +33,13 @@ def open_writer(index: Path, create: dict) -> TaskIndex:
         pid = running_rebuild(index)
         if pid is None:
             raise
-        what = f"a rebuild of {index} is running (pid {pid}): wait for it to finish, or stop it (Ctrl-C or kill {pid})"
-        raise IndexLockedError(f"{what}; its finished rows stay staged for resume=True",
-                               cli=f"{what}; its finished rows stay staged for --resume") from None
+        raise _running(index, pid) from None
+
+
+def _running(index: Path, pid: int) -> IndexLockedError:
+    what = f"a rebuild of {index} is running (pid {pid}): wait for it to finish, or stop it (Ctrl-C or kill {pid})"
+    return IndexLockedError(f"{what}; its finished rows stay staged for resume=True",
+                            cli=f"{what}; its finished rows stay staged for --resume")
 
 
 def running_rebuild(index: Path) -> int | None:
@@ -48,27 +52,42 @@ def running_rebuild(index: Path) -> int | None:
     return pid
 
 
-def claim(index: Path, space: dict, resume: bool, allow_failures: bool) -> Path:
-    """The staging folder, made or taken over by this process; call it with INDEX's writer lock held.
-
-    A folder left by an earlier run is refused unless `resume` (or `allow_failures`, after a run that ended
-    with failed rows): then its rows are reused."""
+def check(index: Path, resume: bool, allow_failures: bool) -> Path | None:
+    """The staging folder whose rows a run would reuse (None: there is none); refuses a folder left by an
+    earlier run unless `resume` (or `allow_failures`, after a run that ended with failed rows)."""
     stage = staging_dir(index)
+    if not stage.exists():
+        return None
     failed = failures(stage)
-    if stage.exists() and not resume and not (allow_failures and failed is not None):
-        if failed is not None:
-            what = f"the last rebuild of {index} ended with {len(failed)} failed row(s), the others staged in {stage}"
-            how = "to commit the others, or fix the rows and pass {} to embed only them"
-            raise IndexUsageError(f"{what}: pass allow_failures=True {how.format('resume=True')}",
-                                  cli=f"{what}: pass --allow-failures {how.format('--resume')}")
-        what = f"an interrupted rebuild of {index} left its finished rows in {stage}"
-        how = "to go on from them, or delete that folder to start over (no rebuild is using it now)"
-        raise IndexUsageError(f"{what}: pass resume=True {how}", cli=f"{what}: pass --resume {how}")
+    if resume or (allow_failures and failed is not None):
+        return stage
+    if failed is not None:
+        what = f"the last rebuild of {index} ended with {len(failed)} failed row(s), the others staged in {stage}"
+        how = "to commit the others, or fix the rows and pass {} to embed only them"
+        raise IndexUsageError(f"{what}: pass allow_failures=True {how.format('resume=True')}",
+                              cli=f"{what}: pass --allow-failures {how.format('--resume')}")
+    what = f"an interrupted rebuild of {index} left its finished rows in {stage}"
+    how = "to go on from them, or delete that folder to start over (no rebuild is using it now)"
+    raise IndexUsageError(f"{what}: pass resume=True {how}", cli=f"{what}: pass --resume {how}")
+
+
+def claim(index: Path, space: dict, resume: bool, allow_failures: bool) -> Path:
+    """The staging folder, made or taken over by this process; call it with INDEX's writer lock held, so
+    that no live process uses the folder."""
+    check(index, resume, allow_failures)
+    stage = staging_dir(index)
     stage.mkdir(exist_ok=True)
     _check_plan(stage, space)
     (stage / OWNER).write_text(str(os.getpid()))
     (stage / FAILED).unlink(missing_ok=True)
     return stage
+
+
+def refuse_if_running(index: Path) -> None:
+    """A clear error while another process rebuilds INDEX (its staged rows are in flux)."""
+    pid = running_rebuild(index)
+    if pid is not None:
+        raise _running(index, pid)
 
 
 def failures(stage: Path) -> list[dict] | None:

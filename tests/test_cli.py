@@ -208,7 +208,7 @@ def test_every_commands_help_has_an_example_block_of_lines_that_parse(runner):
     import click
 
     commands = [(("taskindex",), cli), *_commands(cli)]
-    assert len(commands) == 24  # the group, 18 commands, model2vec and results with two commands each
+    assert len(commands) == 27  # the group, 21 commands, model2vec and results with two commands each
     for words, command in commands:
         r = runner.invoke(cli, [*words[1:], "--help"])
         assert r.exit_code == 0, r.output

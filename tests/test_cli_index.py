@@ -89,8 +89,8 @@ def _on_disk(root) -> set[str]:
 
 
 def test_rm_and_compact(built, tmp_path):
-    """compact removes exactly the files the new version does not reference: every old segment file and every
-    old manifest (the prior is kept); the rows, their vectors and metadata are those before it."""
+    """compact --keep 1 removes exactly the files the new version does not reference: every old segment file and
+    every old manifest (the prior is kept); the rows, their vectors and metadata are those before it."""
     import shutil
 
     from taskindex.index.task_index import TaskIndex
@@ -105,7 +105,7 @@ def test_rm_and_compact(built, tmp_path):
         rows = {n: (index.get(n)[0].vector.copy(), index.metadata(index._v.row(n))) for n in index.names()}
     before = _on_disk(idx)
     assert len(old["segments"]) == 3 and len(old["deleted"]) == 1 and old["version"] == 5
-    res = r.invoke(cli, ["compact", str(idx), "--json"])
+    res = r.invoke(cli, ["compact", str(idx), "--keep", "1", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     with TaskIndex.open(idx, readonly=True) as index:
@@ -122,6 +122,7 @@ def test_rm_and_compact(built, tmp_path):
     assert out["files_removed"] == len(gone) == 3 * 3 + 5
     assert _on_disk(idx) == kept  # nothing unreferenced is left
     assert out["rows"] == 2 and out["version"] == 6 == new["version"]
+    assert out["kept"] == [6] and out["versions_removed"] == [1, 2, 3, 4, 5]
     assert json.loads(r.invoke(cli, ["info", str(idx), "--json"]).output)["segments"] == 1
     assert r.invoke(cli, ["verify", str(idx)]).output.strip() == "ok"
 

@@ -7,8 +7,8 @@ The same as `taskindex rebuild` on that manifest (every named sample task at 100
 class and a few at 30 and 300, fixed seeds, real images available offline, the pretrained
 EfficientNet-Lite0 shipped on PyPI), then the expert-selection benchmark's experts as model
 rows and a MODEL2VEC fit on its errors (taskindex/package_data/expert_errors.csv), into a fresh index beside
---out that is compacted and moved into place at the end: an interrupted build never leaves a half-built index, and
-running it again with --resume goes on from the rows already embedded.
+--out that is compacted to its one newest version and moved into place at the end: an interrupted build never
+leaves a half-built index, and running it again with --resume goes on from the rows already embedded.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def add_experts(path: Path, cache: Path | None = None) -> None:
         summary = index.fit_model2vec()
         print(f"MODEL2VEC: held-out loss {summary['initial_val_loss']:.4f} -> {summary['val_loss']:.4f}",
               file=sys.stderr)
-        index.compact()
+        index.compact(keep=1)  # the shipped index carries one version: no earlier one to restore or repair to
 
 
 def main(argv=None) -> int:

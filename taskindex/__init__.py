@@ -15,8 +15,8 @@ _EXPORTS = {
     "one_to_many": "distance", "pairwise": "distance", "TaskIndexError": "errors", "TaskError": "errors",
     "ProbeError": "errors", "EmbeddingFileError": "errors", "IncompatibleEmbeddingsError": "errors",
     "IndexCorruptError": "errors", "IndexLockedError": "errors", "IndexUsageError": "errors",
-    "ManifestError": "errors", "rebuild": "rebuilds.run", "read_manifest": "rebuilds.inputs",
-    "default_index": "shipped", "Space": "space",
+    "ManifestError": "errors", "CommitError": "errors", "VersionGoneError": "errors", "rebuild": "rebuilds.run",
+    "read_manifest": "rebuilds.inputs", "default_index": "shipped", "Space": "space",
 }
 _MODULES = {"samples": "data.samples", "distance": "distance", "plots": "plots"}  # public modules, by attribute
 

@@ -43,3 +43,15 @@ class IndexLockedError(TaskIndexError):
 
 class ManifestError(TaskIndexError):
     """A rebuild manifest cannot be used: the message names the file and the line."""
+
+
+class CommitError(TaskIndexError):
+    """A commit could not be written (a full disk, a failed fsync); `committed` says whether it landed anyway."""
+
+    def __init__(self, message: str, committed: bool = False):
+        super().__init__(message)
+        self.committed = committed
+
+
+class VersionGoneError(TaskIndexError):
+    """The version a handle reads was removed from disk (by a compact that could not see this reader)."""

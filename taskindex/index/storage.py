@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from taskindex.errors import IndexCorruptError, IndexLockedError, IndexUsageError, TaskIndexError
+from taskindex.errors import CommitError, IndexCorruptError, IndexLockedError, IndexUsageError
+from taskindex.errors import VersionGoneError  # noqa: F401  (where index/version.py and tests import it from)
 # the rows of vector files, read and written where tests and tools have always imported them from
 from taskindex.index.vector_files import decode_vectors, encode_vectors, prefetch, read_rows  # noqa: F401
 
@@ -72,18 +73,6 @@ def _fsync_dir(path: Path) -> None:
 
 def manifest_name(version: int) -> str:
     return f"manifest-{version:08d}.json"
-
-
-class CommitError(TaskIndexError):
-    """A commit could not be written (a full disk, a failed fsync); `committed` says whether it landed anyway."""
-
-    def __init__(self, message: str, committed: bool = False):
-        super().__init__(message)
-        self.committed = committed
-
-
-class VersionGoneError(TaskIndexError):
-    """The version a handle reads was removed from disk (by a compact that could not see this reader)."""
 
 
 def _write_file(path: Path, data: bytes) -> None:

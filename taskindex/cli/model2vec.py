@@ -36,9 +36,11 @@ def _show_fit(r: dict) -> None:
 @click.option("--holdout", type=float, default=None, help="Share of tasks held out for early stopping (0.2).")
 @click.option("--max-steps", type=int, default=None, help="Most Adam steps (300).")
 @click.option("--patience", type=int, default=None, help="Steps without a better held-out loss before stopping (30).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads (default: one per core that other processes leave idle).")
 @json_output(_show_fit)
 @api_errors
-def model2vec_fit(index, errors, seed, holdout, max_steps, patience):
+def model2vec_fit(index, errors, seed, holdout, max_steps, patience, threads):
     """Fit MODEL2VEC on ERRORS (.csv or .parquet: task, model, error; default: INDEX's results), store it in INDEX.
 
     Example:
@@ -50,8 +52,8 @@ def model2vec_fit(index, errors, seed, holdout, max_steps, patience):
     """
     from taskindex.index import TaskIndex
 
-    options = {k: v for k, v in (("holdout", holdout), ("max_steps", max_steps), ("patience", patience))
-               if v is not None}
+    options = {k: v for k, v in (("holdout", holdout), ("max_steps", max_steps), ("patience", patience),
+                                 ("threads", threads)) if v is not None}
     with TaskIndex.open(index) as idx:
         summary = idx.fit_model2vec(errors, seed=seed, **options)
         return {**summary, "version": idx.version}

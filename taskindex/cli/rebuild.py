@@ -44,7 +44,7 @@ def _show_report(r: dict) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: one per two cores).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads per worker (default: its share of the cores; 1 per Ray task).")
+              help="Torch threads per worker (default: one per idle core, at most its share; 1 per Ray task).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run on Ray: a local instance (--ray), or a cluster (--ray auto, --ray ray://HOST:10001).")
 @click.option("--resume", is_flag=True, help="Go on from an interrupted rebuild: embed only what is missing.")

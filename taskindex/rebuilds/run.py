@@ -70,7 +70,7 @@ class RebuildReport:
 
 
 def default_workers() -> int:
-    """One process per two cores (at least one); each gets its share of the cores as torch threads."""
+    """One process per two cores (at least one); each takes up to its share of the cores as torch threads."""
     return max(1, available_cores() // 2)
 
 
@@ -87,13 +87,14 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
     the rows that worked (a failed row the index holds keeps its committed version), also after a run that
     ended with failed rows.
 
-    workers: local processes (default: one per two cores), each with `threads` torch threads
-    (default: its share of the cores). ray_address: run on Ray instead, "local" for a Ray instance
+    workers: local processes (default: one per two cores), each with `threads` torch threads (default:
+    embed's rule, one per core that other processes leave idle, at most its share of the cores, decided
+    as each row starts). ray_address: run on Ray instead, "local" for a Ray instance
     started here, or a cluster address ("auto", "ray://host:10001")."""
     start = time.perf_counter()
     rows = read_manifest(manifest)  # every row checked before any work
     validation.integer(workers, "workers", none="one per two cores")
-    validation.integer(threads, "threads", none="each worker's share of the cores")
+    validation.integer(threads, "threads", none="one per idle core, at most each worker's share")
     workers = min(workers or default_workers(), len(rows))
     index = Path(index)
     report = RebuildReport(index=str(index), rows=len(rows), workers=workers,
@@ -140,8 +141,8 @@ def _embed_and_commit(idx: TaskIndex, rows: list[ManifestRow], staged: Path, rep
     report.to_embed, report.reused = len(todo), len(embedded) - len(todo)
     if report.workers > 1 or ray_address is not None:
         idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
-    if threads is None:  # local: each worker its share of the cores; Ray: one CPU a task, as Ray schedules
-        threads = 1 if ray_address is not None else max(1, available_cores() // report.workers)
+    if threads is None and ray_address is not None:  # one CPU a task, as Ray schedules them
+        threads = 1
     failed = _run(worker_spec(idx), todo, staged, report.workers, threads, ray_address, progress, report)
     report.failed = sorted(failed, key=lambda f: f["line"])
     by_name = {r.name: r for r in rows}
@@ -170,7 +171,8 @@ def _committed(idx: TaskIndex, name: str) -> tuple:
     return emb, meta["kind"], own
 
 
-def _run(spec: dict, todo: list[ManifestRow], staged: Path, workers: int, threads: int, ray_address: str | None,
+def _run(spec: dict, todo: list[ManifestRow], staged: Path, workers: int, threads: int | None,
+         ray_address: str | None,
          progress, report) -> list[dict]:
     """Embed `todo`, saving each result in `staged` as it arrives; returns the failed rows."""
     failed = []
@@ -198,12 +200,13 @@ def _run(spec: dict, todo: list[ManifestRow], staged: Path, workers: int, thread
     return failed
 
 
-def _run_pool(spec: dict, todo: list[ManifestRow], workers: int, threads: int, done, stop: list) -> None:
+def _run_pool(spec: dict, todo: list[ManifestRow], workers: int, threads: int | None, done, stop: list) -> None:
     """Local worker processes. A stop request (Ctrl-C, SIGTERM) ends them at once: the rows already back are
     saved, the rows in flight are dropped, and the run ends in KeyboardInterrupt."""
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
     with _sigint_blocked():  # inherited by the workers: the terminal's Ctrl-C is the parent's alone to handle
-        pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init, initargs=(spec, threads))
+        pool = cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
+                                      initargs=(spec, threads, max(1, available_cores() // workers)))
         futures = {pool.submit(_embed_row, row): row for row in todo}
     pending = set(futures)
     try:
@@ -310,11 +313,29 @@ def worker_spec(idx: TaskIndex) -> dict:
     return {"space": dict(idx.space), "options": idx.embed_options()}
 
 
-def _init(spec: dict, threads: int) -> None:
-    """Once per worker: the index's probe (rebuilt from its identity) and this worker's share of the cores."""
+def _init(spec: dict, threads: int | None, share: int | None = None) -> None:
+    """Once per worker: the index's probe (rebuilt from its identity), and its torch threads: `threads`, or
+    embed's idle-core rule, capped at `share` (a pool worker's share of the cores) when given."""
     from taskindex.embedding.probes import probe_for_space
 
-    _WORKER.update(spec=spec, threads=threads, probe=probe_for_space(spec["space"]))
+    _WORKER.update(spec=spec, threads=threads, share=share, probe=probe_for_space(spec["space"]))
+
+
+def idle_threads(share: int) -> int:
+    """embed's rule, a thread per core that other processes leave idle, capped at `share`: workers that start
+    rows together never hold more threads than cores, where torch's spin-waits would slow them all."""
+    import torch
+
+    from taskindex.embedding.pipeline import _threads
+
+    with _threads(torch.device("cpu"), None):  # the rule itself, not a copy of it
+        return min(share, torch.get_num_threads())
+
+
+def _row_threads() -> int | None:
+    """The torch threads for the next row (None: embed's own idle-core rule), decided as it starts."""
+    threads, share = _WORKER["threads"], _WORKER.get("share")
+    return idle_threads(share) if threads is None and share is not None else threads
 
 
 def _embed_row(row: ManifestRow) -> tuple[str | None, Embedding | None]:
@@ -325,7 +346,7 @@ def _embed_row(row: ManifestRow) -> tuple[str | None, Embedding | None]:
     try:
         task = load_task(row.source, row.image_column, row.label_column, row.per_class, row.seed)
         return None, embed(task, _WORKER["probe"], max_samples=row.max_samples, seed=row.seed, progress=False,
-                           threads=_WORKER["threads"], **_WORKER["spec"]["options"])
+                           threads=_row_threads(), **_WORKER["spec"]["options"])
     except TaskIndexError as exc:
         return str(exc), None
     except (OSError, ValueError, RuntimeError) as exc:  # unreadable files and the like: this row only

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from taskindex import validation
 from taskindex.errors import TaskIndexError
 from taskindex.select import results
 
@@ -24,7 +25,7 @@ WEIGHT_DECAY = 5e-4
 HOLDOUT = 0.2         # share of tasks held out for early stopping
 MIN_TASKS = 4         # 3 to fit, 1 to stop on
 COLUMNS = ("task", "model", "error")
-OPTIONS = ("alpha_s", "lr", "weight_decay", "max_steps", "patience", "holdout")
+OPTIONS = ("alpha_s", "lr", "weight_decay", "max_steps", "patience", "holdout", "threads")
 
 
 def check_options(options: dict) -> None:
@@ -139,9 +140,21 @@ def _loss(d, target, log_gamma):
     return float(loss), -log_gamma.exp() * dz, (dz * z).sum()
 
 
-def fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, prior: np.ndarray, alpha: float,
-        models: list[str], *, alpha_s: float = ALPHA_S, lr: float = LR, weight_decay: float = WEIGHT_DECAY,
-        max_steps: int = 300, patience: int = 30, holdout: float = HOLDOUT, seed: int = 0) -> Fit:
+def fit(*args, threads: int | None = None, **kwargs) -> Fit:
+    """`_fit` on `threads` torch threads; by default embed's rule, one per core that other processes leave idle:
+    the fit's many small ops spin-wait on a busy machine when every core holds a thread."""
+    import torch
+
+    from taskindex.embedding.pipeline import _threads
+
+    validation.integer(threads, "threads", none="one per idle core")
+    with _threads(torch.device("cpu"), threads):
+        return _fit(*args, **kwargs)
+
+
+def _fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, prior: np.ndarray, alpha: float,
+         models: list[str], *, alpha_s: float = ALPHA_S, lr: float = LR, weight_decay: float = WEIGHT_DECAY,
+         max_steps: int = 300, patience: int = 30, holdout: float = HOLDOUT, seed: int = 0) -> Fit:
     """Learn theta and gamma by soft-label cross-entropy, full-batch Adam, early stopping on held-out tasks."""
     import torch
 

@@ -31,8 +31,9 @@ def _rows(index, where, kind) -> tuple[pd.DataFrame, np.ndarray]:
     frame = frame[keep].reset_index(drop=True)
     if len(frame) < 2:
         what = "no rows" if len(frame) == 0 else f"one row ({frame['name'].iloc[0]!r})"
-        raise TaskIndexError(f"{what} to plot{' after the filter' if where or kind else ''}: a figure compares "
-                             "at least 2 rows; add rows or widen --where / --kind")
+        what = f"{what} to plot{' after the filter' if where or kind else ''}: a figure compares at least 2 rows"
+        raise TaskIndexError(f"{what}; add rows or widen where= / kind= (kind=None plots tasks and models)",
+                             cli=f"{what}; add rows or widen --where / --rows (--rows all plots tasks and models)")
     return frame, index.vectors(frame["name"].tolist())
 
 

@@ -8,9 +8,10 @@ import os
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from clikit import FAST_PROBE, assert_user_error, make_image_folder
+from clikit import FAST_PROBE, assert_flag_wording, assert_user_error, make_image_folder
 
 from taskindex import Embedding, TaskIndex
+from taskindex.errors import IndexUsageError, TaskIndexError
 from taskindex.cli import cli
 
 
@@ -111,3 +112,57 @@ def test_a_yaml_manifest_error_names_its_line(runner, tmp_path):
     line = assert_user_error(runner.invoke(cli, ["rebuild", str(tmp_path / "i.index"), "--manifest", str(manifest)]),
                              "is not valid YAML at line 5")
     assert str(manifest) in line and not (tmp_path / "i.index").exists()
+
+
+def test_a_file_given_as_index_is_called_a_file_not_missing(runner, index, tmp_path):
+    errors = tmp_path / "errors.csv"
+    errors.write_text("task,model,error\n")
+    for args in (["info", str(errors)], ["ls", str(errors)], ["query", str(errors), "--name", "t0"],
+                 ["versions", str(errors)]):
+        line = assert_flag_wording(runner.invoke(cli, args), f"'{errors}' is a file, not a taskindex index")
+        assert "does not exist" not in line and f"taskindex create {errors}" not in line
+    with pytest.raises(IndexUsageError, match="is a file, not a taskindex index"):
+        TaskIndex.open(errors, readonly=True)
+
+
+def test_a_folder_that_is_not_an_index_gets_advice_that_works(runner, index, tmp_path):
+    data = make_image_folder(tmp_path / "pets")
+    for args in (["ls", str(data)], ["info", str(data)], ["rm", str(data), "t0"]):
+        line = assert_flag_wording(runner.invoke(cli, args), "is not a taskindex index")
+        assert f"taskindex create {data}" not in line and "`taskindex create NEW_FOLDER`" in line
+        assert "INDEX" in line  # it may be the other argument: the order is named
+    assert_user_error(runner.invoke(cli, ["create", str(data)]), "already exists and is not empty")  # why not
+    empty = tmp_path / "empty"
+    empty.mkdir()  # here create is the fix, and it works
+    assert f"`taskindex create {empty}`" in assert_user_error(runner.invoke(cli, ["info", str(empty)]),
+                                                             "is not a taskindex index")
+    assert runner.invoke(cli, ["create", str(empty), *FAST_PROBE]).exit_code == 0
+
+
+def test_add_with_index_and_data_swapped_gives_the_order_that_works(runner, index, tmp_path):
+    data = make_image_folder(tmp_path / "pets")
+    line = assert_user_error(runner.invoke(cli, ["add", str(data), "pets", str(index)]), "INDEX comes first")
+    assert f"`taskindex add {index} pets {data}`" in line and "create" not in line
+    result = runner.invoke(cli, ["add", str(index), "pets", str(data)])  # the advice, as given: no longer this error
+    assert "INDEX comes first" not in result.output
+
+
+def test_a_plot_with_too_few_rows_names_the_options_of_its_caller(runner, index, tmp_path):
+    from taskindex import plots
+
+    line = assert_flag_wording(runner.invoke(cli, ["plot", str(index), "--rows", "model", "-o",
+                                                   str(tmp_path / "x.png")]), "no rows to plot after the filter")
+    assert "--where / --rows" in line and "--kind" not in line
+    line = assert_user_error(runner.invoke(cli, ["plot", str(index), "--where", "owner=me", "--where", "name=t0",
+                                                 "-o", str(tmp_path / "x.png")]), "one row ('t0')")
+    assert "--rows all" in line
+    with TaskIndex.open(index, readonly=True) as idx, pytest.raises(TaskIndexError) as caught:
+        plots.plot_matrix(idx, kind="model")
+    assert "where= / kind=" in str(caught.value) and "--" not in str(caught.value)
+
+
+def test_index_options_say_what_they_do():
+    for command, options in (("ls", ("--kind", "--where", "--json")), ("add", ("--kind", "--source", "--wait"))):
+        helps = {opt: param.help for param in cli.commands[command].params for opt in param.opts}
+        for option in options:
+            assert helps[option] and len(helps[option]) > 10, (command, option, helps[option])

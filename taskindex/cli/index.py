@@ -52,10 +52,14 @@ def create(index, probe, weights, image_size, method, estimator, trim, vectors):
         return idx.info()
 
 
-def _check_add_flags(data, embedding_file, source_task, kind) -> None:
+def _check_add_flags(index, name, data, embedding_file, source_task, kind) -> None:
     """What add takes its row from: one of DATA, --embedding, --source (a model), or none of them (a black box)."""
     from taskindex.errors import TaskIndexError
+    from taskindex.index.storage import Store
 
+    if data is not None and Store(data).exists() and not Store(index).exists():
+        raise TaskIndexError(f"{data} is the index and {index} the data: INDEX comes first, "
+                             f"`taskindex add {data} {name} {index}`")
     if source_task is not None and kind != "model":
         raise TaskIndexError("--source names a model's training task: add it with --kind model")
     given = sum(x is not None for x in (data, embedding_file, source_task))
@@ -69,7 +73,8 @@ def _check_add_flags(data, embedding_file, source_task, kind) -> None:
 @click.argument("name")
 @click.argument("data", required=False)
 @click.option("--embedding", "embedding_file", type=click.Path(), help="Add a saved .emb file instead of DATA.")
-@click.option("--kind", type=click.Choice(["task", "model"]), default="task", show_default=True)
+@click.option("--kind", type=click.Choice(["task", "model"]), default="task", show_default=True,
+              help="A task row (a dataset) or a model row (an expert, see --source).")
 @click.option("--source", "source_task", default=None,
               help="With --kind model: the task row the model was trained on (none of DATA, --embedding and "
                    "--source: a black-box model).")
@@ -96,7 +101,7 @@ def add(index, name, data, embedding_file, kind, source_task, meta, replace, max
     from taskindex.errors import IndexUsageError
     from taskindex.index import TaskIndex
 
-    _check_add_flags(data, embedding_file, source_task, kind)
+    _check_add_flags(index, name, data, embedding_file, source_task, kind)
     metadata = _parse_meta(meta)
     emb = Embedding.load(embedding_file) if embedding_file else None  # None: --source TASK, or a black box
     if data is not None:
@@ -116,7 +121,8 @@ def add(index, name, data, embedding_file, kind, source_task, meta, replace, max
 
 @click.command(name="ls")
 @click.argument("index", required=False)
-@click.option("--kind", type=click.Choice(["task", "model"]), default=None)
+@click.option("--kind", type=click.Choice(["task", "model"]), default=None,
+              help="Only task rows or only model rows (default: both).")
 @click.option("--where", multiple=True, help="Filter rows like query --where.")
 @json_output(lambda rows: row_table(rows, ["name", "kind", "complexity"]))
 @api_errors

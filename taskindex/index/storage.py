@@ -172,8 +172,7 @@ class Store:
         if not current.is_file():
             if any(self.root.glob("manifest-*.json")):
                 self._damaged(f"{current} is missing but {self.root} holds manifests")
-            raise IndexUsageError(f"{str(self.root)!r} is not a taskindex index (no CURRENT file): create one with "
-                              f"`taskindex create {self.root}`")
+            self._not_an_index("is not a taskindex index (no CURRENT file)")
         m = _CURRENT.fullmatch(current.read_bytes())
         if not m:
             self._damaged(f"{current} is damaged (it should read 'manifest-NNNNNNNN.json <sha256>')")
@@ -189,9 +188,25 @@ class Store:
         return manifest
 
     def require_folder(self) -> None:
-        if not self.root.is_dir():
-            what = f"{str(self.root)!r} does not exist: create an index with `taskindex create {self.root}`"
-            raise IndexUsageError(f"{what} or TaskIndex.create(...)", cli=what)
+        if self.root.is_dir():
+            return
+        if self.root.exists():
+            self._not_an_index("is a file, not a taskindex index (an index is a folder)")
+        what = f"{str(self.root)!r} does not exist: create an index with `taskindex create {self.root}`"
+        raise IndexUsageError(f"{what} or TaskIndex.create(...)", cli=what)
+
+    def _not_an_index(self, what: str):
+        """Say the path is no index, with a fix that works: create refuses a file or a folder that holds files."""
+        what = f"{str(self.root)!r} {what}"
+        if self.root.is_dir() and not any(self.root.iterdir()):
+            raise IndexUsageError(f"{what}: create one in it with TaskIndex.create(...)",
+                                  cli=f"{what}: create one in it with `taskindex create {self.root}`")
+        if self.root.is_dir():
+            what += " and holds other files"
+        raise IndexUsageError(f"{what}: open an index's folder, or create one in a new folder with "
+                              "TaskIndex.create(...)",
+                              cli=f"{what}: give an index's folder as INDEX (it comes before DATA), or create one in "
+                              "a new folder with `taskindex create NEW_FOLDER`")
 
     def checked(self, manifest: dict) -> dict:
         """A parsed manifest, refused unless it is a taskindex manifest this code reads."""

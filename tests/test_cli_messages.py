@@ -166,3 +166,10 @@ def test_index_options_say_what_they_do():
         helps = {opt: param.help for param in cli.commands[command].params for opt in param.opts}
         for option in options:
             assert helps[option] and len(helps[option]) > 10, (command, option, helps[option])
+
+
+def test_compact_summary_counts_in_words(runner, index):
+    out = runner.invoke(cli, ["compact", str(index), "--keep", "1"])
+    assert out.exit_code == 0 and "kept version 6; removed versions 1-5 and " in out.output, out.output
+    out = runner.invoke(cli, ["compact", str(index)])
+    assert "kept versions 6-7; removed no version and 0 files no kept version uses" in out.output, out.output

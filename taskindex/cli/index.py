@@ -247,6 +247,11 @@ def _spans(numbers: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
+def _versions(numbers: list[int]) -> str:
+    """[7] -> 'version 7', [1, 2, 5] -> 'versions 1-2, 5'."""
+    return f"version{'' if len(numbers) == 1 else 's'} {_spans(numbers)}"
+
+
 @click.command()
 @click.argument("index")
 @click.option("--vectors", type=click.Choice(["float32", "bfloat16"]), default=None,
@@ -255,9 +260,9 @@ def _spans(numbers: list[int]) -> str:
               help="Versions to keep, the compacted one included (default 5; 1 frees the most disk).")
 @wait_option
 @json_output(lambda r: click.echo(
-    f"compacted: {r['rows']} rows ({r['vectors']}), version {r['version']}; kept versions {_spans(r['kept'])}; "
-    + (f"removed versions {_spans(r['versions_removed'])}" if r["versions_removed"] else "removed no version")
-    + f" and {r['files_removed']} files no kept version uses"))
+    f"compacted: {r['rows']} rows ({r['vectors']}), version {r['version']}; kept {_versions(r['kept'])}; removed "
+    + (_versions(r["versions_removed"]) if r["versions_removed"] else "no version")
+    + f" and {r['files_removed']} file{'' if r['files_removed'] == 1 else 's'} no kept version uses"))
 @api_errors
 def compact(index, vectors, keep, wait):
     """Fold INDEX's segments into one, keep the last few versions, and delete files no kept version needs.

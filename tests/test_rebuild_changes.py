@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 from click.testing import CliRunner
 from clikit import make_image_folder
 from test_rebuild import SAMPLES, TINY, sample_rows, write_csv
@@ -74,3 +75,19 @@ def test_with_allow_failures_a_held_row_that_fails_keeps_its_committed_version(t
         after, meta_after = idx.get("b")
         assert np.array_equal(after.vector, before.vector)
         assert meta_after["dataset"] == meta["dataset"] and meta_after["kind"] == "task"
+
+
+def test_a_rebuild_says_when_the_model2vec_fit_no_longer_applies(tmp_path):
+    index = tmp_path / "idx"
+    tasks = list("abcd")
+    models = [{"name": m, "kind": "model", "source_task": t} for m, t in (("m1", "a"), ("m2", "b"))]
+    manifest = write_csv(tmp_path / "m.csv", rows_named(tasks) + models)
+    report = rebuild(index, manifest, workers=1, progress=False, **TINY)
+    assert not report.refit_model2vec  # no fit yet
+    errors = pd.DataFrame([(t, m, 0.1 + 0.2 * i + 0.1 * j) for i, t in enumerate(tasks) for j, m in
+                           enumerate(("m1", "m2"))], columns=["task", "model", "error"])
+    with TaskIndex.open(index) as idx:
+        idx.fit_model2vec(errors, max_steps=3)
+    assert rebuild(index, manifest, workers=1, dry_run=True, progress=False).refit_model2vec
+    r = CliRunner().invoke(cli, ["rebuild", str(index), "--manifest", manifest, "--workers", "1"])
+    assert r.exit_code == 0 and f"fit it again (taskindex model2vec fit {index})" in r.output, r.output

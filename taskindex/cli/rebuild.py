@@ -30,6 +30,9 @@ def _show_report(r: dict) -> None:
             more = len(r[key]) - SHOWN
             click.echo(f"  {key}: {', '.join(r[key][:SHOWN])}" + (f" and {more} more (--json lists all)"
                                                                   if more > 0 else ""))
+    if r["refit_model2vec"]:
+        click.echo(f"the MODEL2VEC fit of {r['index']} was made on the rows a rebuild replaces: fit it again "
+                   f"(taskindex model2vec fit {r['index']})")
     if r["dry_run"]:
         click.echo("nothing written")
     else:

@@ -42,7 +42,8 @@ POLL_SECONDS = 0.2  # how often the pool's loop looks for a stop request
 @dataclass
 class RebuildReport:
     """What a rebuild did, or with dry_run what it would do: `added`, `changed`, `removed` and `kept` name
-    the rows (as in `Changes`); `to_embed` rows are embedded now, `reused` come from an earlier run's stage."""
+    the rows (as in `Changes`); `to_embed` rows are embedded now, `reused` come from an earlier run's stage.
+    refit_model2vec: the index's MODEL2VEC fit was made on rows the rebuild replaces, so it no longer applies."""
 
     index: str
     rows: int
@@ -56,6 +57,7 @@ class RebuildReport:
     kept: list[str] = field(default_factory=list)
     committed: bool = False
     version: int | None = None
+    refit_model2vec: bool = False
     dry_run: bool = False
     seconds: float = 0.0
     workers: int = 1
@@ -123,7 +125,7 @@ def _plan(index: Path, rows: list[ManifestRow], report: RebuildReport, resume: b
     held = []
     if index.exists():
         with TaskIndex.open(index, readonly=True) as idx:
-            held, report.version = idx.names(), idx.version
+            held, report.version, report.refit_model2vec = idx.names(), idx.version, idx.model2vec is not None
     staged = stage.check(index, resume, allow_failures)  # refused here as the run would refuse it
     report.record(Changes.plan(held, [r.name for r in rows]))
     embedded = [r for r in rows if r.source_task is None]
@@ -156,6 +158,7 @@ def _embed_and_commit(idx: TaskIndex, rows: list[ManifestRow], staged: Path, rep
     new, kept = {*changes.added, *changes.changed}, set(changes.kept)
     items = [(r.name, Embedding.load(staged / f"{source[r.name].digest()}.emb"), r.kind, _metadata(r))
              if r.name in new else (r.name, *_committed(idx, r.name)) for r in rows if r.name in new | kept]
+    report.refit_model2vec = idx.model2vec is not None
     idx.add_many(items, only=True)
     report.committed, report.version = True, idx.version
 

@@ -11,6 +11,8 @@ exact distance on the raw, memory-mapped vectors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 PROJ_DIM = 256          # stored floats per row: PROJ_DIM - 1 PCA coordinates + the residual norm
@@ -33,6 +35,31 @@ REFINE_MAX_ROWS = 1_000_000  # the factor rises linearly from REFINE_MIN to REFI
 
 def default_refine(rows: int) -> int:
     return int(min(REFINE_MAX, max(REFINE_MIN, round(REFINE_MAX * rows / REFINE_MAX_ROWS))))
+
+
+# A query unlike every row (a row's Fisher scaled 0.1x or 10x, as between estimators) lies where the projection's
+# squared distance no longer follows d_sym, which saturates: its true neighbours can sit thousands deep in FAISS's
+# order, or in another cluster. It is told by its nearest candidate's exact distance, against the distances of
+# sampled rows to their own nearest neighbours (measured once per loaded version), and then widens its search:
+# exact distances to landmark rows spread over the index, then FAISS's order around the query and around the best
+# row found, doubled until the deeper half adds nothing to the top k (rerank.widen; tools/bench_query.py).
+FAR_SAMPLE = 64         # rows whose nearest-neighbour distance is measured
+FAR_QUANTILE = 0.9      # a query whose best candidate is farther than this quantile of those distances widens
+LANDMARKS = 256         # rows re-ranked by a widening query: the cluster it belongs to need not be near in FAISS
+WIDEN_MAX = 64          # the most candidates a widening query re-ranks, in multiples of its first fetch
+RESAMPLE = 0.1          # rows added or removed, as a fraction, after which the reference is measured again
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What a query's candidates are judged by, for the rows of one loaded version."""
+
+    rows: int               # rows of the index when it was measured
+    far: float              # a query whose nearest candidate lies farther than this widens its search
+    landmarks: np.ndarray   # row ids drawn over the index, re-ranked exactly by a widening query
+
+    def stale(self, rows: int) -> bool:
+        return abs(rows - self.rows) > RESAMPLE * self.rows
 
 
 def to_gpu(index):
@@ -115,6 +142,7 @@ class Candidates:
         self._quantizer = quantizer  # keep the SWIG owners alive
         self._base = base
         self._gpu = None  # the GPU copy, made on the first unfiltered search and dropped when rows change
+        self.reference: Reference | None = None  # measured on the first query that needs it (rerank.reference)
         self.add(proj, ids)
         if self.kind == "ivf":
             self._repack()

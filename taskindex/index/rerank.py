@@ -2,7 +2,8 @@
 
 FAISS proposes candidates over the projected rows (or every row, below EXACT_ROWS or with exact=True);
 a float32 pass over the memory-mapped raw vectors picks the k, and a float64 pass settles their order and
-distances, so answers equal an exact scan's.
+distances, so answers equal an exact scan's. A query whose nearest candidate is far from it, by the index's own
+nearest-neighbour distances, widens its search (`widen`): there the projection's order no longer follows d_sym.
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ def rank(v: LoadedVersion, vector: np.ndarray, rows: np.ndarray, self_id, k: int
     """Exact re-rank of candidate rows: float32 d_sym picks the k, float64 gives them their distances.
     Returns (the k rows, their scores), best first."""
     rows = _own(v, rows, self_id)
-    if len(rows) <= RERANK_ROWS:  # the usual query: its candidates stay in memory for the float64 pass
+    dists, raw = _scored(v, vector, rows)
+    return _top(v, vector, rows, dists, k, metric, alpha, raw)
+
+
+def _scored(v: LoadedVersion, vector: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 d_sym of rows in index order, and their vectors where they were read at once: the usual query's
+    candidates stay in memory for the float64 pass, an exact scan goes a block at a time."""
+    if len(rows) <= RERANK_ROWS:
         raw = v.gather(rows)
-        return _top(v, vector, rows, distance.rerank(vector, raw), k, metric, alpha, raw)
-    dists = [distance.rerank(vector, v.gather(rows[i:i + RERANK_ROWS]))
-             for i in range(0, len(rows), RERANK_ROWS)]  # an exact scan: a block at a time
-    return _top(v, vector, rows, np.concatenate(dists), k, metric, alpha)
+        return distance.rerank(vector, raw), raw
+    return np.concatenate([distance.rerank(vector, v.gather(rows[i:i + RERANK_ROWS]))
+                           for i in range(0, len(rows), RERANK_ROWS)]), None
 
 
 def _top(v: LoadedVersion, vector: np.ndarray, rows: np.ndarray, dists: np.ndarray, k: int, metric: str,
@@ -142,11 +149,13 @@ def search(v: LoadedVersion, vector: np.ndarray, self_id, k: int, metric: str, a
            filtered: bool, want: int, exact: bool) -> list[Hit]:
     """One query's answer: its candidates (every kept row when exact or small), re-ranked exactly."""
     if exact or v.candidates is None:
-        rows = np.flatnonzero(keep)
-    else:
-        own = int(self_id is not None)
-        rows = candidate_rows(v, vector[None, :], want + own, k + own, keep, filtered)[0]
-    return hits(v, [rank(v, vector, rows, self_id, k, metric, alpha)], metric)[0]
+        return hits(v, [rank(v, vector, np.flatnonzero(keep), self_id, k, metric, alpha)], metric)[0]
+    own = int(self_id is not None)
+    rows = candidate_rows(v, vector[None, :], want + own, k + own, keep, filtered)[0]
+    ranked = rank(v, vector, rows, self_id, k, metric, alpha)
+    if poor(v, ranked, metric, alpha):
+        ranked = widen(v, vector, rows, self_id, k, metric, alpha, keep, filtered, want + own)
+    return hits(v, [ranked], metric)[0]
 
 
 def search_many(v: LoadedVersion, vectors: np.ndarray, self_ids: list, k: int, metric: str, alpha: float,
@@ -159,7 +168,11 @@ def search_many(v: LoadedVersion, vectors: np.ndarray, self_ids: list, k: int, m
         # each query gets the candidates `search` would fetch for it (one more only for a row's own name)
         own = np.array([i is not None for i in self_ids], dtype=np.int64)
         rows = candidate_rows(v, vectors, want + own, k + own, keep, filtered)
-    return hits(v, rank_batches(v, vectors, rows, self_ids, k, metric, alpha, device, progress), metric)
+    ranked = rank_batches(v, vectors, rows, self_ids, k, metric, alpha, device, progress)
+    if not exact and v.candidates is not None:  # a poor query widens as `search` does, one at a time
+        for i in [i for i, r in enumerate(ranked) if poor(v, r, metric, alpha)]:
+            ranked[i] = widen(v, vectors[i], rows[i], self_ids[i], k, metric, alpha, keep, filtered, want + own[i])
+    return hits(v, ranked, metric)
 
 
 def candidate_rows(v: LoadedVersion, vectors: np.ndarray, fetch, least, keep: np.ndarray,
@@ -168,6 +181,79 @@ def candidate_rows(v: LoadedVersion, vectors: np.ndarray, fetch, least, keep: np
     found = v.candidates.nearest(candidates.project(vectors, v.projection), fetch, least,
                                  v.ids[keep] if filtered else None)
     return [np.searchsorted(v.ids, f) for f in found]
+
+
+def reference(v: LoadedVersion) -> candidates.Reference:
+    """The rows' nearest-neighbour distances (FAR_SAMPLE rows, by the default query path) and the landmark
+    rows, drawn once per loaded version (again after RESAMPLE of its rows changed), the same in every process."""
+    cand, n = v.candidates, len(v.ids)
+    if cand.reference is None or cand.reference.stale(n):
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(n, min(n, candidates.FAR_SAMPLE), replace=False))
+        vectors, ids = v.gather(sample), [int(i) for i in v.ids[sample]]
+        rows = candidate_rows(v, vectors, want(v, 10, "sym", None) + 1, 2, np.ones(n, dtype=bool), False)
+        nearest = [s[0] for _, s in rank_batches(v, vectors, rows, ids, 1, "sym", 0.0, None, False) if len(s)]
+        far = float(np.quantile(nearest, candidates.FAR_QUANTILE)) if nearest else np.inf
+        landmarks = v.ids[np.sort(rng.choice(n, min(n, candidates.LANDMARKS), replace=False))]
+        cand.reference = candidates.Reference(n, far, landmarks)
+    return cand.reference
+
+
+def poor(v: LoadedVersion, ranked: tuple[np.ndarray, np.ndarray], metric: str, alpha: float) -> bool:
+    """Whether a query's best answer lies farther than most rows lie from their nearest neighbour."""
+    top, scores = ranked
+    if not len(top):
+        return False
+    dists = scores + alpha * v.complexity[top] if metric == "asym" else scores
+    return float(dists.min()) > reference(v).far
+
+
+def widen(v: LoadedVersion, vector: np.ndarray, rows: np.ndarray, self_id, k: int, metric: str, alpha: float,
+          keep: np.ndarray, filtered: bool, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+    """A poor query's answer from a wider search. Its candidates (`rows`, `fetch` of them) and the landmark rows
+    are re-ranked; then FAISS's order around the query, and around the best row found where that is not among
+    its candidates (the query's true cluster, far in the projection), is read ever deeper, doubling, until each of
+    the k best lies in the first half of some list read, up to WIDEN_MAX times `fetch` candidates."""
+    ref = reference(v)
+    at = np.minimum(np.searchsorted(v.ids, ref.landmarks), len(v.ids) - 1)
+    marks = at[v.ids[at] == ref.landmarks]  # those still in the index
+    have = _own(v, np.union1d(rows, marks[keep[marks]]), self_id)
+    dists = _scored(v, vector, have)[0]
+    allowed = v.ids[keep] if filtered else None
+    cap = fetch * candidates.WIDEN_MAX
+    orders = [_order(v, candidates.project(vector[None, :], v.projection), cap, allowed)]
+    pivot = have[_best(v, have, dists, 1, metric, alpha)]
+    if not np.isin(pivot, orders[0][:fetch]).all():
+        orders.append(_order(v, v.proj_rows(pivot), cap, allowed))
+    size = fetch
+    while size < cap and any(len(o) > size for o in orders):
+        size *= 2
+        new = _own(v, np.setdiff1d(np.concatenate([o[:size] for o in orders]), have), self_id)
+        have, dists = np.concatenate([have, new]), np.concatenate([dists, _scored(v, vector, new)[0]])
+        if _depth(orders, have[_best(v, have, dists, k, metric, alpha)], size) < size // 2:
+            break
+    order = np.argsort(have, kind="stable")  # index order: ties fall as in an exact scan
+    return _top(v, vector, have[order], dists[order], k, metric, alpha)
+
+
+def _order(v: LoadedVersion, point: np.ndarray, size: int, allowed: np.ndarray | None) -> np.ndarray:
+    """Row numbers in FAISS's order from a projected point (its residual taken as orthogonal to every row's)."""
+    return np.searchsorted(v.ids, v.candidates.nearest(point, size, 0, allowed)[0])
+
+
+def _best(v: LoadedVersion, rows: np.ndarray, dists: np.ndarray, k: int, metric: str, alpha: float) -> np.ndarray:
+    """Positions of the k best scores (float32) of rows with d_sym `dists`."""
+    score = dists - alpha * v.complexity[rows] if metric == "asym" else dists
+    return np.argsort(score, kind="stable")[:k]
+
+
+def _depth(orders: list[np.ndarray], best: np.ndarray, size: int) -> int:
+    """How deep the best rows lie: the largest, over them, of their first place in any list (size: in none)."""
+    place = np.full(len(best), size)
+    for order in orders:
+        hit = order[:size, None] == best[None, :]
+        place = np.where(hit.any(axis=0), np.minimum(place, hit.argmax(axis=0)), place)
+    return int(place.max(initial=0))
 
 
 def rank_batches(v: LoadedVersion, vectors: np.ndarray, rows: list[np.ndarray], self_ids: list, k: int,

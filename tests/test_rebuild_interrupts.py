@@ -96,3 +96,24 @@ def test_a_signal_stops_a_pool_rebuild_at_once_and_resume_keeps_the_finished_row
     assert (report.reused, report.embedded, report.failed) == (len(staged), len(SAMPLES) - len(staged), [])
     with TaskIndex.open(index, readonly=True) as idx:
         assert sorted(idx.names()) == sorted(SAMPLES) and idx.space["probe"] == TINY["probe"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_a_worker_that_dies_is_one_line_and_the_finished_rows_stay_staged(tmp_path):
+    index, manifest = tmp_path / "idx", write_csv(tmp_path / "m.csv", sample_rows(SAMPLES, per_class=12))
+    stage = staging_dir(index)
+    proc = start_rebuild(index, manifest)
+    try:
+        wait_for_rows(proc, stage, 1)
+        workers = [pid for pid in children(proc.pid)
+                   if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+        out, err = proc.communicate(timeout=EXIT_BOUND + 40)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 2, (proc.returncode, err)
+    assert "Traceback" not in err and "Error: a rebuild worker process died" in err and "--resume" in err, err
+    assert len(list(stage.glob("*.emb"))) >= 1

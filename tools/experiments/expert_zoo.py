@@ -256,7 +256,7 @@ def _expert_config(spec: ExpertSpec, image_size: int) -> dict:
     return {"spec": asdict(spec), "image_size": image_size, "version": VERSION, "pool_seed": POOL_SEED}
 
 
-def _parallel(fn, jobs: list[tuple], workers: int, desc: str, progress: bool) -> list:
+def parallel(fn, jobs: list[tuple], workers: int, desc: str, progress: bool) -> list:
     """fn(*job) for every job, in `workers` spawned processes of THREADS threads each (1: in this one), in order:
     processes, not threads, for the reason THREADS gives."""
     bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not progress)
@@ -302,7 +302,7 @@ def train_experts(cache_dir, image_size: int = 64, quick: bool = False, progress
         if not (weights.exists() and log_file.exists() and json.loads(log_file.read_text()).get("config") == config):
             missing.append((spec, image_size, weights, log_file, config))
         paths[spec.name] = str(weights)
-    _parallel(_train_one, missing, workers, "train experts", progress)
+    parallel(_train_one, missing, workers, "train experts", progress)
     return paths
 
 
@@ -329,7 +329,7 @@ def error_table(cache_dir, seeds=(0, 1, 2), image_size=64, quick=False, progress
         return pd.read_parquet(path)
     weights = train_experts(cache_dir, image_size, quick, progress, workers)
     jobs = [(model, w, tuple(seeds), image_size, quick) for model, w in weights.items()]
-    table = pd.DataFrame([row for rows in _parallel(_expert_errors, jobs, workers, "error table", progress)
+    table = pd.DataFrame([row for rows in parallel(_expert_errors, jobs, workers, "error table", progress)
                           for row in rows])
     _atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
     return table

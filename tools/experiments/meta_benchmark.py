@@ -69,6 +69,7 @@ def expert_rows(root: Path, idx: TaskIndex, quick: bool = False, progress: bool 
     for s in tqdm(expert_zoo.experts(quick), desc="expert sources", disable=not progress):
         meta = {"strength": s.strength, "dataset": s.dataset, "weights": weights.get(s.name) or "imagenet",
                 "architecture": PROBE, "weights_file": weights.get(s.name) or imagenet_file(),  # verify="logme"
+                "image_size": idx.space["image_size"],
                 "source_task": s.sample or "imagenet", "source_per_class": s.per_class}
         per_class = min(s.per_class, SOURCE_PER_CLASS)
         emb = None if s.sample is None else _embedding(
@@ -77,12 +78,16 @@ def expert_rows(root: Path, idx: TaskIndex, quick: bool = False, progress: bool 
     return rows
 
 
+def index_path(root: Path, estimator: str, image_size: int, quick: bool) -> Path:
+    return root / f"index-{estimator.replace(':', '_')}-{image_size}{'-quick' if quick else ''}"
+
+
 def build_index(root: Path, estimator: str, image_size: int, quick: bool, seeds, progress: bool):
     """A fresh index: expert source tasks, the experts as model rows, every seed's targets as task rows."""
     from tqdm.auto import tqdm
 
     name, trim = parse_estimator(estimator)
-    path = root / f"index-{estimator.replace(':', '_')}-{image_size}{'-quick' if quick else ''}"
+    path = index_path(root, estimator, image_size, quick)
     shutil.rmtree(path, ignore_errors=True)
     idx = TaskIndex.create(path, probe="efficientnet_lite0", image_size=image_size, estimator=name,
                            trim=trim if name != "mean" else None)
@@ -165,6 +170,11 @@ def evaluate(idx: TaskIndex, table: pd.DataFrame, seed: int, quick: bool, progre
                           "spearman": float(np.nanmean(v["spearman"])) if v["spearman"] else None,
                           "wtau": float(np.nanmean(v["wtau"])) if v["wtau"] else None}
     return result
+
+
+def _evaluate_at(path: str, table: pd.DataFrame, seed: int, quick: bool) -> dict:
+    with TaskIndex.open(path, readonly=True) as idx:
+        return evaluate(idx, table, seed, quick, progress=False)
 
 
 def _shortlisted(score: np.ndarray, logme: np.ndarray, m: int = SHORTLIST) -> np.ndarray:
@@ -276,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     for est in estimators:
         idx = build_index(root, est, size, quick, seeds, progress)
         with idx:
-            results[est] = [evaluate(idx, table, seed, quick, progress) for seed in seeds]
+            jobs = [(str(index_path(root, est, size, quick)), table, seed, quick) for seed in seeds]  # a process each
+            results[est] = expert_zoo.parallel(_evaluate_at, jobs, args.workers, "seeds", progress)
             n = args.timing if args.timing is not None else (2 if quick else 8)
             if n and est == estimators[0]:
                 print(f"timing {n} queries; load average {harness.load_text()}")

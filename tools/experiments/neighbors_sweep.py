@@ -2,10 +2,12 @@
 held-out split beside it, with the baselines a sceptic tries first.
 
     .venv/bin/python -m tools.experiments.neighbors_sweep [--json out.json]
+    .venv/bin/python -m tools.experiments.neighbors_sweep --index BENCHMARK_INDEX --errors ERRORS_CSV --rows @0
 
-Data: the shipped index (its task rows and 15 experts, each with its source task) and the shipped error table
-(taskindex/package_data/expert_errors.csv: 43 targets x 15 experts, errors averaged over the benchmark's 3
-seeds). Leave-one-out as `evaluate_selection`: a target's own errors are never used for it, and the expert
+Data: by default the shipped index (its task rows and 15 experts, each with its source task) and the shipped
+error table (taskindex/package_data/expert_errors.csv: 43 targets x 15 experts, errors averaged over the
+benchmark's 3 seeds); or the benchmark's own index and --errors-out table (--rows: the suffix of the index row
+that embeds each target, "@0" for the first seed's training images). Leave-one-out as `evaluate_selection`: a target's own errors are never used for it, and the expert
 trained on the target itself is never a candidate.
 
 Choosing K, TAU and FALLBACK_D is judged by nested validation: the targets are halved at random SPLITS times;
@@ -32,18 +34,19 @@ GRID_TAU = (0.01, 0.02, 0.05, 0.1)
 GRID_D = (0.05, 0.1, 0.2, 0.3, 0.5)
 
 
-def inputs(index) -> dict:
-    """The error matrix, task vectors, asym scores, allowed experts and datasets of the shipped benchmark."""
-    table = pd.read_csv(EXPERT_ERRORS)
+def inputs(index, errors=EXPERT_ERRORS, rows: str = "") -> dict:
+    """The error matrix, task vectors, asym scores, allowed experts and datasets of a benchmark: each target is
+    the index row named target + rows."""
+    table = pd.read_csv(errors)
     wide = table.pivot(index="task", columns="model", values="error")
     tasks, models = list(wide.index), list(wide.columns)
     meta = index.to_pandas().set_index("name")
     sources = [meta.loc[m, "source_task"] for m in models]
     allowed = np.array([[s != t for s in sources] for t in tasks])
-    tv, mv = index.vectors(tasks), index.vectors(models)
+    tv, mv = index.vectors([t + rows for t in tasks]), index.vectors(models)
     asym = np.stack([distance.asym_to_target(mv, tv[i], index.alpha, index.prior) for i in range(len(tasks))])
     return {"tasks": tasks, "models": models, "err": wide.to_numpy(np.float64), "allowed": allowed,
-            "d": distance.pairwise(tv), "asym": asym, "dataset": [meta.loc[t, "dataset"] for t in tasks]}
+            "d": distance.pairwise(tv), "asym": asym, "dataset": [meta.loc[t + rows, "dataset"] for t in tasks]}
 
 
 def picks(data: dict, method: str, k: int = neighbors.K, tau: float = neighbors.TAU,
@@ -110,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--splits", type=int, default=SPLITS, help="random halvings of the targets")
     ap.add_argument("--json", default=None, help="write the grid and the table here")
     ap.add_argument("--timing", action="store_true", help="also time select_model per way of ranking")
+    ap.add_argument("--index", default=None, help="another benchmark's index (default: the shipped one)")
+    ap.add_argument("--errors", default=EXPERT_ERRORS, help="its error table: task, model, error")
+    ap.add_argument("--rows", default="", help="the suffix of the index row that embeds each target")
     args = ap.parse_args(argv)
-    with ti.default_index() as index:
-        data = inputs(index)
+    with (ti.default_index() if args.index is None else ti.TaskIndex.open(args.index, readonly=True)) as index:
+        data = inputs(index, args.errors, args.rows)
         cost = cost_per_query(index) if args.timing else None
     optimal = picks(data, "optimal")
     picked = {(k, tau, d0): picks(data, "neighbors", k, tau, d0) for k in GRID_K for tau in GRID_TAU for d0 in GRID_D}
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(optimal)} targets x {len(data['models'])} experts, {args.splits} random halvings")
     print(f"picked on all targets: k={final[0]}, tau={final[1]:g}, fallback_d={final[2]:g} (library: k={neighbors.K}, "
           f"tau={neighbors.TAU:g}, fallback_d={neighbors.FALLBACK_D:g})")
-    print("| selector | held-out half, mean | 10th-90th pct | all 43 targets |\n|---|---:|---:|---:|")
+    print(f"| selector | held-out half, mean | 10th-90th pct | all {len(optimal)} targets |\n|---|---:|---:|---:|")
     table = {}
     for name, values in held.items():
         whole = relative(baselines[name], optimal, everyone) if name in baselines else None  # chosen per half

@@ -46,9 +46,14 @@ def running_rebuild(index: Path) -> int | None:
     """The pid of the live process that stages rows for INDEX, if any."""
     try:
         pid = int((staging_dir(index) / OWNER).read_text())
-        os.kill(pid, 0)
-    except (OSError, ValueError):  # no folder or note, or that process has ended
+    except (OSError, ValueError):  # no folder, or no note in it
         return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:  # that process has ended
+        return None
+    except PermissionError:  # alive, another user's
+        pass
     return pid
 
 

@@ -24,7 +24,9 @@ Usage (from the repository root):
 Results go to stdout, progress to stderr. Sizes whose raw vectors do not fit on the
 free disk of --workdir are skipped with a printed line (1M rows need ~44 GB with the default
 --vectors bfloat16, ~86 GB with float32). Also: the candidate structure the index did not choose at
-that size (flat <-> IVF) on the same queries, and query_many of --many-queries fresh queries against
+that size (flat <-> IVF) on the same queries, queries unlike every row (--scaled-queries rows' Fisher scaled
+0.1x and 10x) with and without the widening of a poor query's search, beside the typical queries' latency
+both ways in turns, and query_many of --many-queries fresh queries against
 as many single queries. Before the queries the page cache is warmed with index.warm() where the vectors
 fit in half the available memory, as a server would at start (--no-warm: measure cold); the report says.
 """
@@ -79,6 +81,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--vectors", choices=("float32", "bfloat16"), default="bfloat16", help="raw vector storage")
     p.add_argument("--many-device", help="also time query_many on this torch device (cuda, cpu)")
     p.add_argument("--many-queries", type=int, default=1000, help="batch size of the query_many comparison (0: skip)")
+    p.add_argument("--scaled-queries", type=int, default=20,
+                   help="rows whose Fisher, scaled 0.1x and 10x, are queried with and without widening (0: skip)")
+    p.add_argument("--no-extras", dest="extras", action="store_false",
+                   help="skip the fresh process's RSS, the other candidate structure and the add timings")
     p.add_argument("--rss-probe", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.sizes = harness.parse_sizes(args.sizes)

@@ -24,6 +24,9 @@ TARGETS = {
     "add_one_ms": ("add one row <= 200 ms (1M)", lambda v, n: (v <= 200.0) if n >= 1_000_000 else None),
     "many_speedup": ("query_many of 1,000 >= 20x faster than 1,000 queries (100k)",
                      lambda v, n: (v >= 20.0) if n == 100_000 else None),
+    "scaled_recall": ("recall@10 >= 0.95 for queries unlike every row (issue 22)", lambda v, n: v >= 0.95),
+    "typical_p50_ratio": ("typical p50 within 10% of the search without widening",
+                          lambda v, n: v <= 1.10),
 }
 
 
@@ -51,12 +54,33 @@ def table_rows(r: dict) -> list[tuple[str, str, str, str]]:
         target = TARGETS[key][0] if key in TARGETS else ""
         out.append((metric, value, target, verdict(key, raw, n) if key else ""))
 
-    for part in (_index_rows, _query_rows, _memory_rows, _baseline_rows):
+    for part in (_index_rows, _query_rows, _scaled_rows, _memory_rows, _baseline_rows):
         part(r, row)
-    row(f"add one row (median of {r['add_one_n']}; max)", f"{fmt_ms(r['add_one_ms'])} ({fmt_ms(r['add_one_max_ms'])})",
-        "add_one_ms", r["add_one_ms"])
-    row(f"add {r['add_bulk_n']:,} rows (one add_many)", fmt_s(r["add_bulk_s"]))
+    if "add_one_ms" in r:
+        row(f"add one row (median of {r['add_one_n']}; max)",
+            f"{fmt_ms(r['add_one_ms'])} ({fmt_ms(r['add_one_max_ms'])})", "add_one_ms", r["add_one_ms"])
+        row(f"add {r['add_bulk_n']:,} rows (one add_many)", fmt_s(r["add_bulk_s"]))
     return out
+
+
+def _scaled_rows(r: dict, row) -> None:
+    """Queries unlike every row, without and with widening; the typical queries' latency both ways."""
+    sc = r.get("scaled")
+    if not sc:
+        return
+    row("widening: a query widens when its nearest candidate is farther than", f"{sc['far']:.4g} (d_sym)")
+    for c, res in sc["scales"].items():
+        b, a = res["before"], res["after"]
+        row(f"rows' Fisher x{c:g} ({sc['n']} queries): recall@10 without -> with widening",
+            f"{b['recall']:.3f} (min {b['recall_min']:.2f}) -> {a['recall']:.3f} (min {a['recall_min']:.2f}); "
+            f"by distance {b['recall_dist']:.3f} -> {a['recall_dist']:.3f}; {res['widened']} widened",
+            "scaled_recall", a["recall"])
+        row(f"  x{c:g}: p50 / p99 without -> with widening",
+            f"{fmt_ms(b['p50_ms'])} / {fmt_ms(b['p99_ms'])} -> {fmt_ms(a['p50_ms'])} / {fmt_ms(a['p99_ms'])}")
+    (b50, b99), (a50, a99) = sc["typical_before"], sc["typical_after"]
+    row(f"typical queries p50 / p99 without -> with widening ({sc['typical_n']} each, in turns)",
+        f"{fmt_ms(b50)} / {fmt_ms(b99)} -> {fmt_ms(a50)} / {fmt_ms(a99)} ({a50 / b50:.2f}x p50; "
+        f"{sc['typical_widened']} widened; load {sc['load']:.2f})", "typical_p50_ratio", a50 / b50)
 
 
 def _index_rows(r: dict, row) -> None:

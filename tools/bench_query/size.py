@@ -15,6 +15,7 @@ from tools.bench_query import K, log
 from tools.bench_query.baselines import baselines
 from tools.bench_query.measure import (add_timings, batch_queries, breakdown, build, other_structure, refine_sweep,
                                        rss_of_open, scan_exact, timed_query, warm_if_it_fits)
+from tools.bench_query.scaled import measure_scaled
 from tools.bench_query.seeds import Perturber
 
 
@@ -35,10 +36,12 @@ def bench_size(n: int, args, seeds: list[Embedding], image_size: int, baseline_n
     p50, p99 = harness.p50_p99_ms(lat)
     res.update(p50_ms=p50, p99_ms=p99, mean_ms=float(np.mean(lat)) * 1e3, latency_queries=len(lat),
                load_query=harness.load1())
+    if args.scaled_queries and harness.loaded(index).candidates is not None:
+        res["scaled"] = measure_scaled(index, seeds, args.scaled_queries, args.seed + 30_000, args.scan_truth, lq)
     if args.refine:
         res["refine"] = refine_sweep(index, args.refine, qs, truth, lq)
     res["breakdown"] = breakdown(index, lq[:min(50, len(lq))])
-    if harness.loaded(index).candidates is not None:
+    if harness.loaded(index).candidates is not None and args.extras:
         res["alternative"] = other_structure(index, qs, truth, lq)
     if args.many_queries:
         res.update(batch_queries(index, queries, args.many_queries, args.many_device))
@@ -50,8 +53,9 @@ def bench_size(n: int, args, seeds: list[Embedding], image_size: int, baseline_n
         bl["speedup_brute"] = bl["brute_s"] / (res["p50_ms"] / 1e3)
         res["baselines"] = bl
 
-    log(f"  add: {args.add_singles} single rows, then one add_many of {args.add_bulk:,}")
-    res.update(add_timings(index, rows, args.add_singles, args.add_bulk))
+    if args.extras:
+        log(f"  add: {args.add_singles} single rows, then one add_many of {args.add_bulk:,}")
+        res.update(add_timings(index, rows, args.add_singles, args.add_bulk))
     index.close()
     del index
     gc.collect()
@@ -83,8 +87,9 @@ def open_built(path: Path, n: int, args, seeds: list[Embedding], image_size: int
     res["cand_bytes_per_row"] = res["cand_bytes"] / len(index)
     res["disk_bytes"] = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
-    log("  RSS of a fresh process opening the index")
-    res["rss"] = rss_of_open(path, n)
+    if args.extras:
+        log("  RSS of a fresh process opening the index")
+        res["rss"] = rss_of_open(path, n)
     res["warm"] = warm_if_it_fits(index, args.warm)
     return index, res, rows
 

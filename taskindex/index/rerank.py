@@ -184,14 +184,15 @@ def candidate_rows(v: LoadedVersion, vectors: np.ndarray, fetch, least, keep: np
 
 
 def reference(v: LoadedVersion) -> candidates.Reference:
-    """The rows' nearest-neighbour distances (FAR_SAMPLE rows, by the default query path) and the landmark
-    rows, drawn once per loaded version (again after RESAMPLE of its rows changed), the same in every process."""
+    """The rows' nearest-neighbour distances (FAR_SAMPLE rows, each by the default path of a k=1 query) and the
+    landmark rows, drawn once per loaded version (again after RESAMPLE of its rows changed) by the first query
+    that needs them, the same in every process."""
     cand, n = v.candidates, len(v.ids)
     if cand.reference is None or cand.reference.stale(n):
         rng = np.random.default_rng(0)
         sample = np.sort(rng.choice(n, min(n, candidates.FAR_SAMPLE), replace=False))
         vectors, ids = v.gather(sample), [int(i) for i in v.ids[sample]]
-        rows = candidate_rows(v, vectors, want(v, 10, "sym", None) + 1, 2, np.ones(n, dtype=bool), False)
+        rows = candidate_rows(v, vectors, want(v, 1, "sym", None) + 1, 2, np.ones(n, dtype=bool), False)
         nearest = [s[0] for _, s in rank_batches(v, vectors, rows, ids, 1, "sym", 0.0, None, False) if len(s)]
         far = float(np.quantile(nearest, candidates.FAR_QUANTILE)) if nearest else np.inf
         landmarks = v.ids[np.sort(rng.choice(n, min(n, candidates.LANDMARKS), replace=False))]

@@ -69,6 +69,21 @@ def test_queries_unlike_every_row_get_the_exact_answer(built):
         assert np.mean(recall(index, [fisher_scaled(embs[i], 10.0) for i in picked])) < 0.9
 
 
+def test_an_ivf_structure_widens_to_the_exact_answer_too(built):
+    """The IVF structure (from IVF_ROWS rows) probes an eighth of its lists: a widened search probes enough of
+    them to hold the long lists it reads. Measured at 10x: 1.000; 0.94 when the long lists kept the default
+    probes; 0.82 without widening."""
+    index, _, embs = built
+    v = index._v
+    flat = v.candidates
+    v.candidates = candidates.Candidates(v.proj_rows(np.arange(len(index))), v.ids, kind="ivf")
+    try:
+        qs = [fisher_scaled(embs[i], 10.0) for i in np.random.default_rng(5).choice(ROWS, 10, replace=False)]
+        assert np.mean(recall(index, qs)) >= 0.95
+    finally:
+        v.candidates = flat
+
+
 def test_typical_queries_rarely_widen(built):
     """Fresh rows as queries: exact answers, and few of them widen (measured 2 of 30), so their latency holds."""
     index, rows, _ = built

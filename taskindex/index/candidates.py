@@ -172,17 +172,22 @@ class Candidates:
             self.index.remove_ids(faiss.IDSelectorBatch(np.asarray(list(ids), dtype=np.int64)))
             self._gpu = None
 
-    def _params(self, allowed: np.ndarray | None, bound: bool = False):
+    def _params(self, allowed: np.ndarray | None, bound: bool = False, k: int = 0):
+        """FAISS's search parameters: the filter, and for IVF the lists probed: fewer for the lower bound, and
+        for a long list (a widened query's) enough that they hold twice the k rows asked for."""
         import faiss
 
         ivf = self.kind == "ivf"
-        if allowed is None and not (bound and ivf):
+        probes = None
+        if ivf:
+            probes = (max(1, self._base.nprobe * BOUND_PROBES // 100) if bound else
+                      max(self._base.nprobe, -(-2 * k * self._base.nlist // max(1, self.index.ntotal))))
+        if allowed is None and (probes is None or probes == self._base.nprobe):
             return None
         sel = None if allowed is None else faiss.IDSelectorBatch(np.asarray(allowed, dtype=np.int64))
         if not ivf:
             return faiss.SearchParameters(sel=sel)
-        probes = max(1, self._base.nprobe * BOUND_PROBES // 100) if bound else self._base.nprobe
-        return faiss.SearchParametersIVF(sel=sel, nprobe=probes)
+        return faiss.SearchParametersIVF(sel=sel, nprobe=min(probes, self._base.nlist))
 
     def nearest(self, points: np.ndarray, far, near, allowed: np.ndarray | None = None) -> list[np.ndarray]:
         """Each query's candidate row ids: its far[i] nearest with its residual taken as orthogonal to every
@@ -220,20 +225,21 @@ class Candidates:
     def search_many(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                     bound: bool = False) -> np.ndarray:
         """(queries, k) row ids, -1 past the end: one FAISS call on all OpenMP threads, or on the GPU copy
-        of an IVF structure where there is one (FAISS's GPU indexes take no ID filter: filtered searches, and
-        more than GPU_MAX_K neighbours, stay on the CPU). bound: the lower-bound search, on the CPU with
-        BOUND_PROBES percent of the probes: a row sits in the list nearest its own point, so its
-        near-duplicates are in the first few lists."""
+        of an IVF structure where there is one (FAISS's GPU indexes take no ID filter: filtered searches,
+        more than GPU_MAX_K neighbours and searches probing more lists than the default stay on the CPU).
+        bound: the lower-bound search, on the CPU with BOUND_PROBES percent of the probes: a row sits in the
+        list nearest its own point, so its near-duplicates are in the first few lists."""
         k = min(k, self.index.ntotal)
         if k <= 0:
             return np.full((len(queries), 0), -1, np.int64)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if allowed is None and not bound and self.kind == "ivf" and k <= GPU_MAX_K:
+        params = self._params(allowed, bound, k)
+        if params is None and not bound and self.kind == "ivf" and k <= GPU_MAX_K:
             if self._gpu is None:
                 self._gpu = to_gpu(self.index) or False  # False: no GPU here, do not ask again
             if self._gpu:
                 return self._gpu.search(queries, k)[1]
-        _, found = self.index.search(queries, k, params=self._params(allowed, bound))
+        _, found = self.index.search(queries, k, params=params)
         return found
 
     def memory_bytes(self) -> int:

@@ -68,3 +68,18 @@ def digits_round():
 @pytest.fixture(scope="session")
 def digits_straight():
     return samples.load("digits-straight", max_per_class=30, seed=0)
+
+
+@pytest.fixture
+def segmented_index(tmp_path, tiny_probe):
+    """Six versions: 12 rows in 4 segments, then 2 removed, so that a compact rewrites every file."""
+    from taskindex._testing.index_harness import Synth
+    from taskindex.index import TaskIndex
+
+    root = tmp_path / "idx"
+    with TaskIndex.create(root, probe=tiny_probe) as idx:
+        synth = Synth(idx)
+        for lo in range(0, 12, 3):
+            idx.add_many([(f"r{i}", synth.make(i)) for i in range(lo, lo + 3)])
+        idx.remove("r0", "r5")
+    return root

@@ -18,15 +18,8 @@ from taskindex.index.storage import VersionGoneError
 
 
 @pytest.fixture
-def path(tmp_path, tiny_probe):
-    """An index of 12 rows in 4 segments, then 2 removed: a compact rewrites every file."""
-    root = tmp_path / "idx"
-    with TaskIndex.create(root, probe=tiny_probe) as idx:
-        synth = Synth(idx)
-        for lo in range(0, 12, 3):
-            idx.add_many([(f"r{i}", synth.make(i)) for i in range(lo, lo + 3)])
-        idx.remove("r0", "r5")
-    return root
+def path(segmented_index):
+    return segmented_index
 
 
 def _seen(idx: TaskIndex) -> tuple:

@@ -189,13 +189,17 @@ def test_yaml_and_parquet_manifests(tmp_path):
         read_manifest(tmp_path / "m.parquet")
 
 
-def test_cli_rebuild_exits_1_when_rows_fail_and_0_with_allow_failures(tmp_path):
+def failing_rebuild(tmp_path) -> list[str]:
+    """The CLI arguments of a rebuild whose second row fails (a folder of one class)."""
     one_class = make_image_folder(tmp_path / "one", classes=("only",))
     rows = sample_rows(SAMPLES[:1]) + [{"name": "one-class", "source": str(one_class)}]
     manifest = write_csv(tmp_path / "m.csv", rows)
-    runner = CliRunner()
-    args = ["rebuild", str(tmp_path / "idx"), "--manifest", manifest, "--probe", "resnet18", "--weights", "random",
+    return ["rebuild", str(tmp_path / "idx"), "--manifest", manifest, "--probe", "resnet18", "--weights", "random",
             "--image-size", "16", "--workers", "1"]
+
+
+def test_cli_rebuild_exits_1_when_rows_fail_and_0_with_allow_failures(tmp_path):
+    runner, args = CliRunner(), failing_rebuild(tmp_path)
     r = runner.invoke(cli, args)
     assert r.exit_code == 1 and "failed: one-class (manifest line 3)" in r.output and "nothing committed" in r.output
     r = runner.invoke(cli, [*args, "--resume", "--allow-failures", "--json"])
@@ -225,12 +229,7 @@ def test_ray_on_a_local_instance_gives_the_index_of_the_local_pool(tmp_path):
 
 def test_after_failed_rows_allow_failures_alone_commits_the_rest(tmp_path):
     """The README's advice after failed rows works as written: --allow-failures, with or without --resume."""
-    one_class = make_image_folder(tmp_path / "one", classes=("only",))
-    rows = sample_rows(SAMPLES[:1]) + [{"name": "one-class", "source": str(one_class)}]
-    manifest = write_csv(tmp_path / "m.csv", rows)
-    runner = CliRunner()
-    args = ["rebuild", str(tmp_path / "idx"), "--manifest", manifest, "--probe", "resnet18", "--weights", "random",
-            "--image-size", "16", "--workers", "1"]
+    runner, args = CliRunner(), failing_rebuild(tmp_path)
     assert runner.invoke(cli, args).exit_code == 1
     message = assert_user_error(runner.invoke(cli, args), "ended with 1 failed row(s)")
     assert "--allow-failures" in message and "--resume" in message and "interrupted" not in message

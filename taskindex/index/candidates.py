@@ -43,8 +43,8 @@ def default_refine(rows: int) -> int:
 # sampled rows to their own nearest neighbours (measured once per loaded version), and then widens its search:
 # exact distances to landmark rows spread over the index, then FAISS's order around the query and around the best
 # row found, doubled until the deeper half adds nothing to the top k (rerank.widen; tools/bench_query.py).
-FAR_SAMPLE = 64         # rows whose nearest-neighbour distance is measured
-FAR_QUANTILE = 0.9      # a query whose best candidate is farther than this quantile of those distances widens
+FAR_SAMPLE = 128        # rows whose nearest-neighbour distance is measured
+FAR_QUANTILE = 0.95     # a query whose best candidate is farther than this quantile of those distances widens
 LANDMARKS = 256         # rows re-ranked by a widening query: the cluster it belongs to need not be near in FAISS
 WIDEN_MAX = 64          # the most candidates a widening query re-ranks, in multiples of its first fetch
 RESAMPLE = 0.1          # rows added or removed, as a fraction, after which the reference is measured again

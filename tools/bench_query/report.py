@@ -68,7 +68,8 @@ def _scaled_rows(r: dict, row) -> None:
     sc = r.get("scaled")
     if not sc:
         return
-    row("widening: a query widens when its nearest candidate is farther than", f"{sc['far']:.4g} (d_sym)")
+    row("widening: a query widens when its nearest candidate is farther than",
+        f"{sc['far']:.4g} (d_sym; measured in {fmt_s(sc['reference_s'])} by the first query of a process)")
     for c, res in sc["scales"].items():
         b, a = res["before"], res["after"]
         row(f"rows' Fisher x{c:g} ({sc['n']} queries): recall@10 without -> with widening",

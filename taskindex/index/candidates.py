@@ -37,7 +37,7 @@ def default_refine(rows: int) -> int:
     return int(min(REFINE_MAX, max(REFINE_MIN, round(REFINE_MAX * rows / REFINE_MAX_ROWS))))
 
 
-# A query unlike every row (a row's Fisher scaled 0.1x or 10x, as between estimators) lies where the projection's
+# A query unlike every row (a row's Fisher scaled far up or down, as between estimators) lies where the projection's
 # squared distance no longer follows d_sym, which saturates: its true neighbours can sit thousands deep in FAISS's
 # order, or in another cluster. It is told by its nearest candidate's exact distance, against the distances of
 # sampled rows to their own nearest neighbours (measured once per loaded version), and then widens its search:

@@ -50,7 +50,8 @@ def both_ways(index, qs: list[Embedding], exact: list[list], far: float) -> dict
     return out
 
 
-def measure_scaled(index, seeds: list[Embedding], n: int, seed: int, scan_truth: bool, typical: list[Embedding]) -> dict:
+def measure_scaled(index, seeds: list[Embedding], n: int, seed: int, scan_truth: bool,
+                   typical: list[Embedding]) -> dict:
     """Every figure of the scaled queries, and the typical queries' p50 / p99 with and without widening."""
     v = harness.loaded(index)
     v.candidates.reference = None  # measured again here, to time it: the first query of a process pays it
@@ -58,7 +59,8 @@ def measure_scaled(index, seeds: list[Embedding], n: int, seed: int, scan_truth:
     far = ref.far
     out = {"n": n, "far": far, "reference_s": reference_s, "scales": {}}
     for c, qs in scaled_queries(index, seeds, n, seed).items():
-        log(f"  scaled queries x{c}: {len(qs)} rows' Fisher, default vs exact " + ("(one scan)" if scan_truth else "path"))
+        how = "(one scan)" if scan_truth else "path"
+        log(f"  scaled queries x{c}: {len(qs)} rows' Fisher, default vs exact {how}")
         exact = scan_exact(index, qs) if scan_truth else [index.query(q, k=K, exact=True) for q in qs]
         out["scales"][c] = both_ways(index, qs, exact, far)
     log(f"  typical queries with and without widening, in turns: {len(typical)} each")

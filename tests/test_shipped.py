@@ -30,9 +30,9 @@ def test_shipped_index_holds_the_benchmark_experts_and_their_fit():
         assert fit["summary"]["val_loss"] < fit["summary"]["initial_val_loss"]
         held = index.results()  # the benchmark's errors, remembered: selection ranks by them
         assert len(held) == len(errors) and set(held["task"]) == set(errors["task"])
-        hits = index.select_model("fashion-footwear", k=3)  # auto: the fit improved, and measured best
+        hits = index.select_model("fashion-footwear", k=3, by="model2vec")  # the fit improved: it is used
         assert [h.ranked_by for h in hits] == ["model2vec"] * 3 and all(h.kind == "model" for h in hits)
-        near = index.select_model("fashion-footwear", k=3, by="neighbors")
+        near = index.select_model("fashion-footwear", k=3)  # auto: results are held, and measured best
         assert [h.ranked_by for h in near] == ["neighbors"] * 3 and all(h.evidence for h in near)
         assert all(e["task"] != "fashion-footwear" for h in near for e in h.evidence)  # a row: treated as new
 
@@ -44,7 +44,7 @@ def test_demo_finds_the_fresh_task_and_picks_an_expert(capsys):
     demo.main()
     out = capsys.readouterr().out
     assert "the new sample found its own task first" in out
-    assert "best experts for the new sample" in out and "ranked by model2vec" in out
-    assert "by the results the index remembers" in out and "its error there" in out  # the evidence
+    assert "best experts for the new sample" in out and "ranked by neighbors" in out
+    assert "its errors on the nearest known tasks" in out and "its error there" in out  # the evidence
     assert "experts on fashion-sandal-vs-rest by the test error" in out
     assert "within noise of the best" in out or "more than one standard error" in out  # the verdict

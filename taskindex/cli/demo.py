@@ -57,9 +57,9 @@ def pick_expert(index: TaskIndex, emb, target: str) -> None:
     print(f"  {'expert':{width}s} {'score':>8s}  trained on")
     for h in hits:
         print(f"  {h.name:{width}s} {h.distance:8.4f}  {h.metadata.get('source_task')}")
-    near = index.select_model(emb, k=1, by="neighbors")[0]
-    print(f"  by the results the index remembers: {near.name}, from its errors on the nearest known tasks")
-    for e in near.evidence:
+    if hits[0].evidence:
+        print(f"  {hits[0].name}: its errors on the nearest known tasks (the rest of the weight is d_asym's)")
+    for e in hits[0].evidence:
         print(f"     {e['task']:28s} d_sym {e['d_sym']:.3f}  weight {e['weight']:.2f}  its error there {e['error']:.3f}")
     if ERRORS.is_file():
         import pandas as pd

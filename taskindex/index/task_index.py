@@ -265,7 +265,7 @@ class TaskIndex:
 
         by="neighbors": by their results on the known tasks nearest to the query (hit.evidence lists them);
         "model2vec": d_asym from MODEL2VEC embeddings where fitted, else from source tasks ("asym": those only);
-        "auto": model2vec where a fit improved, else neighbors where results are held. verify="logme": the first
+        "auto": neighbors where results are held, else model2vec. verify="logme": the first
         `shortlist` re-ranked by LogME on `task` (default: a Task query) where their weights are at hand."""
         from taskindex.select import experts
 

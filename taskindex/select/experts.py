@@ -58,8 +58,8 @@ def check_selection(by: str, verify_by: str | None, shortlist: int) -> None:
 def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: int, alpha: float, by: str,
            check: tuple = (None, 3, None)) -> list[Hit]:
     """The k best of the model `rows` for the query vector, ranked as `by` says. "auto" is the best measured
-    choice (docs/selection.md): a MODEL2VEC fit that lowered its held-out loss, else the results the index
-    holds on its live rows (neighbours), else d_asym.
+    choice (docs/selection.md): the results the index holds on its live rows (neighbours), else a MODEL2VEC
+    fit that lowered its held-out loss, else d_asym.
     check: (verify, shortlist, the query as given): verify="logme" re-ranks the shortlist (select/verify.py)."""
     verify_by, shortlist, task = check
     check_selection(by, verify_by, shortlist)
@@ -67,9 +67,7 @@ def select(v: LoadedVersion, query: np.ndarray, self_id, rows: np.ndarray, k: in
         return []
     found = _results_matrix(v, self_id) if by in ("auto", "neighbors") else None
     if by == "auto":
-        fit = v.manifest.model2vec
-        improved = fit is not None and model2vec.improved(fit["summary"])
-        by = "neighbors" if not improved and found is not None else "model2vec"
+        by = "neighbors" if found is not None else "model2vec"  # model2vec: d_asym where no fit improved
     depth = max(k, shortlist) if verify_by else k
     if by == "neighbors":
         if found is None:

@@ -90,3 +90,12 @@ def test_the_priors_never_read_the_targets_own_errors():
     assert np.argmin(got["same_dataset"][0]) == 1  # b and c (dataset x), never a itself nor d (dataset y)
     assert np.argmin(got["same_dataset"][3]) == 1  # d has no dataset mates: the other targets, two favouring m2
     assert np.isfinite(got["neighbors_mean"]).all()
+
+
+def test_mean_errors_carry_the_standard_error_of_their_test_images():
+    from tools.experiments.meta_benchmark import mean_errors
+
+    table = pd.DataFrame({"task": ["a", "a"], "model": ["m", "m"], "seed": [0, 1], "error": [0.05, 0.15],
+                          "n_test": [100, 100]})
+    (row,) = mean_errors(table).to_dict(orient="records")
+    assert row["error"] == pytest.approx(0.1) and row["se"] == pytest.approx(0.03)  # sqrt(0.1 * 0.9 / 100)

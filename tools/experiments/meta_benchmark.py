@@ -27,7 +27,7 @@ import pandas as pd
 from taskindex import Embedding, TaskIndex, embed
 from taskindex.distance import one_to_many
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, estimator_id, parse_estimator
-from taskindex.select.noise import indistinct_targets
+from taskindex.select.noise import indistinct_targets, standard_error
 from tools import harness
 from tools.experiments import expert_zoo, selection_cost
 from tools.experiments.finetune import PROBE, imagenet_file
@@ -222,8 +222,10 @@ def _priors(table: pd.DataFrame, seed: int, tasks: list[str], models: list[str],
 
 
 def mean_errors(table: pd.DataFrame) -> pd.DataFrame:
-    """The error of each (task, model) averaged over seeds, with the test images behind it."""
-    return table.groupby(["task", "model"], as_index=False).agg(error=("error", "mean"), n_test=("n_test", "first"))
+    """The error of each (task, model) averaged over seeds, with the test images behind it and the binomial
+    standard error those images leave on it (se)."""
+    out = table.groupby(["task", "model"], as_index=False).agg(error=("error", "mean"), n_test=("n_test", "first"))
+    return out.assign(se=standard_error(out["error"].to_numpy(), out["n_test"].to_numpy()))
 
 
 def markdown(results: dict) -> str:

@@ -207,7 +207,8 @@ def _landmarks(v: LoadedVersion, rng: np.random.Generator) -> np.ndarray:
     n = len(v.ids)
     sample = np.sort(rng.choice(n, min(n, candidates.LANDMARK_SAMPLE * candidates.LANDMARKS), replace=False))
     points = np.ascontiguousarray(v.proj_rows(sample)[:, :candidates.LANDMARK_DIMS])
-    means = faiss.Kmeans(points.shape[1], min(candidates.LANDMARKS, len(sample)), niter=10, seed=0)
+    means = faiss.Kmeans(points.shape[1], min(candidates.LANDMARKS, len(sample)), niter=10, seed=0,
+                         min_points_per_centroid=1)  # no warning: a few rows a centre are enough here
     means.train(points)
     flat = faiss.IndexFlatL2(points.shape[1])
     flat.add(points)

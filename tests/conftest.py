@@ -83,3 +83,14 @@ def segmented_index(tmp_path, tiny_probe):
             idx.add_many([(f"r{i}", synth.make(i)) for i in range(lo, lo + 3)])
         idx.remove("r0", "r5")
     return root
+
+
+@pytest.fixture(autouse=True)
+def sigint_handler_restored():
+    """An interrupted CLI command ignores further Ctrl-C until its process ends; under CliRunner that process
+    is pytest's, so each test gets its handler back."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)

@@ -30,9 +30,10 @@ def test_quick_meta_benchmark_runs_and_its_figures_are_consistent(tmp_path, caps
     assert all(run["optimal"] - 1e-12 <= e for e in errors)
     timing = json.loads(out.read_text())["timing"]
     assert timing["targets"] == 2 and timing["experts"] == 3
-    assert timing["task2vec_seconds"] > timing["select_seconds"] > 0 and timing["logme_seconds"] > 0
+    assert timing["embed_seconds"] > timing["select_neighbors_seconds"] > 0 and timing["logme_seconds"] > 0
+    assert timing["logme_per_expert_seconds"] * 3 == pytest.approx(timing["logme_seconds"], rel=0.9)
     for row in timing["per_target"]:
-        assert row["task2vec"] > row["select"] > 0 and row["logme"] > 0
+        assert row["embed"] > row["select_neighbors"] > 0 and row["logme"] > 0 and row["verify_shortlist"] > 0
     # a second run reuses the cached experts, errors and embeddings and gives the same table
     assert meta_benchmark.main(["--quick", "--cache-dir", str(tmp_path / "cache"), "--json", str(out),
                                 "--timing", "0"]) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,9 @@ def api_errors(fn=None, *, interrupted: str = INTERRUPTED):
         except TaskIndexError as exc:
             raise UserError(exc.cli) from None
         except KeyboardInterrupt:
+            # a second Ctrl-C while Python shuts down (which restores the default handler) would kill the
+            # process by the signal; ignored, it leaves the exit status 130
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             click.echo(interrupted.format(**kwargs), err=True)
             sys.exit(130)
 

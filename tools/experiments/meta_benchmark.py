@@ -232,7 +232,7 @@ def markdown(results: dict) -> str:
     """One block of rows per estimator: mean over seeds (sd over seeds)."""
     lines = [harness.md_row(["estimator", "", "Optimal", *(LABELS[m] for m in METHODS)]),
              harness.md_rule("l" * (3 + len(METHODS)))]
-    for est, runs in results.items():
+    for est, runs in ((e, r) for e, r in results.items() if r):  # --timing-only: nothing evaluated
         def cell(method, key, fmt):
             vals = [r[method][key] for r in runs if r.get(method, {}).get(key) is not None]
             if not vals:
@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes that train the experts and fill the error table (default: one per core)")
     parser.add_argument("--timing", type=int, default=None, metavar="N",
                         help="also time N queries side by side (default 8; quick 2); 0: no timing")
+    parser.add_argument("--timing-only", action="store_true", help="time the queries, skip the leave-one-out")
     parser.add_argument("--errors-out", default=None,
                         help="write the mean error over seeds per (task, model) here, as CSV (the shipped one: "
                              "taskindex/package_data/expert_errors.csv)")
@@ -289,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         idx = build_index(root, est, size, quick, seeds, progress)
         with idx:
             jobs = [(str(index_path(root, est, size, quick)), table, seed, quick) for seed in seeds]  # a process each
-            results[est] = expert_zoo.parallel(_evaluate_at, jobs, args.workers, "seeds", progress)
+            results[est] = [] if args.timing_only else expert_zoo.parallel(_evaluate_at, jobs, args.workers, "seeds",
+                                                                           progress)
             n = args.timing if args.timing is not None else (2 if quick else 8)
             if n and est == estimators[0]:
                 print(f"timing {n} queries; load average {harness.load_text()}")

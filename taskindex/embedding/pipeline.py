@@ -86,7 +86,7 @@ def embed(
     start = time.perf_counter()
     dev, backbone = _backbone_on(probe, device)
     passes = 3 if method == "montecarlo" else 3 + epochs
-    with _eval_mode(backbone), _strict_fp32(dev), _threads(dev, threads), tqdm(
+    with _eval_mode(backbone), _strict_fp32(dev), thread_rule(dev, threads), tqdm(
             total=_sample_size(task, max_samples) * passes, disable=_quiet(progress), desc=f"embed {task.name}",
             unit="img", leave=False) as bar:
         sample, skipped = _Sample.load(task, canonical, max_samples, seed, on_error, probe, dev, batch_size)
@@ -303,7 +303,7 @@ def _strict_fp32(dev: torch.device):
     return c.flags(enabled=c.enabled, benchmark=c.benchmark, deterministic=c.deterministic, allow_tf32=False)
 
 
-def _threads(dev: torch.device, threads: int | None):
+def thread_rule(dev: torch.device, threads: int | None):
     """CPU threads for torch: by default one per core that other processes leave idle (at least one).
 
     torch's OpenMP threads spin-wait for each other: with every core in use and another

@@ -329,9 +329,9 @@ def idle_threads(share: int) -> int:
     rows together never hold more threads than cores, where torch's spin-waits would slow them all."""
     import torch
 
-    from taskindex.embedding.pipeline import _threads
+    from taskindex.embedding.pipeline import thread_rule
 
-    with _threads(torch.device("cpu"), None):  # the rule itself, not a copy of it
+    with thread_rule(torch.device("cpu"), None):  # the rule itself, not a copy of it
         return min(share, torch.get_num_threads())
 
 

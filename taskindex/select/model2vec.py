@@ -145,10 +145,10 @@ def fit(*args, threads: int | None = None, **kwargs) -> Fit:
     the fit's many small ops spin-wait on a busy machine when every core holds a thread."""
     import torch
 
-    from taskindex.embedding.pipeline import _threads
+    from taskindex.embedding.pipeline import thread_rule
 
     validation.integer(threads, "threads", none="one per idle core")
-    with _threads(torch.device("cpu"), threads):
+    with thread_rule(torch.device("cpu"), threads):
         return _fit(*args, **kwargs)
 
 

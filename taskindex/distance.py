@@ -4,6 +4,8 @@ d_sym(a, b) = cosine distance between a/(a+b) and b/(a+b), element-wise. With
 r = a/(a+b) the second vector is 1 - r, so only r is formed. Entries where both
 embeddings are zero count as r = 1/2 (both tasks are equally uninformed there),
 which keeps every distance finite even for raw Fisher vectors without a prior.
+Where a dominates b, r is near 1 and the sums of r cancel; those pairs are summed
+again from b/(a+b), which d_sym treats alike (`_settled`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from taskindex.errors import IncompatibleEmbeddingsError, TaskIndexError
 from taskindex.space import Space
 
 ALPHA = 0.15
+CANCEL = 0.125  # pairs whose sum((1-r)^2) is below this fraction of the entries are summed again from 1 - r
 _CHUNK_BYTES = 4 << 20  # temporaries that stay in cache: 2x faster than 64 MiB chunks (bench_query)
 
 
@@ -72,15 +75,31 @@ def _pairwise_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for i, q in enumerate(a):
         for lo in range(0, b.shape[0], rows):
             blk = b[lo:lo + rows]
-            r = q + blk
-            zero = r == 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                np.divide(q, r, out=r)
-            if zero.any():
-                r[zero] = 0.5
-            out[i, lo:lo + rows] = _from_sums(r.sum(axis=1, dtype=np.float64),
-                                              np.einsum("ij,ij->i", r, r, dtype=np.float64), r.shape[1])
+            out[i, lo:lo + rows] = _settled(*_ratio_sums(q, blk), q.shape[0],
+                                            lambda bad: _ratio_sums(blk[bad], q[None, :]))
     return out
+
+
+def _ratio_sums(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 sum(r) and sum(r^2) of r = a/(a+b) per row of the broadcast pair, 0/0 counted as 1/2."""
+    r = a + b
+    zero = r == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.divide(np.broadcast_to(a, r.shape), r, out=r)
+    if zero.any():
+        r[zero] = 0.5
+    return r.sum(axis=1, dtype=np.float64), np.einsum("ij,ij->i", r, r, dtype=np.float64)
+
+
+def _settled(sr: np.ndarray, srr: np.ndarray, n: int, again) -> np.ndarray:
+    """d_sym from the sums of r, except where 1 - r is small: there n - 2 sum(r) + sum(r^2) cancels (float32
+    lost the whole distance for rows 1000x apart in scale), so again(mask) gives the sums of u = 1 - r, formed
+    as b/(a+b), and d_sym, the same in r and u, comes from those."""
+    d = _from_sums(sr, srr, n)
+    bad = n - 2.0 * np.asarray(sr, np.float64) + np.asarray(srr, np.float64) < CANCEL * n
+    if bad.any():
+        d[bad] = _from_sums(*again(bad), n)
+    return d
 
 
 def _from_sums(sr: np.ndarray, srr: np.ndarray, n: int) -> np.ndarray:
@@ -100,16 +119,24 @@ def rerank(query: np.ndarray, rows: np.ndarray, dtype=np.float32) -> np.ndarray:
     q = np.asarray(query, dtype)
     rows = np.asarray(rows)
     n, dim = rows.shape
-    sr, srr = np.empty(n, dtype), np.empty(n, dtype)
     step = max(1, min(n, _CHUNK_BYTES // (q.itemsize * max(1, dim))))
     buf, ones = np.empty((step, dim), dtype), np.ones(dim, dtype)
+    out = np.empty(n)
     for lo in range(0, n, step):
-        r = np.add(q, rows[lo:lo + step], out=buf[:min(step, n - lo)])
+        x = rows[lo:lo + step]
+        r = np.add(q, x, out=buf[:len(x)])
         np.divide(q, r, out=r)  # entries are > 0, so r is never 0/0
         # BLAS dot products: 1.6x faster than sum and einsum for 100 rows, and 4x closer to float64
-        sr[lo:lo + step] = np.vecdot(r, ones)
-        srr[lo:lo + step] = np.vecdot(r, r)
-    return _from_sums(sr, srr, dim)
+        out[lo:lo + len(x)] = _settled(np.vecdot(r, ones), np.vecdot(r, r), dim,
+                                       lambda bad: _dots(x[bad], q, ones))
+    return out
+
+
+def _dots(a: np.ndarray, b: np.ndarray, ones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sum(r) and sum(r^2) of r = a/(a+b) (entries > 0), accumulated in ones' dtype."""
+    r = np.add(a, b, dtype=ones.dtype)
+    np.divide(a, r, out=r)
+    return np.vecdot(r, ones), np.vecdot(r, r)
 
 
 def rerank_pairs(queries: np.ndarray, qi: np.ndarray, rows: np.ndarray, ri: np.ndarray, dtype=np.float32,
@@ -135,7 +162,8 @@ def rerank_pairs(queries: np.ndarray, qi: np.ndarray, rows: np.ndarray, ri: np.n
             q, x = take(queries, qi[a:a + m], qbuf[:m]), take(rows, ri[a:a + m], xbuf[:m])
             np.add(q, x, out=x)
             np.divide(q, x, out=x)  # entries are > 0, so never 0/0
-            out[a:a + m] = _from_sums(np.vecdot(x, ones), np.vecdot(x, x), dim)
+            out[a:a + m] = _settled(np.vecdot(x, ones), np.vecdot(x, x), dim,
+                                    lambda bad: _dots(rows[ri[a:a + m][bad]], queries[qi[a:a + m][bad]], ones))
 
     cuts = np.linspace(0, n, max(1, min(threads if pool is not None else 1, -(-n // step))) + 1).astype(int).tolist()
     if len(cuts) == 2:
@@ -148,8 +176,17 @@ def rerank_pairs(queries: np.ndarray, qi: np.ndarray, rows: np.ndarray, ri: np.n
 def rerank_torch(queries, rows):
     """`rerank` for pairs of torch tensors on any device: d_sym between queries[i] and rows[i], (P, d) each,
     float32 sums; returns a float64 numpy array. The index's batch path on a GPU."""
-    r = queries / (queries + rows)
-    return _from_sums(r.sum(1).double().cpu().numpy(), (r * r).sum(1).double().cpu().numpy(), r.shape[1])
+    import torch
+
+    def sums(a, b):
+        r = a / (a + b)
+        return r.sum(1).double().cpu().numpy(), (r * r).sum(1).double().cpu().numpy()
+
+    def again(bad):
+        at = torch.as_tensor(bad, device=rows.device)
+        return sums(rows[at], queries[at])
+
+    return _settled(*sums(queries, rows), rows.shape[1], again)
 
 
 def pairwise(a, b=None) -> np.ndarray:

@@ -112,6 +112,25 @@ def test_the_float32_rerank_chooses_as_the_float64_distance_does():
         assert np.array_equal(np.argsort(fast)[:10], np.argsort(ref)[:10])
 
 
+@pytest.mark.parametrize("scale", [1e-4, 1e-3, 0.1, 10.0, 1e3, 1e4])
+def test_every_scorer_keeps_its_precision_for_rows_far_apart_in_scale(scale):
+    """With the query `scale` times the rows, r = q/(q+row) sits near 1 (or 0) and n - 2 sum(r) + sum(r^2)
+    cancels: the float32 scorers once lost the whole distance there (0.23 for 0.0 at 1000x). Each scorer, per
+    query, per pair, on torch and the float64 pairwise matrix, against the paper's formula in float64."""
+    rng = np.random.default_rng(6)
+    rows = np.exp(rng.normal(0, 1, (30, 21008))).astype(np.float32)
+    q = (rows[0] * scale * np.exp(rng.normal(0, 0.05, 21008))).astype(np.float32)
+    ref = np.array([paper_d_sym(q.astype(np.float64), r) for r in rows.astype(np.float64)])
+    torch = pytest.importorskip("torch")
+    scorers = {"rerank": distance.rerank(q, rows),
+               "pairs": distance.rerank_pairs(q[None, :], np.zeros(30, np.int64), rows, np.arange(30)),
+               "torch": distance.rerank_torch(torch.as_tensor(q).expand(30, -1), torch.as_tensor(rows))}
+    for name, fast in scorers.items():
+        assert np.abs(fast - ref).max() < 2e-6, name
+    for exact in (distance.rerank(q, rows, np.float64), distance.pairwise(q[None, :].astype(np.float64), rows)[0]):
+        assert np.abs(exact - ref).max() < 1e-10
+
+
 def test_the_float64_rerank_is_the_per_pair_distance():
     """The index gives its k answers their distance with `rerank(..., float64)`: on the same vectors it must
     agree with the per-pair float64 reference to rounding, not to the float32 pass's 1e-5."""

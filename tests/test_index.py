@@ -224,8 +224,8 @@ def test_a_rescaled_copy_of_a_row_is_among_that_rows_candidates(index):
     """d_sym(c F, F) = 0 for any c > 0, and the candidate space is scale-free only because log F is centred per
     row. Rows of differing overall scale (x exp(N(0, 1)), as real Fisher magnitudes differ by task), trained-on
     and later ones, queried by copies scaled 0.1x and 10x: the candidates `query(k=1)` re-ranks must hold the
-    row. Without the per-row centring 1 of these 102 did; with it, all. (The candidate stage alone:
-    the float32 re-rank misranks rows ~1000x apart in scale, test_exact_query_of_rows_far_apart_in_scale.)"""
+    row. Without the per-row centring 1 of these 102 did; with it, all. (The candidate stage alone; the re-rank
+    of rows far apart in scale: test_exact_query_of_rows_far_apart_in_scale.)"""
     embs = _rows_trained_and_late(index, Overlapping(index), spread=1.0)
     missed = []
     for i in range(0, len(embs), 12):
@@ -253,12 +253,9 @@ def test_a_rescaled_copy_of_a_row_finds_that_row_first_as_exact_search_does(inde
     assert missed == []
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: distance.rerank's float32 pass forms sum((1-r)^2) as "
-                   "n - 2 sum(r) + sum(r^2), which cancels when r = q/(q+row) is near 1 (rows ~1000x apart in "
-                   "scale): its error (0.23 here) is far past RERANK_TIE, so exact=True returns the wrong row")
 def test_exact_query_of_rows_far_apart_in_scale(index):
-    """A query 1000x row a: d_sym(query, a) = 0 and d_sym(query, b) = 0.08, yet the float32 pass scores a 0.23
-    and b 0.16, far outside the tie margin, so the float64 pass never sees a and b comes back."""
+    """A query 1000x row a: d_sym(query, a) = 0 and d_sym(query, b) = 0.08. The float32 pass once scored a 0.23
+    and b 0.16 (its sums cancel where q/(q+row) is near 1), so b came back."""
     synth = Overlapping(index)
     a, b = synth.make(), synth.make()
     index.add_many([("a", a), ("b", b)])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -12,6 +16,24 @@ from taskindex.errors import ProbeError
 
 def test_registry_lists_the_documented_probes():
     assert {"efficientnet_lite0", "resnet18", "resnet34", "resnet50", "densenet121"} <= set(list_probes())
+
+
+def test_listing_the_probes_loads_no_pytorch():
+    """`taskindex probes` answers without the seconds of importing PyTorch: the registry is torch-free."""
+    code = """
+import sys
+from taskindex.cli import cli
+sys.argv = ["taskindex", "probes", "--json"]
+try:
+    cli()
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+print("HEAVY", sorted(m for m in ("torch", "torchvision") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    listed = json.loads(out[:out.index("HEAVY")])
+    assert {p["name"] for p in listed} >= {"efficientnet_lite0", "resnet18", "densenet121"}
+    assert out.strip().endswith("HEAVY []")
 
 
 def test_unknown_probe_name_suggests_the_closest():

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import taskindex as ti
 from taskindex import TaskIndex
-from taskindex.embedding import probes
+from taskindex.embedding import probes, registry
 from taskindex.errors import TaskIndexError
 from taskindex.select.logme import logme
 
@@ -29,7 +29,7 @@ def tiny_architecture():
 
     probes.register_probe(probes.ProbeSpec(ARCH, build, 16, (0.5,) * 3, (0.25,) * 3, "none"))
     yield
-    probes._REGISTRY.pop(ARCH)
+    registry._REGISTRY.pop(ARCH)
 
 
 @pytest.fixture

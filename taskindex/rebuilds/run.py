@@ -106,12 +106,8 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
         report.seconds = time.perf_counter() - start
         return report
     create = dict(probe=probe, weights=weights, image_size=image_size, estimator=estimator, trim=trim)
-    with stage.open_writer(index, create) as idx:  # the writer's lock, held until the commit: the stage is ours
-        staged = stage.claim(index, idx.space, resume, allow_failures)
-        try:
-            _embed_and_commit(idx, rows, staged, report, threads, ray_address, allow_failures, progress)
-        finally:
-            (staged / stage.OWNER).unlink(missing_ok=True)
+    with stage.writer(index, create, resume, allow_failures) as (idx, staged):  # the lock, held until the commit
+        _embed_and_commit(idx, rows, staged, report, threads, ray_address, allow_failures, progress)
     if report.committed:
         shutil.rmtree(staged, ignore_errors=True)
     report.seconds = time.perf_counter() - start

@@ -3,12 +3,18 @@
 The folder is only read, written or judged with that lock held, so no message about it can concern a folder
 that a live rebuild is using; a second rebuild meanwhile is told which process runs (its pid is in the folder).
 A rebuild that ended with failed rows leaves a note of them, so that `allow_failures` can commit the rest later.
+Opening (or creating) the index and claiming its folder happen under a lock file beside the index, so two
+rebuilds of a path that does not exist yet never both create it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from taskindex.errors import IndexLockedError, IndexUsageError
@@ -18,6 +24,7 @@ from taskindex.space import Space
 PLAN = "plan.json"      # the index space the staged embeddings were made in
 OWNER = "owner.pid"     # the process that holds the lock while it fills the folder
 FAILED = "failed.json"  # the rows that failed, when the last run ended because of them
+CREATE_WAIT = 60.0      # seconds a rebuild waits while another opens or creates the index and claims its folder
 
 
 def staging_dir(index: str | os.PathLike) -> Path:
@@ -25,18 +32,70 @@ def staging_dir(index: str | os.PathLike) -> Path:
     return path.parent / f"{path.name}.rebuild"
 
 
-def open_writer(index: Path, create: dict) -> TaskIndex:
-    """INDEX opened for writing (created with `create` when missing); a running rebuild is named as such."""
-    try:
-        return TaskIndex.open(index) if index.exists() else TaskIndex.create(index, **create)
-    except IndexLockedError:
-        pid = running_rebuild(index)
-        if pid is None:
+@contextlib.contextmanager
+def writer(index: Path, create: dict, resume: bool, allow_failures: bool) -> Iterator[tuple[TaskIndex, Path]]:
+    """INDEX opened for writing (created with `create` when missing) and its staging folder claimed, both held
+    until the end; a running rebuild is named as such."""
+    with _opening(index):
+        try:
+            idx = TaskIndex.open(index) if index.exists() else TaskIndex.create(index, **create)
+        except IndexLockedError:
+            pid = running_rebuild(index)
+            if pid is None:
+                raise
+            raise _running(index, pid) from None
+        try:
+            staged = claim(index, idx.space, resume, allow_failures)
+        except BaseException:
+            idx.close()
             raise
-        raise _running(index, pid) from None
+    try:
+        yield idx, staged
+    finally:
+        (staged / OWNER).unlink(missing_ok=True)
+        idx.close()
 
 
-def _running(index: Path, pid: int) -> IndexLockedError:
+@contextlib.contextmanager
+def _opening(index: Path) -> Iterator[None]:
+    """An exclusive lock on `.INDEX.opening` beside the index, removed when released. A second rebuild waits
+    for it, then finds the index locked and the first one's pid in the staging folder."""
+    path = index.parent / f".{index.name}.opening"
+    deadline = time.monotonic() + CREATE_WAIT
+    while True:
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise IndexUsageError(f"cannot create {index}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise _running(index, holder or "unknown") from None
+            time.sleep(0.05)
+            continue
+        if _same_file(fd, path):  # not a file that the last holder removed after this process opened it
+            break
+        os.close(fd)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _running(index: Path, pid: int | str) -> IndexLockedError:
     what = f"a rebuild of {index} is running (pid {pid}): wait for it to finish, or stop it (Ctrl-C or kill {pid})"
     return IndexLockedError(f"{what}; its finished rows stay staged for resume=True",
                             cli=f"{what}; its finished rows stay staged for --resume")

@@ -36,3 +36,10 @@ def data_options(f):
     for option in reversed(_DATA_OPTIONS):
         f = option(f)
     return f
+
+
+def skip_bad_images_option(f):
+    """--skip-bad-images, for every command that embeds DATA: passed to the API as on_error='skip'."""
+    return click.option("--skip-bad-images", "on_error", flag_value="skip", default="raise",
+                        help="Embed the readable images and list the ones that cannot be decoded (default: stop, "
+                             "naming them all).")(f)

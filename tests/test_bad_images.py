@@ -118,3 +118,116 @@ def test_cli_names_every_bad_file_or_skips_and_lists_them(folder, tmp_path):
 
     text = runner.invoke(cli, [*args, "--skip-bad-images"]).output
     assert "skipped 3 unreadable images" in text and all(str(folder / n) in text for n in BAD)
+
+
+TINY = dict(probe="resnet18", weights=None, image_size=16)
+
+
+@pytest.fixture
+def index(tmp_path):
+    """A tiny index holding one task row and one model row trained on it, so that query and select both answer."""
+    from taskindex import TaskIndex
+
+    path = tmp_path / "idx"
+    with TaskIndex.create(path, **TINY) as idx:
+        idx.add("good", idx.embed(make_image_folder(tmp_path / "good"), progress=False))
+        idx.add_model("expert", "good")
+    return path
+
+
+def test_task_index_embed_names_every_bad_image_or_skips_them(index, folder):
+    from taskindex import TaskIndex
+    from taskindex.errors import TaskIndexError
+
+    with TaskIndex.open(index, readonly=True) as idx:
+        with pytest.raises(TaskError, match=r"\(3 of the 15 sampled\)") as info:
+            idx.embed(folder, progress=False)
+        assert all(str(folder / name) in str(info.value) for name in BAD) and "on_error='skip'" in str(info.value)
+        emb = idx.embed(folder, progress=False, on_error="skip")
+        assert emb.meta["skipped_images"] == 3 and emb.meta["n_samples"] == 12
+        assert sorted(s["image"] for s in emb.meta["skipped_files"]) == sorted(str(folder / n) for n in BAD)
+        with pytest.raises(TaskIndexError, match="on_error"):  # checked before the missing folder is read
+            idx.embed(folder / "missing", on_error="ignore")
+
+
+def test_cli_add_names_every_bad_file_or_skips_and_records_them(index, folder):
+    from taskindex import TaskIndex
+
+    runner, args = CliRunner(), ["add", str(index), "bad", str(folder)]
+    line = assert_user_error(runner.invoke(cli, args), "(3 of the 15 sampled)")
+    assert all(str(folder / n) in line for n in BAD) and "pass --skip-bad-images" in line and "on_error" not in line
+    result = runner.invoke(cli, [*args, "--skip-bad-images", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["skipped_images"] == 3 and len(report["skipped_files"]) == 3
+    with TaskIndex.open(index, readonly=True) as idx:
+        assert idx.get("bad")[0].meta["skipped_images"] == 3  # recorded with the row
+    text = runner.invoke(cli, [*args[:2], "bad2", str(folder), "--skip-bad-images"]).output
+    assert "skipped 3 unreadable images" in text and all(str(folder / n) in text for n in BAD), text
+
+
+@pytest.mark.parametrize("command", ["query", "select"])
+def test_cli_query_and_select_name_every_bad_file_or_skip_them(index, folder, command):
+    runner, args = CliRunner(), [command, str(index), str(folder)]
+    line = assert_user_error(runner.invoke(cli, args), "(3 of the 15 sampled)")
+    assert all(str(folder / n) in line for n in BAD) and "pass --skip-bad-images" in line and "on_error" not in line
+    result = runner.invoke(cli, [*args, "--skip-bad-images", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["skipped_images"] == 3 and report["hits"], report
+    assert sorted(s["image"] for s in report["skipped_files"]) == sorted(str(folder / n) for n in BAD)
+    text = runner.invoke(cli, [*args, "--skip-bad-images"]).output
+    assert "skipped 3 unreadable images" in text and all(str(folder / n) in text for n in BAD), text
+    plain = runner.invoke(cli, [command, str(index), "--name", "good", "--skip-bad-images", "--json"])
+    assert plain.exit_code == 0 and "skipped_images" not in json.loads(plain.output)
+
+
+def _manifest(tmp_path, folder, extra=()) -> str:
+    rows = [{"name": "round", "source": "sample:digits-round", "per_class": 4}, {"name": "bad", "source": str(folder)},
+            *extra]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    text = "\n".join([",".join(keys)] + [",".join(str(r.get(k, "")) for k in keys) for r in rows]) + "\n"
+    (tmp_path / "m.csv").write_text(text)
+    return str(tmp_path / "m.csv")
+
+
+def test_cli_rebuild_fails_the_bad_row_naming_its_files_or_skips_them_on_every_row(tmp_path, folder):
+    from taskindex import TaskIndex
+
+    runner, index = CliRunner(), tmp_path / "rebuilt"
+    args = ["rebuild", str(index), "--manifest", _manifest(tmp_path, folder), *FAST_PROBE, "--workers", "1"]
+    result = runner.invoke(cli, [*args, "--json"])
+    assert result.exit_code == 1, result.output
+    [failed] = json.loads(result.output)["failed"]
+    assert failed["name"] == "bad" and "(3 of the 15 sampled)" in failed["reason"]
+    assert all(str(folder / n) in failed["reason"] for n in BAD)
+    assert "pass --skip-bad-images" in failed["reason"] and "on_error" not in failed["reason"]
+    result = runner.invoke(cli, [*args, "--resume", "--skip-bad-images", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["committed"] and report["reused"] == 1 and report["failed"] == []
+    assert [(s["name"], s["line"], s["skipped_images"]) for s in report["skipped"]] == [("bad", 3, 3)]
+    assert sorted(f["image"] for f in report["skipped"][0]["skipped_files"]) == sorted(str(folder / n) for n in BAD)
+    with TaskIndex.open(index, readonly=True) as idx:
+        assert idx.get("bad")[0].meta["skipped_images"] == 3
+    text = runner.invoke(cli, [*args, "--skip-bad-images"]).output
+    assert "skipped 3 unreadable images of bad (manifest line 3): " in text, text
+    assert all(str(folder / n) in text for n in BAD)
+
+
+def test_rebuild_reports_skips_of_rows_staged_by_an_earlier_run(tmp_path, folder):
+    """A run that ends with a failed row stages the row that skipped images; the run that commits it says so."""
+    from taskindex.errors import TaskIndexError
+    from taskindex.rebuilds.run import rebuild
+
+    with pytest.raises(TaskIndexError, match="on_error"):
+        rebuild(tmp_path / "never", _manifest(tmp_path, folder), on_error="ignore", **TINY)
+    assert not (tmp_path / "never").exists()
+    one_class = make_image_folder(tmp_path / "one", classes=("only",))
+    manifest = _manifest(tmp_path, folder, [{"name": "one-class", "source": str(one_class)}])
+    first = rebuild(tmp_path / "idx", manifest, workers=1, progress=False, on_error="skip", **TINY)
+    assert not first.committed and [f["name"] for f in first.failed] == ["one-class"]
+    assert [(s["name"], s["skipped_images"]) for s in first.skipped] == [("bad", 3)]
+    second = rebuild(tmp_path / "idx", manifest, workers=1, progress=False, allow_failures=True)
+    assert second.committed and second.reused == 2 and second.embedded == 0
+    assert [(s["name"], s["skipped_images"]) for s in second.skipped] == [("bad", 3)]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from taskindex.cli.options import data_options, estimator_options, weights_option
+from taskindex.cli.options import data_options, estimator_options, skip_bad_images_option, weights_option
 from taskindex.cli.output import Exit, api_errors, json_output, progress, row_table, template
+from taskindex.cli.search import show_skipped, skipped
 from taskindex.cli.versions import wait_option
 from taskindex.shipped import default_index_path
 
@@ -81,11 +82,12 @@ def _check_add_flags(index, name, data, embedding_file, source_task, kind) -> No
 @click.option("--meta", multiple=True, help="key=value metadata (repeatable).")
 @click.option("--replace", is_flag=True, help="Replace a row of the same name (upsert).")
 @data_options
+@skip_bad_images_option
 @wait_option
-@json_output(template("added {name} ({kind}): {rows} rows, version {version}"))
+@json_output(lambda r: (template("added {name} ({kind}): {rows} rows, version {version}")(r), show_skipped(r)))
 @api_errors
 def add(index, name, data, embedding_file, kind, source_task, meta, replace, max_samples, image_column, label_column,
-        wait):
+        on_error, wait):
     """Add NAME to INDEX: embed DATA with the index's probe, take --embedding FILE, or (a model) --source TASK.
 
     Example:
@@ -110,13 +112,14 @@ def add(index, name, data, embedding_file, kind, source_task, meta, replace, max
                 raise IndexUsageError(f"a row named {name!r} already exists in {index}: pass --replace to replace "
                                       "it or choose another name")
             emb = reader.embed(data, max_samples, image_column=image_column, label_column=label_column,
-                               progress=progress())
+                               progress=progress(), on_error=on_error)
     with TaskIndex.open(index, lock_timeout=wait) as idx:
         if kind == "model":
             idx.add_model(name, source_task if emb is None else emb, metadata=metadata, replace=replace)
         else:
             (idx.upsert if replace else idx.add)(name, emb, kind=kind, metadata=metadata)
-        return {"name": name, "kind": kind, "rows": len(idx), "version": idx.version}
+        return {"name": name, "kind": kind, "rows": len(idx), "version": idx.version,
+                **(skipped(emb) if data is not None else {})}
 
 
 @click.command(name="ls")

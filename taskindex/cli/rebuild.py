@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from taskindex.cli.options import estimator_options, weights_option
+from taskindex.cli.options import estimator_options, skip_bad_images_option, weights_option
 from taskindex.cli.output import Exit, api_errors, json_output, progress
 
 
-SHOWN = 10  # removed rows named in the summary; --json names them all
+SHOWN = 10  # removed rows, or skipped images of a row, named in the summary; --json names them all
 
 
 def _show_report(r: dict) -> None:
@@ -22,6 +22,11 @@ def _show_report(r: dict) -> None:
                    + (f"{r['workers']} workers)" if r["executor"] == "local" else f"{r['executor']})"))
     for f in r["failed"]:
         click.echo(f"  failed: {f['name']} (manifest line {f['line']}): {f['reason']}")
+    for s in r["skipped"]:
+        more = len(s["skipped_files"]) - SHOWN
+        click.echo(f"  skipped {s['skipped_images']} unreadable images of {s['name']} (manifest line {s['line']}): "
+                   + ", ".join(f["image"] for f in s["skipped_files"][:SHOWN])
+                   + (f" and {more} more (--json lists all)" if more > 0 else ""))
     what = "changes" if r["committed"] else "would change" if r["dry_run"] else "planned, not committed"
     click.echo(f"{what}: {len(r['added'])} added, {len(r['changed'])} changed (embedded again), "
                f"{len(r['removed'])} removed, {len(r['kept'])} kept as committed")
@@ -54,14 +59,15 @@ def _show_report(r: dict) -> None:
 @click.option("--allow-failures", is_flag=True, help="Commit the rows that worked and exit 0 when some failed "
               "(also after a run that ended with failed rows).")
 @click.option("--dry-run", is_flag=True, help="Print what the rebuild would add, change and remove; write nothing.")
+@skip_bad_images_option
 @click.option("--probe", default="efficientnet_lite0", show_default=True, help="Only when INDEX is created.")
 @weights_option(help="Only when INDEX is created.")
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Only when INDEX is created.")
 @estimator_options
 @json_output(_show_report)
 @api_errors(interrupted="Interrupted: {index} is unchanged; `--resume` goes on from the rows already embedded.")
-def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_failures, dry_run, probe, weights,
-            image_size, estimator, trim):
+def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_failures, dry_run, on_error, probe,
+            weights, image_size, estimator, trim):
     """Make INDEX hold exactly the rows of a manifest, embedded in parallel and committed at once; says which
     rows it added, changed, removed and kept.
 
@@ -77,7 +83,7 @@ def rebuild(index, manifest_file, workers, threads, ray_address, resume, allow_f
 
     report = run(index, manifest_file, workers=workers, threads=threads, resume=resume, allow_failures=allow_failures,
                  probe=probe, weights=weights, image_size=image_size, estimator=estimator, trim=trim,
-                 ray_address=ray_address, dry_run=dry_run, progress=progress()).to_dict()
+                 ray_address=ray_address, dry_run=dry_run, progress=progress(), on_error=on_error).to_dict(cli=True)
     return Exit(report, 1 if report["failed"] and not allow_failures else 0)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from taskindex.cli.options import data_options
+from taskindex.cli.options import data_options, skip_bad_images_option
 from taskindex.cli.output import api_errors, json_output, row_table, table
 from taskindex.shipped import default_index_path
 
@@ -54,10 +54,24 @@ def _search(command: str, args, embedding_file, row_name, read: dict, search) ->
         start = time.perf_counter()
         task = _task(rest[0], read) if rest else None  # reading images loads torch: only for DATA
         target = (row_name or (Embedding.load(embedding_file) if embedding_file else
-                               idx.embed(task, read["max_samples"], progress=False)))
+                               idx.embed(task, read["max_samples"], progress=False, on_error=read["on_error"])))
         hits = search(idx, target, task)
         seconds = time.perf_counter() - start
-    return {"index": index, "seconds": seconds, "hits": [h.to_dict() for h in hits]}
+    return {"index": index, "seconds": seconds, "hits": [h.to_dict() for h in hits],
+            **(skipped(target) if task is not None else {})}
+
+
+def skipped(emb) -> dict:
+    """What --skip-bad-images left out of DATA's embedding (nothing without the flag or without DATA)."""
+    meta = getattr(emb, "meta", {})
+    return {k: meta[k] for k in ("skipped_images", "skipped_files") if k in meta}
+
+
+def show_skipped(r: dict) -> None:
+    if r.get("skipped_images"):
+        click.echo(f"skipped {r['skipped_images']} unreadable images of DATA:")
+        for s in r["skipped_files"]:
+            click.echo(f"  {s['image']}: {s['error']}")
 
 
 def _task(data: str, read: dict):
@@ -68,7 +82,7 @@ def _task(data: str, read: dict):
 
 def target_options(f):
     """What a query or select asks about: DATA, --embedding FILE or --name NAME, and how DATA is read."""
-    f = data_options(f)
+    f = skip_bad_images_option(data_options(f))
     f = click.option("--name", "row_name", help="Ask with a task row already in the index.")(f)
     return click.option("--embedding", "embedding_file", type=click.Path(), help="Ask with a saved .emb file.")(f)
 
@@ -77,6 +91,7 @@ def _show_rows(r: dict) -> None:
     row_table([{**h["metadata"], "distance": h["distance"]} for h in r["hits"]],
               ["name", "kind", "distance", "complexity"])
     click.echo(f"({len(r['hits'])} rows, {r['metric']}, {r['seconds'] * 1000:.1f} ms)")
+    show_skipped(r)
 
 
 @click.command()
@@ -96,8 +111,8 @@ def _show_rows(r: dict) -> None:
               help="Complexity weight of --metric asym (default: the index's, see `taskindex alpha`).")
 @json_output(_show_rows)
 @api_errors
-def query(args, embedding_file, row_name, max_samples, image_column, label_column, k, metric, kind, where, exact,
-          refine, alpha):
+def query(args, embedding_file, row_name, on_error, max_samples, image_column, label_column, k, metric, kind, where,
+          exact, refine, alpha):
     """Nearest rows: query [INDEX] (DATA | --embedding FILE | --name NAME).
 
     Without INDEX the shipped default index is used.
@@ -113,7 +128,7 @@ def query(args, embedding_file, row_name, max_samples, image_column, label_colum
 
     where = parse_where(where)
     result = _search("query", args, embedding_file, row_name, dict(max_samples=max_samples, image_column=image_column,
-                                                                  label_column=label_column),
+                                                                  label_column=label_column, on_error=on_error),
                      lambda idx, q, _: idx.query(q, k=k, metric=metric, kind=kind, where=where, exact=exact,
                                                  alpha=alpha, refine=refine))
     return {**result, "metric": metric}
@@ -127,6 +142,7 @@ def _show_models(r: dict) -> None:
             click.echo(f"{h['name']}: " + "; ".join(f"{e['task']} (d_sym {e['d_sym']:.3f}, weight {e['weight']:.2f}) "
                                                     f"error {e['error']:.3f}" for e in h["evidence"]))
     click.echo(f"({len(r['hits'])} models, {r['seconds'] * 1000:.1f} ms)")
+    show_skipped(r)
 
 
 @click.command()
@@ -146,8 +162,8 @@ def _show_models(r: dict) -> None:
               help="How many of the first experts --verify checks.")
 @json_output(_show_models)
 @api_errors
-def select(args, embedding_file, row_name, max_samples, image_column, label_column, k, where, alpha, by, verify,
-           shortlist):
+def select(args, embedding_file, row_name, on_error, max_samples, image_column, label_column, k, where, alpha, by,
+           verify, shortlist):
     """Best experts for a task: select [INDEX] (DATA | --embedding FILE | --name NAME).
 
     Ranks the model rows by their results on the known tasks nearest to the task where the index holds
@@ -166,7 +182,7 @@ def select(args, embedding_file, row_name, max_samples, image_column, label_colu
 
     where = parse_where(where)
     return _search("select", args, embedding_file, row_name, dict(max_samples=max_samples, image_column=image_column,
-                                                                 label_column=label_column),
+                                                                 label_column=label_column, on_error=on_error),
                    lambda idx, q, task: idx.select_model(q, k=k, where=where, alpha=alpha, by=by, verify=verify,
                                                          shortlist=shortlist, task=task))
 

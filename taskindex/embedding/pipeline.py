@@ -36,9 +36,14 @@ NAMED_BAD_IMAGES = 20  # an error lists this many unreadable images, then counts
 _CHUNK = 256  # images loaded per call while drawing the sample
 
 
+def check_on_error(on_error: str) -> None:
+    """on_error checked before any work, also by the callers that read a task or load a probe first."""
+    validation.choice(on_error, "on_error", ON_ERROR, fix="'skip' embeds the readable images and lists the rest")
+
+
 def _check_options(method, expectation, max_samples, batch_size, seed, label_passes, threads, on_error):
     validation.choice(method, "method", METHODS)
-    validation.choice(on_error, "on_error", ON_ERROR, fix="'skip' embeds the readable images and lists the rest")
+    check_on_error(on_error)
     validation.choice(expectation, "expectation", EXPECTATIONS,
                       fix="'sample' draws a label per image, 'exact' sums over labels")
     validation.integer(max_samples, "max_samples", 2, none="every image")
@@ -180,8 +185,7 @@ def _raise_bad_images(task: Task, bad: list, tried: int) -> None:
     what = (f"cannot read image{'s' if len(bad) > 1 else ''} of task {task.name!r} ({len(bad)} of the {tried} "
             f"sampled): {named}{more}")
     raise TaskError(f"{what}. Replace or remove them, or pass on_error='skip' to embed the readable ones",
-                    cli=f"{what}. Replace or remove them, or embed the readable ones with "
-                        "`taskindex embed --skip-bad-images`")
+                    cli=f"{what}. Replace or remove them, or pass --skip-bad-images to embed the readable ones")
 
 
 @dataclasses.dataclass

@@ -336,16 +336,17 @@ class TaskIndex:
         raise TaskIndexError(f"query must be an Embedding, a Task or a row name; got {type(query).__name__}")
 
     def embed(self, task, max_samples: int = 1000, *, image_column: str = "image", label_column: str = "label",
-              probe=None, progress: bool | None = None) -> Embedding:
+              probe=None, progress: bool | None = None, on_error: str = "raise") -> Embedding:
         """`task` embedded in this index's space (its probe, method and estimator), ready to add or query.
 
         task: a Task, or where to read one: an image folder, a .parquet/.csv file (image_column, label_column)
-        or sample:NAME."""
+        or sample:NAME. on_error: as embed's ('skip' embeds the readable images; the meta lists the others)."""
         from taskindex.data.sources import as_task
-        from taskindex.embedding.pipeline import embed
+        from taskindex.embedding.pipeline import check_on_error, embed
 
+        check_on_error(on_error)  # before the images are read or the probe loaded
         return embed(as_task(task, image_column, label_column), probe or self.probe(), max_samples=max_samples,
-                     progress=progress, **self.embed_options())
+                     progress=progress, on_error=on_error, **self.embed_options())
 
     def embed_options(self) -> dict:
         """The keyword arguments of `embed` that put a new task in this index's space."""

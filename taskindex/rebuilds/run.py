@@ -34,7 +34,7 @@ from taskindex.rebuilds import stage
 from taskindex.rebuilds.changes import Changes
 from taskindex.rebuilds.inputs import ManifestRow, read_manifest
 from taskindex.rebuilds.stage import staging_dir
-from taskindex.embedding.pipeline import available_cores
+from taskindex.embedding.pipeline import available_cores, check_on_error
 
 POLL_SECONDS = 0.2  # how often the pool's loop looks for a stop request
 
@@ -43,7 +43,8 @@ POLL_SECONDS = 0.2  # how often the pool's loop looks for a stop request
 class RebuildReport:
     """What a rebuild did, or with dry_run what it would do: `added`, `changed`, `removed` and `kept` name
     the rows (as in `Changes`); `to_embed` rows are embedded now, `reused` come from an earlier run's stage.
-    refit_model2vec: the index's MODEL2VEC fit was made on rows the rebuild replaces, so it no longer applies."""
+    refit_model2vec: the index's MODEL2VEC fit was made on rows the rebuild replaces, so it no longer applies.
+    skipped: the rows whose embedding left out unreadable images (on_error="skip"), and which images."""
 
     index: str
     rows: int
@@ -51,6 +52,7 @@ class RebuildReport:
     embedded: int = 0
     reused: int = 0
     failed: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -63,8 +65,13 @@ class RebuildReport:
     workers: int = 1
     executor: str = "local"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, cli: bool = False) -> dict:
+        """The report as plain data; cli: a failed row's reason worded for the command line (flags, not
+        arguments)."""
+        d = asdict(self)
+        d["failed"] = [{"name": f["name"], "line": f["line"], "reason": f["cli_reason" if cli else "reason"]}
+                       for f in self.failed]
+        return d
 
     def record(self, changes: Changes) -> None:
         self.added, self.changed, self.removed, self.kept = (changes.added, changes.changed, changes.removed,
@@ -80,14 +87,15 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
             resume: bool = False, allow_failures: bool = False, probe: str = "efficientnet_lite0",
             weights: str | None = "imagenet", image_size: int | None = None, estimator: str = DEFAULT_ESTIMATOR,
             trim: float | None = None, ray_address: str | None = None, threads: int | None = None,
-            dry_run: bool = False, progress: bool | None = None) -> RebuildReport:
+            dry_run: bool = False, progress: bool | None = None, on_error: str = "raise") -> RebuildReport:
     """Make INDEX hold exactly the manifest's rows. An existing index keeps its probe and settings;
     `probe`, `weights`, `image_size`, `estimator` and `trim` apply only when it is created.
 
     The report names the rows added, changed, removed and kept. dry_run: only that plan, from the committed
     version, and nothing written. resume: go on from an interrupted run's staged rows. allow_failures: commit
     the rows that worked (a failed row the index holds keeps its committed version), also after a run that
-    ended with failed rows.
+    ended with failed rows. on_error: as embed's, for every row ('skip' embeds the readable images of a row and
+    the report names the rows that skipped some, and which).
 
     workers: local processes (default: one per two cores), each with `threads` torch threads (default:
     embed's rule, one per core that other processes leave idle, at most its share of the cores, decided
@@ -97,6 +105,7 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
     rows = read_manifest(manifest)  # every row checked before any work
     validation.integer(workers, "workers", none="one per two cores")
     validation.integer(threads, "threads", none="one per idle core, at most each worker's share")
+    check_on_error(on_error)
     workers = min(workers or default_workers(), len(rows))
     index = Path(index)
     report = RebuildReport(index=str(index), rows=len(rows), workers=workers,
@@ -107,7 +116,7 @@ def rebuild(index: str | os.PathLike, manifest: str | os.PathLike, *, workers: i
         return report
     create = dict(probe=probe, weights=weights, image_size=image_size, estimator=estimator, trim=trim)
     with stage.writer(index, create, resume, allow_failures) as (idx, staged):  # the lock, held until the commit
-        _embed_and_commit(idx, rows, staged, report, threads, ray_address, allow_failures, progress)
+        _embed_and_commit(idx, rows, staged, report, threads, ray_address, allow_failures, progress, on_error)
     if report.committed:
         shutil.rmtree(staged, ignore_errors=True)
     report.seconds = time.perf_counter() - start
@@ -130,19 +139,24 @@ def _plan(index: Path, rows: list[ManifestRow], report: RebuildReport, resume: b
 
 
 def _embed_and_commit(idx: TaskIndex, rows: list[ManifestRow], staged: Path, report: RebuildReport,
-                      threads: int | None, ray_address: str | None, allow_failures: bool, progress) -> None:
+                      threads: int | None, ray_address: str | None, allow_failures: bool, progress,
+                      on_error: str) -> None:
     """Embed the rows not staged yet, then commit them all, unless rows failed and failures are not allowed."""
     changes = Changes.plan(idx.names(), [r.name for r in rows])
     report.record(changes)
     embedded = [r for r in rows if r.source_task is None]  # a model with a source_task takes that row's
     todo = [r for r in embedded if not (staged / f"{r.digest()}.emb").exists()]
     report.to_embed, report.reused = len(todo), len(embedded) - len(todo)
+    fresh = {r.name for r in todo}
+    for row in [r for r in embedded if r.name not in fresh]:  # staged by an earlier run: its skips count too
+        _note_skipped(report, row, Embedding.load(staged / f"{row.digest()}.emb"))
     if report.workers > 1 or ray_address is not None:
         idx.probe()  # a probe that cannot be rebuilt is one clear error here, not one per worker
     if threads is None and ray_address is not None:  # one CPU a task, as Ray schedules them
         threads = 1
-    failed = _run(worker_spec(idx), todo, staged, report.workers, threads, ray_address, progress, report)
+    failed = _run(worker_spec(idx, on_error), todo, staged, report.workers, threads, ray_address, progress, report)
     report.failed = sorted(failed, key=lambda f: f["line"])
+    report.skipped.sort(key=lambda s: s["line"])
     by_name = {r.name: r for r in rows}
     source = {r.name: by_name[r.source_task] if r.source_task else r for r in rows}
     bad = {f["name"] for f in failed}
@@ -157,6 +171,12 @@ def _embed_and_commit(idx: TaskIndex, rows: list[ManifestRow], staged: Path, rep
     report.refit_model2vec = idx.model2vec is not None
     idx.add_many(items, only=True)
     report.committed, report.version = True, idx.version
+
+
+def _note_skipped(report: RebuildReport, row: ManifestRow, emb: Embedding) -> None:
+    if emb.meta.get("skipped_images"):
+        report.skipped.append({"name": row.name, "line": row.line, "skipped_images": emb.meta["skipped_images"],
+                               "skipped_files": emb.meta["skipped_files"]})
 
 
 def _metadata(row: ManifestRow) -> dict:
@@ -177,13 +197,14 @@ def _run(spec: dict, todo: list[ManifestRow], staged: Path, workers: int, thread
     failed = []
     bar = tqdm(total=len(todo), desc="rebuild", unit="row", disable=None if progress is None else not progress)
 
-    def done(row: ManifestRow, result: tuple[str | None, Embedding | None]) -> None:
+    def done(row: ManifestRow, result: tuple[tuple[str, str] | None, Embedding | None]) -> None:
         error, emb = result
         if error:
-            failed.append({"name": row.name, "line": row.line, "reason": error})
+            failed.append({"name": row.name, "line": row.line, "reason": error[0], "cli_reason": error[1]})
         else:
             emb.save(staged / f"{row.digest()}.emb")  # persisted at once: a crash loses only the rows in flight
             report.embedded += 1
+            _note_skipped(report, row, emb)
         bar.update(1)
         bar.set_postfix(done=report.embedded + report.reused, failed=len(failed), refresh=False)
 
@@ -307,9 +328,9 @@ def _ray_embed_row(spec: dict, row: ManifestRow, threads: int):
 _WORKER: dict = {}
 
 
-def worker_spec(idx: TaskIndex) -> dict:
+def worker_spec(idx: TaskIndex, on_error: str = "raise") -> dict:
     """What a worker needs to embed rows into `idx`'s space, on any machine: the space and embed's options."""
-    return {"space": dict(idx.space), "options": idx.embed_options()}
+    return {"space": dict(idx.space), "options": {**idx.embed_options(), "on_error": on_error}}
 
 
 def _init(spec: dict, threads: int | None, share: int | None = None) -> None:
@@ -337,8 +358,8 @@ def _row_threads() -> int | None:
     return idle_threads(share) if threads is None and share is not None else threads
 
 
-def _embed_row(row: ManifestRow) -> tuple[str | None, Embedding | None]:
-    """Embed one row: (None, embedding), or (the reason it failed, None)."""
+def _embed_row(row: ManifestRow) -> tuple[tuple[str, str] | None, Embedding | None]:
+    """Embed one row: (None, embedding), or ((the reason it failed, its wording for the CLI), None)."""
     from taskindex.data.sources import load_task
     from taskindex.embedding.pipeline import embed
 
@@ -347,8 +368,8 @@ def _embed_row(row: ManifestRow) -> tuple[str | None, Embedding | None]:
         return None, embed(task, _WORKER["probe"], max_samples=row.max_samples, seed=row.seed, progress=False,
                            threads=_row_threads(), **_WORKER["spec"]["options"])
     except TaskIndexError as exc:
-        return str(exc), None
+        return (str(exc), exc.cli), None
     except (OSError, ValueError, RuntimeError) as exc:  # unreadable files and the like: this row only
-        return f"{type(exc).__name__}: {exc}", None
+        return (f"{type(exc).__name__}: {exc}",) * 2, None
 
 

@@ -335,3 +335,10 @@ def test_a_rebuild_that_cannot_get_past_another_opening_the_index_names_it(tmp_p
     finally:
         holder.communicate("go\n", timeout=60)
     assert holder.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["m.csv"]
+
+
+def test_a_lock_file_left_by_a_killed_rebuild_does_not_stop_the_next(tmp_path):
+    index, manifest = tmp_path / "new.index", write_csv(tmp_path / "m.csv", sample_rows(SAMPLES[:1], per_class=4))
+    (tmp_path / ".new.index.opening").write_text("999999999")  # its flock went with the process
+    assert rebuild(index, manifest, workers=1, progress=False, **TINY).committed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "new.index"]

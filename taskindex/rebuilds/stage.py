@@ -67,7 +67,8 @@ def _opening(index: Path) -> Iterator[None]:
             index.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise IndexUsageError(f"cannot create {index}: {exc.strerror}") from None
+            raise IndexUsageError(f"cannot rebuild {index}: its folder {index.parent} is not writable here "
+                                  f"({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,6 +81,7 @@ def _opening(index: Path) -> Iterator[None]:
         if _same_file(fd, path):  # not a file that the last holder removed after this process opened it
             break
         os.close(fd)
+    os.ftruncate(fd, 0)  # a file left by a killed holder may name it
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     try:
         yield

@@ -44,11 +44,11 @@ def default_refine(rows: int) -> int:
 # exact distances to landmark rows spread over the index, then FAISS's order around the query and around the best
 # row found, doubled until the deeper half adds nothing to the top k (rerank.widen; tools/bench_query.py).
 FAR_SAMPLE = 128        # rows whose nearest-neighbour distance is measured
-FAR_QUANTILE = 0.95     # a query whose best candidate is farther than this quantile of those distances widens
+FAR_QUANTILE = 0.9      # a query whose best candidate is farther than this quantile of those distances widens
 LANDMARKS = 256         # rows re-ranked by a widening query: the cluster it belongs to need not be near in FAISS
 LANDMARK_SAMPLE = 20    # rows clustered per landmark, to choose them
 LANDMARK_DIMS = 32      # leading projected coordinates they are clustered on
-WIDEN_MAX = 64          # the most candidates a widening query re-ranks, in multiples of its first fetch
+WIDEN_MAX = 128         # the most candidates a widening query re-ranks, in multiples of its first fetch
 RESAMPLE = 0.1          # rows added or removed, as a fraction, after which the reference is measured again
 
 

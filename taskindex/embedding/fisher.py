@@ -22,6 +22,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from taskindex.embedding.estimators import FilterEstimator
+from taskindex.optim import Adam
 
 _CONV_SIG = inspect.Signature([
     inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
@@ -280,7 +281,7 @@ def variational_precision(
     m = torch.as_tensor(weights_per_filter(backbone), dtype=torch.float32, device=device)
     start = t0 if init is None else torch.as_tensor(init, dtype=torch.float32, device=device)
     log_prec = torch.log(start).clone().requires_grad_(True)
-    opt = torch.optim.Adam([log_prec], lr=lr)
+    opt = Adam([([log_prec], 0.0)], lr=lr)
     gen = torch.Generator(device=device).manual_seed(seed)
     vt = VariationalTap(backbone, log_prec, nu, gen)
     for _ in range(epochs):
@@ -290,7 +291,7 @@ def variational_precision(
             ce = F.cross_entropy(logits.float(), y)
             ratio = torch.exp(torch.log(t0) - log_prec)  # t0 / Lambda
             kl = 0.5 * nu * (m * (ratio - 1.0 - torch.log(ratio))).sum()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             (ce + kl).backward()
             opt.step()
             if on_batch is not None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from taskindex.optim import Adam
+
 
 def fit_head(
     features: torch.Tensor,
@@ -37,7 +39,7 @@ def fit_head(
     gen = torch.Generator().manual_seed(seed)
     w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+    opt = Adam([([w, b], weight_decay)], lr=lr)
     # sample a class uniformly, then a member of that class uniformly
     members = [torch.nonzero(y == c).flatten() for c in range(n_classes)]
     counts = torch.tensor([len(m) for m in members])
@@ -50,7 +52,7 @@ def fit_head(
         pos = (torch.rand(batch_size, generator=gen) * counts[cls]).long()
         idx = padded[cls, pos]
         loss = nn.functional.cross_entropy(xs[idx] @ w + b, y[idx])
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
     head = nn.Linear(x.shape[1], n_classes)

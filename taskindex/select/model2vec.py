@@ -158,6 +158,8 @@ def _fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, p
     """Learn theta and gamma by soft-label cross-entropy, full-batch Adam, early stopping on held-out tasks."""
     import torch
 
+    from taskindex.optim import Adam
+
     for key, value, ok in (("alpha_s", alpha_s, alpha_s > 0), ("lr", lr, lr > 0), ("weight_decay", weight_decay,
                            weight_decay >= 0), ("max_steps", max_steps, max_steps >= 1),
                            ("patience", patience, patience >= 1), ("holdout", holdout, 0 < holdout < 1)):
@@ -181,8 +183,7 @@ def _fit(task_vectors: np.ndarray, model_vectors: np.ndarray, err: np.ndarray, p
     log_gamma = torch.tensor(float(np.log(gamma0)))
     theta.grad, log_gamma.grad = torch.zeros_like(theta), torch.zeros(())
     # decoupled decay (AdamW): Adam's L2 term would pin theta at 0 wherever the loss gradient is small
-    opt = torch.optim.AdamW([{"params": [theta], "weight_decay": weight_decay},
-                             {"params": [log_gamma], "weight_decay": 0.0}], lr=lr)
+    opt = Adam([([theta], weight_decay), ([log_gamma], 0.0)], lr=lr, decoupled=True)
     first_train = _loss(d0[train], target[train], log_gamma)[0]
     first_val = _loss(d0[val], target[val], log_gamma)[0]
     best = (first_val, 0, theta.clone(), float(log_gamma))

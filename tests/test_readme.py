@@ -16,6 +16,7 @@ page to one of its headings).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -191,16 +192,45 @@ def test_link_check_finds_broken_links(tmp_path):
     assert broken_links(tmp_path / "docs" / "a.md", tmp_path, set()) == []
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=rel)
-def test_code_blocks_run_in_order(page, tmp_path, monkeypatch):
-    from taskindex import TaskIndex
+@pytest.fixture(scope="module")
+def warm_cli(tmp_path_factory):
+    """A folder whose `taskindex` runs the CLI in a fork of a process that has imported it (tests/cli_server.py)."""
+    from cli_server import CliServer
 
-    name = rel(page)
+    with CliServer(tmp_path_factory.mktemp("cli")) as folder:
+        yield folder
+
+
+def _cli_env(first: Path) -> dict:
     bin_dir = Path(sys.executable).parent
     assert (bin_dir / "taskindex").exists(), f"no taskindex command next to {sys.executable}"
     env = {k: v for k, v in os.environ.items() if k != "TASKINDEX_INDEX"}
-    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = os.pathsep.join(dict.fromkeys([str(first), str(bin_dir), env.get("PATH", "")]))
+    return env
+
+
+@pytest.mark.parametrize("args", [["query", "--name", "fashion-footwear", "-k", "3", "--json"],
+                                  ["query", "--name", "no-such-row"], ["info"], ["probes"]])
+def test_the_warm_cli_answers_as_the_installed_command(args, warm_cli, tmp_path):
+    """The docs' commands run through the fork server: output, errors and exit status as the installed entry
+    point gives them, run from another folder."""
+    runs = [subprocess.run(["taskindex", *args], cwd=tmp_path, env=_cli_env(first), capture_output=True,
+                           text=True, timeout=120) for first in (Path(sys.executable).parent, warm_cli)]
+    installed, warm = runs
+    assert installed.stdout or installed.stderr
+    if "--json" in args:  # the same answer; its "seconds" are the one field that differs between runs
+        installed.stdout, warm.stdout = ({k: v for k, v in json.loads(r.stdout).items() if k != "seconds"}
+                                         for r in runs)
+    assert (warm.returncode, warm.stdout, warm.stderr) == (installed.returncode, installed.stdout, installed.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=rel)
+def test_code_blocks_run_in_order(page, tmp_path, monkeypatch, warm_cli):
+    from taskindex import TaskIndex
+
+    name = rel(page)
+    env = _cli_env(warm_cli)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__readme__"}
     timings = []

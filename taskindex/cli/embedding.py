@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from taskindex.cli.options import data_options, estimator_options, weights_option
+from taskindex.cli.options import data_options, estimator_options, skip_bad_images_option, weights_option
 from taskindex.cli.output import UserError, api_errors, json_output, progress, table, template, writable_output
 
 
@@ -46,14 +46,12 @@ def _show_embedding(r: dict) -> None:
 @click.option("--image-size", type=click.IntRange(min=8), default=None, help="Input resolution (default: the probe's).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample and of drawn labels.")
-@click.option("--skip-bad-images", is_flag=True,
-              help="Embed the readable images and list the ones that cannot be decoded (default: stop, naming "
-                   "them all).")
+@skip_bad_images_option
 @data_options
 @json_output(_show_embedding)
 @api_errors
 def embed(data, output, probe, weights, method, expectation, label_passes, estimator, trim, image_size, device, seed,
-          skip_bad_images, max_samples, image_column, label_column):
+          on_error, max_samples, image_column, label_column):
     """Embed the task in DATA (folder, .parquet, .csv or sample:NAME) into a .emb file.
 
     Example:
@@ -74,7 +72,7 @@ def embed(data, output, probe, weights, method, expectation, label_passes, estim
     p = load_probe(probe, weights=weights, image_size=image_size, device=device)
     emb = embed_task(task, p, method=method, expectation=expectation, estimator=estimator, trim=trim,
                      max_samples=max_samples, seed=seed, progress=progress(),
-                     on_error="skip" if skip_bad_images else "raise", **passes)
+                     on_error=on_error, **passes)
     emb.save(output)
     return {"output": output, "dim": emb.dim, "complexity": complexity(emb), **emb.meta}
 

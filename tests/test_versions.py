@@ -214,3 +214,16 @@ def test_cli_add_embeds_before_it_takes_the_writer_lock(path, monkeypatch, tmp_p
     monkeypatch.setattr(TaskIndex, "embed", embed)
     out = CliRunner().invoke(cli, ["add", str(path), "new", "sample:digits-round", "--wait", "5"])
     assert out.exit_code == 0 and seen == ["lock free"], out.output
+
+
+def test_a_create_that_loses_a_race_never_replaces_the_index_made_meanwhile(path, tiny_probe, monkeypatch):
+    """Two `create`s of one new path: both see it empty, then the slower one (its probe still loading) finds
+    the other's index under the lock, says so, and leaves it and its five versions as they were."""
+    from taskindex.index import writes
+
+    monkeypatch.setattr(writes, "first_manifest", lambda *a: pytest.fail("a second version 1 was written"))
+    before = TaskIndex.open(path, readonly=True).versions()
+    with pytest.raises(IndexUsageError, match="created by another process meanwhile"):
+        writes.created(path, tiny_probe, "montecarlo", 1.0, "trimmed:0.1", "float32")
+    with TaskIndex.open(path, lock_timeout=0) as idx:  # the lock was released
+        assert idx.versions() == before and sorted(idx.names()) == ["r0", "r2"]

@@ -273,6 +273,10 @@ def created(root: Path, probe, method: str, prior_scale: float, estimator: str, 
     store = Store(root)
     store.acquire()
     try:
+        # checked again under the lock: another process may have created an index here since the caller looked
+        if any(p.name != "LOCK" for p in root.iterdir()):
+            raise IndexUsageError(f"{str(root)!r} was created by another process meanwhile: choose a new path "
+                                  "or open that index")
         store.commit(first_manifest(store, probe, method, prior_scale, estimator, vectors).to_json())
     except BaseException:
         store.release()

@@ -133,3 +133,33 @@ def test_the_cli_checks_the_shortlist_of_data(zoo, tmp_path):
     assert all("evidence" not in h for h in hits[2:])
     bad = CliRunner().invoke(cli, ["select", path, "--embedding", str(tmp_path / "t.emb"), "--verify", "logme"])
     assert bad.exit_code == 2 and "--verify logme needs the task's images: pass DATA" in bad.output
+
+
+def test_unreadable_images_are_left_out_of_logme_and_counted(zoo, tmp_path):
+    """A target with two files that cannot be decoded, embedded with on_error='skip': LogME scores each
+    checked expert on the readable images only, and its evidence says how many were left out."""
+    from clikit import make_image_folder
+
+    index, _, probe = zoo
+    folder = make_image_folder(tmp_path / "target", classes=("a", "b", "c"), per_class=8, size=16)
+    (folder / "a" / "9.png").write_bytes(b"not an image")
+    (folder / "c" / "9.png").write_bytes(b"")
+    target = ti.Task.from_folder(folder)
+    emb = index.embed(target, probe=probe, on_error="skip", progress=False)
+    hits = index.select_model(emb, k=2, by="asym", verify="logme", shortlist=2, task=target)
+    rows = target.balanced_indices(300, seed=0)
+    readable = np.array([r for r in rows if _decodes(target, r)])
+    assert len(readable) == len(rows) - 2
+    for hit in hits:
+        note = hit.evidence[-1]
+        expert = ti.load_probe(ARCH, weights=hit.metadata["weights_file"], device="cpu")
+        want = logme(expert.features(target.load(readable, 16)), target.labels[readable])
+        assert note["unreadable_images"] == 2 and note["logme"] == pytest.approx(want)
+
+
+def _decodes(task, row) -> bool:
+    try:
+        task.load([row], 16)
+        return True
+    except Exception:
+        return False

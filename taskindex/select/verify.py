@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from taskindex.errors import TaskIndexError
 
 SAMPLES = 300  # class-balanced images of the task LogME sees per expert
@@ -40,13 +42,16 @@ def logme_shortlist(hits: list, task, shortlist: int) -> list:
     head, rows = list(hits[:shortlist]), task.balanced_indices(SAMPLES, seed=0)
     scored = {}
     for i, hit in enumerate(head):
-        why = loadable(hit.metadata)
+        why, bad = loadable(hit.metadata), []
         if why is None:
             size = hit.metadata.get("image_size")
             probe = load_probe(hit.metadata["architecture"], weights=str(hit.metadata["weights_file"]),
                                image_size=None if size is None else int(size), device="cpu")
-            scored[i] = logme(probe.features(task.load(rows, probe.image_size)), task.labels[rows])
-        hit.evidence = [*hit.evidence, {"logme": scored.get(i), **({"not_checked": why} if why else {})}]
+            # an image that cannot be decoded is left out: embedding the query already named or skipped it
+            images = task.load(rows, probe.image_size, bad)
+            scored[i] = logme(probe.features(images), np.delete(task.labels[rows], [b[0] for b in bad]))
+        hit.evidence = [*hit.evidence, {"logme": scored.get(i), **({"not_checked": why} if why else {}),
+                                        **({"unreadable_images": len(bad)} if bad else {})}]
     ranked = [head[i] for i in sorted(scored, key=lambda i: -scored[i])]  # the checked rows, best LogME first
     for slot, hit in zip(sorted(scored), ranked):
         head[slot] = hit

@@ -129,6 +129,28 @@ def plot_matrix(index, color_by: str | None = None, where: dict | None = None, k
     return fig
 
 
+def _embed_2d(d: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """t-SNE or UMAP of a distance matrix, on the idle cores only (taskindex.cores): their OpenMP threads
+    spin-wait, so a thread on a core that another process holds slows a small map many times over."""
+    from threadpoolctl import threadpool_limits
+
+    from taskindex.cores import idle_cores
+
+    n = len(d)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        reducer = TSNE(2, metric="precomputed", init="random", perplexity=min(30.0, (n - 1) / 3), random_state=seed)
+    else:
+        try:
+            import umap
+        except ImportError:
+            raise TaskIndexError("UMAP needs umap-learn: pip install umap-learn, or use method 'tsne'") from None
+        reducer = umap.UMAP(metric="precomputed", n_neighbors=min(15, n - 1), random_state=seed)
+    with threadpool_limits(idle_cores()):
+        return reducer.fit_transform(d)
+
+
 def plot_map(index, color_by: str | None = None, where: dict | None = None, kind: str | None = None,
         method: str = "tsne", seed: int = 0):
     """A 2-D map whose nearness follows d_sym: t-SNE (scikit-learn) or UMAP (umap-learn) on the distances."""
@@ -142,17 +164,8 @@ def plot_map(index, color_by: str | None = None, where: dict | None = None, kind
     n = len(frame)
     if n < 4:
         xy = _classical_mds(d)  # t-SNE and UMAP need a handful of points; 2-3 rows are placed exactly
-    elif method == "tsne":
-        from sklearn.manifold import TSNE
-
-        xy = TSNE(2, metric="precomputed", init="random", perplexity=min(30.0, (n - 1) / 3),
-                  random_state=seed).fit_transform(d)
     else:
-        try:
-            import umap
-        except ImportError:
-            raise TaskIndexError("UMAP needs umap-learn: pip install umap-learn, or use method 'tsne'") from None
-        xy = umap.UMAP(metric="precomputed", n_neighbors=min(15, n - 1), random_state=seed).fit_transform(d)
+        xy = _embed_2d(d, method, seed)
     fig = Figure(figsize=(8.5, 6.5))
     ax = fig.add_subplot()
     colours, entries, mappable = _colours(colour_values) if color_by else ([(0.2, 0.4, 0.7, 1)] * n, None, None)

@@ -265,28 +265,26 @@ def test_cores_used_by_others_subtracts_our_own_work_and_counts_the_rest(monkeyp
     """The thread count must not follow the load average: a long run of embeddings made it count its own
     work and fall to one thread on an idle machine. On a machine whose load is known: the busy time over
     the window, less this process's CPU time, in cores, clamped to [0, cores]."""
-    import taskindex.embedding.pipeline as t2v
+    from taskindex import cores
 
     machine = FakeMachine(ours, busy, idle)
-    monkeypatch.setattr(t2v, "time", machine)
-    monkeypatch.setattr(t2v, "open", machine.open, raising=False)
-    assert t2v._cores_used_by_others(2, window=0.5) == pytest.approx(expected, abs=0.05)
+    monkeypatch.setattr(cores, "time", machine)
+    monkeypatch.setattr(cores, "open", machine.open, raising=False)
+    assert cores.cores_used_by_others(2, window=0.5) == pytest.approx(expected, abs=0.05)
     assert machine.wall == pytest.approx(0.5)  # one window, slept once
 
 
 def test_cores_used_by_others_without_proc_stat_is_the_load_less_our_threads(monkeypatch):
-    import taskindex.embedding.pipeline as t2v
+    from taskindex import cores
 
     def no_proc(path, *args, **kwargs):
         raise FileNotFoundError(path)
 
-    monkeypatch.setattr(t2v, "open", no_proc, raising=False)
-    monkeypatch.setattr(t2v.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
-    with t2v.torch_threads(2):
-        assert t2v._cores_used_by_others(4, window=0.01) == pytest.approx(1.0)
-    monkeypatch.setattr(t2v.os, "getloadavg", lambda: (1.0, 0.0, 0.0))
-    with t2v.torch_threads(2):
-        assert t2v._cores_used_by_others(4, window=0.01) == 0.0
+    monkeypatch.setattr(cores, "open", no_proc, raising=False)
+    monkeypatch.setattr(cores.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    assert cores.cores_used_by_others(4, window=0.01, own_threads=2) == pytest.approx(1.0)
+    monkeypatch.setattr(cores.os, "getloadavg", lambda: (1.0, 0.0, 0.0))
+    assert cores.cores_used_by_others(4, window=0.01, own_threads=2) == 0.0
 
 
 @pytest.mark.slow
@@ -297,7 +295,7 @@ def test_cores_used_by_others_on_this_machine_ignores_our_thread_and_sees_anothe
     is rarely idle): our own busy thread adds nothing, another process's busy loop adds about one core.
     Each reading is paired with a baseline taken just before it, so load that comes and goes elsewhere
     moves both."""
-    from taskindex.embedding.pipeline import _cores_used_by_others
+    from taskindex.cores import cores_used_by_others as _cores_used_by_others
 
     cores = len(os.sched_getaffinity(0))
 

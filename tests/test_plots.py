@@ -70,6 +70,22 @@ def test_map_places_each_family_together(index, tmp_path, one_blas_thread):
     assert (tmp_path / "map.svg").read_text().lstrip().startswith("<?xml")
 
 
+def test_the_map_runs_its_threads_on_the_idle_cores_only(index, monkeypatch):
+    """t-SNE's OpenMP threads spin-wait: on a machine where others hold cores the map takes one thread per
+    idle core (taskindex.cores), never the default of one per core."""
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_info
+
+    from taskindex import cores
+
+    monkeypatch.setattr(cores, "idle_cores", lambda own_threads=1: 1)  # one idle core of this machine's 2
+    seen, fit = [], TSNE.fit_transform
+    monkeypatch.setattr(TSNE, "fit_transform", lambda self, *a, **kw: seen.append(
+        {p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"}) or fit(self, *a, **kw))
+    plots.plot_map(index, kind="task")
+    assert seen == [{1}]
+
+
 def test_complexity_against_a_column_reports_its_spearman(index):
     fig = plots.plot_complexity(index, against="error")
     ax = fig.axes[0]

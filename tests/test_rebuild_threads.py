@@ -8,6 +8,7 @@ from test_rebuild import SAMPLES, TINY, sample_rows, write_csv
 
 import taskindex.embedding.pipeline as pipeline
 import taskindex.rebuilds.run as run
+from taskindex import cores
 from taskindex.select import model2vec
 
 
@@ -21,9 +22,9 @@ def busy_machine(monkeypatch):
         return before(n)
 
     before = pipeline.torch_threads
-    monkeypatch.setattr(pipeline, "available_cores", lambda: 4)
+    monkeypatch.setattr(cores, "available_cores", lambda: 4)
     monkeypatch.setattr(run, "available_cores", lambda: 4)
-    monkeypatch.setattr(pipeline, "_cores_used_by_others", lambda cores, window=0.05: 3.0)
+    monkeypatch.setattr(cores, "cores_used_by_others", lambda n, window=0.05, own_threads=1: 3.0)
     monkeypatch.setattr(pipeline, "torch_threads", record)
     return used
 
@@ -39,7 +40,7 @@ def test_a_rebuild_takes_the_idle_cores_and_threads_overrides_them(tmp_path, bus
 
 def test_pool_workers_take_the_idle_cores_up_to_their_share(monkeypatch, busy_machine):
     assert run.idle_threads(2) == 1  # three of four cores busy: one thread
-    monkeypatch.setattr(pipeline, "_cores_used_by_others", lambda cores, window=0.05: 0.0)
+    monkeypatch.setattr(cores, "cores_used_by_others", lambda n, window=0.05, own_threads=1: 0.0)
     assert run.idle_threads(2) == 2  # an idle machine: the worker's share, never all four cores
     assert run.idle_threads(8) == 4
 

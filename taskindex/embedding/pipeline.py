@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from taskindex import __version__
 from taskindex import validation
+from taskindex.cores import idle_cores
 from taskindex.embedding.vector import PRIOR_SCALE, Embedding
 from taskindex.errors import TaskError, TaskIndexError
 from taskindex.embedding.estimators import DEFAULT_ESTIMATOR, FilterEstimator, estimator_id
@@ -312,38 +312,11 @@ def thread_rule(dev: torch.device, threads: int | None):
 
     torch's OpenMP threads spin-wait for each other: with every core in use and another
     process holding one, an embedding slowed 10-80x on a 2-core machine, while one thread
-    per idle core stays steady (README, 'Threads').
+    per idle core stays steady (taskindex.cores).
     """
     if dev.type != "cpu":
         return contextlib.nullcontext()
-    if threads is None:
-        cores = available_cores()
-        threads = max(1, min(cores, int(cores - _cores_used_by_others(cores) + 0.5)))
-    return torch_threads(threads)
-
-
-def available_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _cores_used_by_others(cores: int, window: float = 0.05) -> float:
-    """Cores other processes keep busy now: the machine's busy time over a short window, less this
-    process's own. Not the load average, which counts this process's work of the last minute, so a
-    long run of embeddings would talk itself down to one thread."""
-    def sample():
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:8]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK"), time.process_time(), time.monotonic()
-
-    try:
-        (b0, p0, w0) = sample()
-        time.sleep(window)
-        (b1, p1, w1) = sample()
-    except (OSError, ValueError, IndexError):  # no /proc (macOS, Windows): the load average, less our own
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        return max(0.0, load - torch.get_num_threads())
-    return max(0.0, min(float(cores), ((b1 - b0) - (p1 - p0)) / (w1 - w0)))
+    return torch_threads(idle_cores(torch.get_num_threads()) if threads is None else threads)
 
 
 @contextlib.contextmanager

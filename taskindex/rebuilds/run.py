@@ -34,7 +34,8 @@ from taskindex.rebuilds import stage
 from taskindex.rebuilds.changes import Changes
 from taskindex.rebuilds.inputs import ManifestRow, read_manifest
 from taskindex.rebuilds.stage import staging_dir
-from taskindex.embedding.pipeline import available_cores, check_on_error
+from taskindex.cores import available_cores, idle_cores
+from taskindex.embedding.pipeline import check_on_error
 
 POLL_SECONDS = 0.2  # how often the pool's loop looks for a stop request
 
@@ -344,12 +345,7 @@ def _init(spec: dict, threads: int | None, share: int | None = None) -> None:
 def idle_threads(share: int) -> int:
     """embed's rule, a thread per core that other processes leave idle, capped at `share`: workers that start
     rows together never hold more threads than cores, where torch's spin-waits would slow them all."""
-    import torch
-
-    from taskindex.embedding.pipeline import thread_rule
-
-    with thread_rule(torch.device("cpu"), None):  # the rule itself, not a copy of it
-        return min(share, torch.get_num_threads())
+    return min(share, idle_cores())
 
 
 def _row_threads() -> int | None:
